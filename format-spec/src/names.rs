@@ -1,0 +1,55 @@
+//! Normalized stage file names and tensor names (SPEC.md §2 and §6).
+
+/// File name of the embeddings stage.
+pub const EMBED_FILE: &str = "embed.strata";
+/// File name of the head stage.
+pub const HEAD_FILE: &str = "head.strata";
+
+/// File name of decoder layer `i` (zero-padded to 3 digits: `layer.007.strata`).
+pub fn layer_file(i: u64) -> String {
+    format!("layer.{i:03}.strata")
+}
+
+/// Embedding matrix `[vocab, hidden]` in the embed stage.
+pub const EMBED_TOKENS: &str = "embed.tokens";
+/// Final norm weight `[hidden]` in the head stage.
+pub const FINAL_NORM: &str = "final_norm";
+/// Output head `[vocab, hidden]` in the head stage (absent when tied).
+pub const HEAD: &str = "head";
+/// Norm before attention `[hidden]`.
+pub const ATTN_NORM: &str = "attn_norm";
+/// Query projection `[heads*head_dim, hidden]`.
+pub const ATTN_Q: &str = "attn.q";
+/// Key projection `[kv_heads*head_dim, hidden]`.
+pub const ATTN_K: &str = "attn.k";
+/// Value projection `[kv_heads*head_dim, hidden]`.
+pub const ATTN_V: &str = "attn.v";
+/// Output projection `[hidden, heads*head_dim]`.
+pub const ATTN_O: &str = "attn.o";
+/// Query bias.
+pub const ATTN_Q_BIAS: &str = "attn.q.bias";
+/// Key bias.
+pub const ATTN_K_BIAS: &str = "attn.k.bias";
+/// Value bias.
+pub const ATTN_V_BIAS: &str = "attn.v.bias";
+/// Output projection bias.
+pub const ATTN_O_BIAS: &str = "attn.o.bias";
+/// Per-head query RMS norm weight `[head_dim]`.
+pub const ATTN_Q_NORM: &str = "attn.q_norm";
+/// Per-head key RMS norm weight `[head_dim]`.
+pub const ATTN_K_NORM: &str = "attn.k_norm";
+/// Norm before the feed-forward block `[hidden]`.
+pub const MLP_NORM: &str = "mlp_norm";
+/// Gate projection `[intermediate, hidden]`.
+pub const MLP_GATE: &str = "mlp.gate";
+/// Up projection `[intermediate, hidden]`.
+pub const MLP_UP: &str = "mlp.up";
+/// Down projection `[hidden, intermediate]`.
+pub const MLP_DOWN: &str = "mlp.down";
+/// MoE router `[num_experts, hidden]`.
+pub const MOE_ROUTER: &str = "moe.router";
+
+/// Tensor name of routed expert `e`'s projection `part` (`gate`, `up` or `down`).
+pub fn moe_expert(e: u64, part: &str) -> String {
+    format!("moe.expert.{e}.{part}")
+}

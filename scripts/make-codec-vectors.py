@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Independent reference for the NF4 and int8 block encodings of format-spec/SPEC.md §4.
+
+Pure Python (no numpy), written from the spec's text, not from the Rust code.
+The NF4 code values are bitsandbytes' published table (functional.py, `get_4bit_type("nf4")`,
+as listed in QLoRA's appendix), given here in full double precision and rounded to float32.
+f32 arithmetic is emulated with struct round-trips: a quotient of two f32 computed in double
+and rounded once to f32 equals the f32 quotient (53 >= 2*24+2 bits), and likewise for sums.
+
+Writes format-spec/tests/vectors/codec_vectors.json; the Rust test
+`codec_vectors` checks that strata-format's encoders produce these exact bytes.
+Usage: python3 scripts/make-codec-vectors.py
+"""
+import json
+import math
+import os
+import struct
+
+NF4_DOUBLE = [
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+]
+
+
+def f32(x):
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def f16_bytes(x):
+    return struct.pack("<e", x)
+
+
+def f16(x):
+    return struct.unpack("<e", struct.pack("<e", x))[0]
+
+
+NF4 = [f32(v) for v in NF4_DOUBLE]
+MIDS = [f32((NF4[i] + NF4[i + 1]) / 2) for i in range(15)]
+
+
+def nf4_code(x):
+    return sum(1 for m in MIDS if x >= m)
+
+
+def encode_nf4_row(row, block):
+    out = bytearray()
+    for start in range(0, len(row), block):
+        vals = row[start:start + block]
+        absmax = max(abs(v) for v in vals)
+        d = f16(absmax)
+        codes = [7] * block
+        if d > 0:
+            for i, v in enumerate(vals):
+                codes[i] = nf4_code(f32(v / d))
+        out += f16_bytes(absmax)
+        half = block // 2
+        for j in range(half):
+            out.append(codes[j] | (codes[j + half] << 4))
+    return bytes(out)
+
+
+def round_half_away(x):
+    return math.floor(x + 0.5) if x >= 0 else -math.floor(-x + 0.5)
+
+
+def encode_int8_row(row, block):
+    out = bytearray()
+    for start in range(0, len(row), block):
+        vals = row[start:start + block]
+        absmax = max(abs(v) for v in vals)
+        d = f16(f32(absmax / 127.0))
+        codes = [0] * block
+        if d > 0:
+            for i, v in enumerate(vals):
+                q = round_half_away(f32(v / d))
+                codes[i] = max(-127, min(127, q))
+        out += f16_bytes(d)
+        out += bytes((c + 256) % 256 for c in codes)
+    return bytes(out)
+
+
+class Lcg:
+    """Deterministic generator (64-bit LCG, Knuth's MMIX constants)."""
+
+    def __init__(self, seed):
+        self.s = seed
+
+    def uniform(self):
+        self.s = (self.s * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+        return (self.s >> 11) / float(1 << 53)
+
+
+def make_data(rng, rows, cols, heavy):
+    data = []
+    for _ in range(rows * cols):
+        u = rng.uniform() * 2 - 1
+        v = u * 0.05
+        if heavy and rng.uniform() < 0.02:
+            v *= 40.0  # rare large outliers, as in real weight matrices
+        data.append(f32(v))
+    return data
+
+
+def main():
+    rng = Lcg(20261122)
+    cases = []
+    for name, rows, cols, block, heavy in [
+        ("aligned", 3, 128, 64, False),
+        ("padded", 2, 100, 64, True),
+        ("block32", 2, 96, 32, True),
+    ]:
+        data = make_data(rng, rows, cols, heavy)
+        # one all-zero block exercises the zero-scale rule
+        if name == "aligned":
+            for i in range(64):
+                data[i] = 0.0
+        nf4 = b"".join(encode_nf4_row(data[r * cols:(r + 1) * cols], block) for r in range(rows))
+        i8 = b"".join(encode_int8_row(data[r * cols:(r + 1) * cols], block) for r in range(rows))
+        cases.append({
+            "name": name, "rows": rows, "cols": cols, "block": block,
+            "data_f32_hex": struct.pack("<%df" % len(data), *data).hex(),
+            "nf4_hex": nf4.hex(), "int8_hex": i8.hex(),
+        })
+    out = {
+        "generator": "scripts/make-codec-vectors.py",
+        "nf4_codes_f32_hex": struct.pack("<16f", *NF4).hex(),
+        "cases": cases,
+    }
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "..", "format-spec", "tests", "vectors", "codec_vectors.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
