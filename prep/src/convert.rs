@@ -1,0 +1,1289 @@
+//! The conversion job: resolve the source, lock and inspect the output
+//! directory (resume or refuse), check every source tensor against the plan,
+//! check disk space, write the stage files one by one (optionally deleting
+//! each source shard once everything it holds is written and re-verified),
+//! copy the tokenizer files and write the manifest last.
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+use strata_format::checksum::{sha256_file, sha256_hex};
+use strata_format::codec;
+use strata_format::error::CodecError;
+use strata_format::fsutil::{sync_dir, tmp_path, write_atomic, TMP_SUFFIX};
+use strata_format::manifest::{
+    FileEntry, Manifest, Source as SourceInfo, Stages, TokenizerInfo, Tool, MANIFEST_NAME,
+};
+use strata_format::writer::{layout_header, StageWriter, WrittenFile};
+use strata_format::StageFile;
+
+use crate::config::{parse_architecture, parse_json, parse_token_ids};
+use crate::disk;
+use crate::error::{human_bytes, PrepError, Result};
+use crate::hashing::ShardHasher;
+use crate::hub::HubSettings;
+use crate::job::{JobFile, JobIdentity, OutDir, StageRecord, JOB_NAME};
+use crate::plan::{plan, Class, Classifier, PlannedTensor, QuantPolicy, Stage};
+use crate::progress::Reporter;
+use crate::safetensors::{convert_slice, Shard, TensorInfo};
+use crate::source::{Origin, Source, WeightLayout, CONFIG, GENERATION_CONFIG, TOKENIZER_FILES};
+
+/// Name written into the manifest's `tool.name`.
+pub const TOOL_NAME: &str = "strata-prep";
+/// Upper bound of the f32 working set of one chunk of a tensor.
+const CHUNK_F32_BYTES: usize = 64 << 20;
+/// Upper bound of the f32 working set of one parallel work item.
+const GROUP_F32_BYTES: usize = 1 << 20;
+/// Room reserved for the manifest and the job record in the disk check.
+const METADATA_RESERVE: u64 = 1 << 20;
+
+/// What to convert and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A checkpoint folder or a Hub repository id.
+    pub source: String,
+    /// The container directory to write.
+    pub out: PathBuf,
+    /// Encodings.
+    pub quant: QuantPolicy,
+    /// Delete each source shard once everything it holds is written and verified.
+    pub delete_originals: bool,
+    /// Hub revision (branch, tag or commit).
+    pub revision: Option<String>,
+    /// Hub token (else `HF_TOKEN`, else the cache's token file).
+    pub hf_token: Option<String>,
+    /// No progress bar and no notes.
+    pub quiet: bool,
+}
+
+/// The outcome of a run (printed on stderr, or as JSON with `--json`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// The container directory.
+    pub out: String,
+    /// The source's location (folder or repository id).
+    pub source: String,
+    /// The Hub commit, for Hub sources.
+    pub revision: Option<String>,
+    /// Encoding of the linear weights.
+    pub quant: String,
+    /// Block size of quantized encodings, if any.
+    pub block_size: Option<u32>,
+    /// True when the directory already held this container (nothing was done).
+    pub already_complete: bool,
+    /// Stage files written by this run.
+    pub stages_written: usize,
+    /// Stage files kept from an interrupted run.
+    pub stages_reused: usize,
+    /// Source tensor bytes converted by this run.
+    pub bytes_in: u64,
+    /// Stage file bytes written by this run.
+    pub bytes_out: u64,
+    /// Size of the whole container (all files listed by the manifest).
+    pub container_bytes: u64,
+    /// `bytes_out / bytes_in`.
+    pub ratio: f64,
+    /// Wall-clock seconds of the run.
+    pub seconds: f64,
+    /// `bytes_in` per second, in MB (10⁶ bytes).
+    pub mb_per_s: f64,
+    /// Source files deleted by `--delete-originals` in this run.
+    pub deleted: Vec<String>,
+    /// Bytes those deletions freed.
+    pub bytes_freed: u64,
+}
+
+impl Summary {
+    /// The one-paragraph human summary.
+    pub fn human(&self) -> String {
+        if self.already_complete {
+            return format!(
+                "{} already holds this container ({}); nothing to do",
+                self.out,
+                human_bytes(self.container_bytes)
+            );
+        }
+        let mut s = format!(
+            "wrote {} ({} stage files, {} reused) from {}: read {}, wrote {} (ratio {:.3}) in {:.1} s, {:.1} MB/s",
+            self.out,
+            self.stages_written,
+            self.stages_reused,
+            self.source,
+            human_bytes(self.bytes_in),
+            human_bytes(self.bytes_out),
+            self.ratio,
+            self.seconds,
+            self.mb_per_s
+        );
+        if !self.deleted.is_empty() {
+            s.push_str(&format!(
+                "; deleted {} source file(s), freeing {}",
+                self.deleted.len(),
+                human_bytes(self.bytes_freed)
+            ));
+        }
+        s
+    }
+}
+
+/// For each stage and tensor, the (shard, tensor) it was found at.
+type Located = Vec<Vec<Option<(usize, usize)>>>;
+
+/// What happens to one stage.
+enum Work {
+    /// Keep the complete file an interrupted run left.
+    Reuse(StageRecord),
+    /// Write it; each tensor's source as (shard, tensor) indices.
+    Write(Vec<(usize, usize)>),
+}
+
+/// Runs one conversion.
+pub fn run(opts: &Options, rep: &mut Reporter) -> Result<Summary> {
+    let started = Instant::now();
+    let interactive = rep.interactive();
+    let (source, warning) = Source::resolve(&opts.source, opts.revision.as_deref(), || {
+        HubSettings::from_env(opts.hf_token.clone(), interactive)
+    })?;
+    if let Some(w) = warning {
+        rep.warn(&w);
+    }
+    let config_path = source.required(CONFIG)?;
+    let config_bytes = read(&config_path)?;
+    let config = parse_json(&config_bytes, &config_path)?;
+    let arch = parse_architecture(&config, &config_path)?;
+    let generation = match source.file(GENERATION_CONFIG)? {
+        Some(p) => {
+            let bytes = read(&p)?;
+            Some((parse_json(&bytes, &p)?, p))
+        }
+        None => None,
+    };
+    let tokens = parse_token_ids(
+        generation.as_ref().map(|(v, p)| (v, p.as_path())),
+        &config,
+        &config_path,
+    )?;
+    let layout = source.weight_layout()?;
+    // Small files first, so a Hub source fails early rather than after hours.
+    let mut tokenizer_paths = Vec::new();
+    for name in TOKENIZER_FILES {
+        if let Some(p) = source.file(name)? {
+            tokenizer_paths.push((name, p));
+        }
+    }
+    let stages = plan(&arch, &opts.quant);
+    let identity = JobIdentity {
+        tool: format!("{TOOL_NAME} {}", env!("CARGO_PKG_VERSION")),
+        source_kind: kind_name(&source).into(),
+        location: source.location.clone(),
+        revision: source.revision.clone(),
+        quant: opts.quant.weights,
+        block_size: opts.quant.manifest().block_size,
+        weights: layout.shards.clone(),
+    };
+    // Catch architecture bounds before anything is written.
+    provisional_manifest(&stages, &arch, opts, &tokens).validate(&config_path)?;
+
+    let out = OutDir::lock(&opts.out)?;
+    let dir = out.path().to_path_buf();
+    if dir.canonicalize().ok() == source.dir.canonicalize().ok() {
+        return Err(PrepError::Output {
+            dir,
+            reason: "is the source folder; the container needs a directory of its own".into(),
+        });
+    }
+    if dir.join(MANIFEST_NAME).exists() {
+        return already_complete(&dir, &source, &layout, &identity, opts, started);
+    }
+    let mut job = match JobFile::load(&dir)? {
+        Some(j) if j.identity == identity => {
+            rep.note(&format!("resuming the interrupted job in {}", dir.display()));
+            j
+        }
+        Some(j) => {
+            return Err(PrepError::Output {
+                dir,
+                reason: format!(
+                    "holds an interrupted conversion of {}, but this run converts {}; rerun the original command to finish it, or choose another --out",
+                    j.identity.describe(),
+                    identity.describe()
+                ),
+            })
+        }
+        None => {
+            if let Some(s) = stages.iter().find(|s| dir.join(&s.file).exists()) {
+                return Err(PrepError::Output {
+                    dir,
+                    reason: format!(
+                        "holds {} but no {JOB_NAME}: it is not an interrupted conversion of this model; choose another --out or empty it",
+                        s.file
+                    ),
+                });
+            }
+            JobFile {
+                identity: identity.clone(),
+                weight_sizes: BTreeMap::new(),
+                stages: BTreeMap::new(),
+                deleted: Vec::new(),
+            }
+        }
+    };
+
+    let deleted: HashSet<String> = job.deleted.iter().map(|f| f.path.clone()).collect();
+    let shard_paths = source.shard_paths(&layout.shards, &deleted)?;
+    for (name, path) in layout.shards.iter().zip(&shard_paths) {
+        let Some(path) = path else { continue };
+        let len = std::fs::metadata(path)
+            .map_err(|e| PrepError::io(path, e))?
+            .len();
+        match job.weight_sizes.get(name) {
+            Some(&old) if old != len => {
+                return Err(PrepError::Output {
+                    dir,
+                    reason: format!(
+                        "the interrupted job read {name} when it was {old} bytes; it is now {len} bytes (the source changed); empty the directory to start over"
+                    ),
+                })
+            }
+            Some(_) => {}
+            None => {
+                job.weight_sizes.insert(name.clone(), len);
+            }
+        }
+    }
+    let mut shards: Vec<Option<Shard>> = shard_paths
+        .iter()
+        .map(|p| p.as_deref().map(Shard::open).transpose())
+        .collect::<Result<_>>()?;
+
+    let located = locate(&stages, &arch, &layout, &shards, &source)?;
+
+    remove_stale_tmp(&dir, &stages)?;
+    let mut work: Vec<Work> = Vec::with_capacity(stages.len());
+    for (i, stage) in stages.iter().enumerate() {
+        if let Some(rec) = reusable(&dir, stage, &job, opts.delete_originals, rep)? {
+            work.push(Work::Reuse(rec));
+            continue;
+        }
+        let mut locs = Vec::with_capacity(stage.tensors.len());
+        for (t, pt) in stage.tensors.iter().enumerate() {
+            match located[i][t] {
+                Some(l) => locs.push(l),
+                None => return Err(missing(stage, pt, &layout, &deleted, &source, &dir)),
+            }
+        }
+        work.push(Work::Write(locs));
+    }
+
+    // The stage after which each present shard holds nothing more to convert.
+    let mut last_use: Vec<usize> = vec![0; shards.len()];
+    let mut used_any = vec![false; shards.len()];
+    for (i, locs) in located.iter().enumerate() {
+        for &(s, _) in locs.iter().flatten() {
+            last_use[s] = last_use[s].max(i);
+            used_any[s] = true;
+        }
+    }
+    for (s, used) in used_any.iter().enumerate() {
+        if !used {
+            last_use[s] = stages.len() - 1;
+        }
+    }
+
+    SpaceCheck {
+        dir: &dir,
+        stages: &stages,
+        work: &work,
+        tokenizer_paths: &tokenizer_paths,
+        shard_paths: &shard_paths,
+        last_use: &last_use,
+        source: &source,
+        delete: opts.delete_originals,
+    }
+    .run()?;
+    job.save(&dir)?;
+
+    let mut deleted_now: Vec<String> = Vec::new();
+    let mut bytes_freed = 0u64;
+    if opts.delete_originals {
+        // Deletions recorded (after verification) by a run killed before it
+        // could carry them out.
+        for d in &job.deleted {
+            let path = source.dir.join(&d.path);
+            if std::fs::symlink_metadata(&path).is_ok() {
+                bytes_freed += delete_source(&source, &path, rep)?;
+                rep.note(&format!(
+                    "deleted {} (verified by an earlier run)",
+                    path.display()
+                ));
+                deleted_now.push(d.path.clone());
+            }
+        }
+    }
+
+    let mut hash_order: Vec<usize> = (0..shards.len()).filter(|&s| shards[s].is_some()).collect();
+    hash_order.sort_by_key(|&s| (last_use[s], s));
+    let mut hasher = ShardHasher::spawn(
+        hash_order
+            .iter()
+            .filter_map(|&s| shard_paths[s].clone().map(|p| (s, p)))
+            .collect(),
+    );
+
+    let total_in: u64 = work
+        .iter()
+        .filter_map(|w| match w {
+            Work::Write(locs) => Some(locs),
+            Work::Reuse(_) => None,
+        })
+        .flatten()
+        .map(|&(s, t)| shards[s].as_ref().map_or(0, |sh| sh.tensors()[t].len))
+        .sum();
+    rep.start(total_in);
+    let (mut stages_written, mut stages_reused, mut bytes_out) = (0usize, 0usize, 0u64);
+    let mut files: Vec<FileEntry> = Vec::new();
+    for (i, stage) in stages.iter().enumerate() {
+        let record = match &work[i] {
+            Work::Reuse(rec) => {
+                stages_reused += 1;
+                if !job.stages.contains_key(&stage.file) {
+                    job.stages.insert(stage.file.clone(), rec.clone());
+                    job.save(&dir)?;
+                }
+                rec.clone()
+            }
+            Work::Write(locs) => {
+                rep.stage(&stage.label());
+                let w = write_stage(&dir, stage, locs, &shards, rep)?;
+                if opts.delete_originals {
+                    verify_on_disk(&w)?;
+                }
+                stages_written += 1;
+                bytes_out += w.bytes;
+                let rec = StageRecord {
+                    bytes: w.bytes,
+                    sha256: w.sha256,
+                };
+                job.stages.insert(stage.file.clone(), rec.clone());
+                job.save(&dir)?;
+                rec
+            }
+        };
+        files.push(FileEntry {
+            path: stage.file.clone(),
+            bytes: record.bytes,
+            sha256: record.sha256,
+        });
+        if opts.delete_originals {
+            let complete: Vec<usize> = (0..shards.len())
+                .filter(|&s| last_use[s] == i && shards[s].is_some())
+                .collect();
+            for s in complete {
+                let (bytes, sha256) = hasher.wait(s)?;
+                let name = layout.shards[s].clone();
+                job.deleted.push(FileEntry {
+                    path: name.clone(),
+                    bytes,
+                    sha256,
+                });
+                job.save(&dir)?;
+                shards[s] = None;
+                let path = shard_paths[s].as_deref().unwrap_or(Path::new(&name));
+                let freed = delete_source(&source, path, rep)?;
+                rep.note(&format!(
+                    "deleted {} ({}) after verifying every stage it fed",
+                    path.display(),
+                    human_bytes(freed)
+                ));
+                bytes_freed += freed;
+                deleted_now.push(name);
+            }
+        }
+    }
+    rep.finish();
+    drop(shards);
+
+    // Tokenizer files, copied verbatim.
+    let mut source_files: BTreeMap<String, FileEntry> = BTreeMap::new();
+    let mut tokenizer_files = Vec::new();
+    for (name, p) in &tokenizer_paths {
+        let bytes = read(p)?;
+        write_atomic(&dir.join(name), &bytes)?;
+        let entry = FileEntry {
+            path: name.to_string(),
+            bytes: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+        };
+        files.push(entry.clone());
+        source_files.insert(name.to_string(), entry);
+        tokenizer_files.push(name.to_string());
+    }
+    if !tokenizer_files.iter().any(|f| f == "tokenizer.json") {
+        rep.warn(&format!(
+            "{} has no tokenizer.json: the container holds no tokenizer, so the runner will need token ids",
+            source.location
+        ));
+    }
+
+    // Source files: configuration, index, shards (hashed in the background,
+    // or recorded before they were deleted).
+    source_files.insert(
+        CONFIG.into(),
+        FileEntry {
+            path: CONFIG.into(),
+            bytes: config_bytes.len() as u64,
+            sha256: sha256_hex(&config_bytes),
+        },
+    );
+    if let Some(index) = &layout.index {
+        let (bytes, sha256) = sha256_file(index)?;
+        let name = file_name(index);
+        source_files.insert(
+            name.clone(),
+            FileEntry {
+                path: name,
+                bytes,
+                sha256,
+            },
+        );
+    }
+    for d in &job.deleted {
+        source_files.insert(d.path.clone(), d.clone());
+    }
+    for (s, name) in layout.shards.iter().enumerate() {
+        if shard_paths[s].is_some() && !source_files.contains_key(name) {
+            let (bytes, sha256) = hasher.wait(s)?;
+            source_files.insert(
+                name.clone(),
+                FileEntry {
+                    path: name.clone(),
+                    bytes,
+                    sha256,
+                },
+            );
+        }
+    }
+    drop(hasher);
+
+    let mut manifest = provisional_manifest(&stages, &arch, opts, &tokens);
+    manifest.tokenizer.files = tokenizer_files;
+    manifest.files = files;
+    manifest.source = SourceInfo {
+        kind: kind_name(&source).into(),
+        location: source.location.clone(),
+        revision: source.revision.clone(),
+        files: source_files.into_values().collect(),
+    };
+    let manifest_path = dir.join(MANIFEST_NAME);
+    manifest.validate(&manifest_path)?;
+    write_atomic(&manifest_path, &manifest.to_json())?;
+    JobFile::remove(&dir)?;
+    sync_dir(&dir)?;
+    drop(out);
+
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes_in = total_in;
+    Ok(Summary {
+        out: dir.display().to_string(),
+        source: source.location.clone(),
+        revision: source.revision.clone(),
+        quant: opts.quant.weights.name().into(),
+        block_size: opts.quant.manifest().block_size,
+        already_complete: false,
+        stages_written,
+        stages_reused,
+        bytes_in,
+        bytes_out,
+        container_bytes: manifest.files.iter().map(|f| f.bytes).sum(),
+        ratio: if bytes_in > 0 {
+            bytes_out as f64 / bytes_in as f64
+        } else {
+            0.0
+        },
+        seconds,
+        mb_per_s: bytes_in as f64 / 1e6 / seconds.max(1e-9),
+        deleted: deleted_now,
+        bytes_freed,
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| PrepError::io(path, e))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn kind_name(source: &Source) -> &'static str {
+    match source.origin {
+        Origin::Local => "local",
+        Origin::Hub(_) => "hub",
+    }
+}
+
+/// The manifest with everything known before conversion; `files` lists the
+/// planned names with placeholder digests so validation can run up front.
+fn provisional_manifest(
+    stages: &[Stage],
+    arch: &strata_format::manifest::Architecture,
+    opts: &Options,
+    tokens: &crate::config::TokenIds,
+) -> Manifest {
+    let layers: Vec<String> = stages[1..stages.len() - 1]
+        .iter()
+        .map(|s| s.file.clone())
+        .collect();
+    Manifest {
+        format_version: strata_format::format_version(),
+        tool: Tool {
+            name: TOOL_NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        architecture: arch.clone(),
+        quantization: opts.quant.manifest(),
+        tokenizer: TokenizerInfo {
+            bos_token_id: tokens.bos,
+            eos_token_ids: tokens.eos.clone(),
+            pad_token_id: tokens.pad,
+            files: Vec::new(),
+        },
+        stages: Stages {
+            embed: stages[0].file.clone(),
+            layers,
+            head: stages[stages.len() - 1].file.clone(),
+        },
+        files: stages
+            .iter()
+            .map(|s| FileEntry {
+                path: s.file.clone(),
+                bytes: 0,
+                sha256: "0".repeat(64),
+            })
+            .collect(),
+        source: SourceInfo {
+            kind: String::new(),
+            location: String::new(),
+            revision: None,
+            files: Vec::new(),
+        },
+    }
+}
+
+/// The directory already holds a manifest: the same container (done) or another (refused).
+fn already_complete(
+    dir: &Path,
+    source: &Source,
+    layout: &WeightLayout,
+    identity: &JobIdentity,
+    opts: &Options,
+    started: Instant,
+) -> Result<Summary> {
+    let m = Manifest::load(dir).map_err(|e| PrepError::Output {
+        dir: dir.to_path_buf(),
+        reason: format!(
+            "holds a {MANIFEST_NAME} that cannot be read ({e}); delete it or choose another --out"
+        ),
+    })?;
+    let same_files = layout.shards.iter().all(|name| {
+        let on_disk = std::fs::metadata(source.dir.join(name))
+            .ok()
+            .map(|m| m.len());
+        let listed = m
+            .source
+            .files
+            .iter()
+            .find(|f| &f.path == name)
+            .map(|f| f.bytes);
+        listed.is_some() && (on_disk.is_none() || on_disk == listed)
+    });
+    let same = m.source.kind == identity.source_kind
+        && m.source.location == identity.location
+        && m.source.revision == identity.revision
+        && m.quantization == opts.quant.manifest()
+        && same_files;
+    if !same {
+        let rev = m
+            .source
+            .revision
+            .as_ref()
+            .map(|r| format!("@{r}"))
+            .unwrap_or_default();
+        return Err(PrepError::Output {
+            dir: dir.to_path_buf(),
+            reason: format!(
+                "already holds a complete container of {}{rev} (weights {}, block size {:?}), not of {}; choose another --out or delete it",
+                m.source.location,
+                m.quantization.weights,
+                m.quantization.block_size,
+                identity.describe()
+            ),
+        });
+    }
+    JobFile::remove(dir)?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Summary {
+        out: dir.display().to_string(),
+        source: m.source.location.clone(),
+        revision: m.source.revision.clone(),
+        quant: m.quantization.weights.name().into(),
+        block_size: m.quantization.block_size,
+        already_complete: true,
+        stages_written: 0,
+        stages_reused: m.stages.layers.len() + 2,
+        bytes_in: 0,
+        bytes_out: 0,
+        container_bytes: m.files.iter().map(|f| f.bytes).sum(),
+        ratio: 0.0,
+        seconds,
+        mb_per_s: 0.0,
+        deleted: Vec::new(),
+        bytes_freed: 0,
+    })
+}
+
+/// Finds every planned tensor in the shards, checking dtypes, shapes, the
+/// index, and that no source tensor would be silently dropped.
+fn locate(
+    stages: &[Stage],
+    arch: &strata_format::manifest::Architecture,
+    layout: &WeightLayout,
+    shards: &[Option<Shard>],
+    source: &Source,
+) -> Result<Located> {
+    let classifier = Classifier::new(stages, arch);
+    let mut located: Located = stages.iter().map(|s| vec![None; s.tensors.len()]).collect();
+    let index_err = |reason: String| PrepError::Index {
+        path: layout
+            .index
+            .clone()
+            .unwrap_or_else(|| source.dir.join(crate::source::WEIGHTS_INDEX)),
+        reason,
+    };
+    for (s, shard) in shards.iter().enumerate() {
+        let Some(shard) = shard else { continue };
+        let shard_name = &layout.shards[s];
+        for (t, info) in shard.tensors().iter().enumerate() {
+            match classifier.classify(&info.name) {
+                Class::Used { stage, tensor } => {
+                    if layout.index.is_some()
+                        && layout.weight_map.get(&info.name) != Some(shard_name)
+                    {
+                        return Err(index_err(format!(
+                            "tensor `{}` is in {shard_name} but the index says {}",
+                            info.name,
+                            layout
+                                .weight_map
+                                .get(&info.name)
+                                .map_or("nothing".to_string(), |n| n.clone())
+                        )));
+                    }
+                    if let Some((other, _)) = located[stage][tensor] {
+                        return Err(PrepError::Safetensors {
+                            path: shard.path().to_path_buf(),
+                            reason: format!(
+                                "tensor `{}` is also in {}",
+                                info.name, layout.shards[other]
+                            ),
+                        });
+                    }
+                    check_tensor(&stages[stage], &stages[stage].tensors[tensor], info, shard)?;
+                    located[stage][tensor] = Some((s, t));
+                }
+                Class::Ignored(why) => {
+                    log::debug!("ignoring {} in {shard_name}: {why}", info.name);
+                }
+                Class::Unexpected(reason) => {
+                    return Err(PrepError::UnexpectedTensor {
+                        path: shard.path().to_path_buf(),
+                        tensor: info.name.clone(),
+                        reason,
+                    })
+                }
+            }
+        }
+    }
+    for (name, shard_name) in &layout.weight_map {
+        let Some(s) = layout.shards.iter().position(|n| n == shard_name) else {
+            continue;
+        };
+        if let Some(shard) = &shards[s] {
+            if !shard.tensors().iter().any(|t| &t.name == name) {
+                return Err(index_err(format!(
+                    "lists `{name}` in {shard_name}, which does not hold it"
+                )));
+            }
+        }
+    }
+    Ok(located)
+}
+
+fn check_tensor(stage: &Stage, pt: &PlannedTensor, info: &TensorInfo, shard: &Shard) -> Result<()> {
+    let err = |reason: String| PrepError::Tensor {
+        path: shard.path().to_path_buf(),
+        tensor: info.name.clone(),
+        reason,
+    };
+    if info.source_dtype().is_none() {
+        return Err(err(format!(
+            "dtype {} is not supported (only F32, F16 and BF16 weights are)",
+            info.dtype
+        )));
+    }
+    if info.shape != pt.spec.shape {
+        return Err(err(format!(
+            "shape {:?}, but config.json implies {:?} for {} `{}`",
+            info.shape,
+            pt.spec.shape,
+            stage.label(),
+            pt.spec.name
+        )));
+    }
+    Ok(())
+}
+
+fn missing(
+    stage: &Stage,
+    pt: &PlannedTensor,
+    layout: &WeightLayout,
+    deleted: &HashSet<String>,
+    source: &Source,
+    dir: &Path,
+) -> PrepError {
+    let tensor = pt.source.as_str();
+    let shard = match layout.weight_map.get(tensor) {
+        Some(s) => Some(s),
+        None if layout.index.is_none() => layout.shards.first(),
+        None => None,
+    };
+    match shard.filter(|s| deleted.contains(*s)) {
+        Some(shard) => PrepError::Output {
+            dir: dir.to_path_buf(),
+            reason: format!(
+                "{} must be rebuilt but its source {shard} was deleted by an earlier --delete-originals run; the conversion cannot be finished from this source",
+                stage.file
+            ),
+        },
+        None => PrepError::MissingTensor {
+            tensor: tensor.to_string(),
+            needed_for: format!("{} `{}`", stage.label(), pt.spec.name),
+            source_dir: source.dir.clone(),
+        },
+    }
+}
+
+/// Removes leftovers of interrupted writes of the files this job writes.
+fn remove_stale_tmp(dir: &Path, stages: &[Stage]) -> Result<()> {
+    let names = stages
+        .iter()
+        .map(|s| s.file.as_str())
+        .chain(TOKENIZER_FILES)
+        .chain([MANIFEST_NAME, JOB_NAME]);
+    for name in names {
+        let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => log::debug!("removed stale {}", tmp.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(PrepError::io(tmp, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether a stage file left by an interrupted run can be kept: its header
+/// must be byte-identical to the one this run would write, and its sha256
+/// must match the one recorded when it was written (required when sources
+/// are to be deleted). Anything else is removed and rewritten.
+fn reusable(
+    dir: &Path,
+    stage: &Stage,
+    job: &JobFile,
+    strict: bool,
+    rep: &Reporter,
+) -> Result<Option<StageRecord>> {
+    let path = dir.join(&stage.file);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let (prefix, header) = layout_header(stage.kind, stage.layer, &stage.specs(), &path)?;
+    let expected_json =
+        serde_json::to_vec(&header).map_err(|e| PrepError::io(&path, std::io::Error::other(e)))?;
+    let ok_structure = match StageFile::open(&path) {
+        Ok(f) => {
+            let mut start = vec![0u8; 16 + expected_json.len()];
+            f.prefix() == prefix
+                && *f.header() == header
+                && read_prefix(&path, &mut start).is_ok()
+                && start[..16] == prefix.to_bytes()
+                && start[16..] == expected_json[..]
+        }
+        Err(_) => false,
+    };
+    let record = job.stages.get(&stage.file);
+    let verdict = if !ok_structure {
+        Err("its header differs from this conversion's")
+    } else {
+        if strict {
+            disk::drop_page_cache(&path)?;
+        }
+        let (bytes, sha256) = sha256_file(&path)?;
+        match record {
+            Some(r) if r.bytes == bytes && r.sha256 == sha256 => Ok(StageRecord { bytes, sha256 }),
+            Some(_) => Err("its sha256 differs from the one recorded when it was written"),
+            None if strict => {
+                Err("no sha256 was recorded for it, and --delete-originals needs one to verify it")
+            }
+            None => Ok(StageRecord { bytes, sha256 }),
+        }
+    };
+    match verdict {
+        Ok(rec) => Ok(Some(rec)),
+        Err(why) => {
+            rep.warn(&format!("rewriting {}: {why}", path.display()));
+            std::fs::remove_file(&path).map_err(|e| PrepError::io(&path, e))?;
+            Ok(None)
+        }
+    }
+}
+
+fn read_prefix(path: &Path, buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open(path)?.read_exact(buf)
+}
+
+/// The disk-space check made before anything is written.
+struct SpaceCheck<'a> {
+    dir: &'a Path,
+    stages: &'a [Stage],
+    work: &'a [Work],
+    tokenizer_paths: &'a [(&'a str, PathBuf)],
+    shard_paths: &'a [Option<PathBuf>],
+    last_use: &'a [usize],
+    source: &'a Source,
+    delete: bool,
+}
+
+/// The peak disk usage of a conversion and how it was computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Need {
+    /// Peak bytes the output file system must hold.
+    peak: u64,
+    /// Bytes of stage files to write.
+    stage_bytes: u64,
+    /// Bytes of sources freed on the same file system by `--delete-originals`.
+    freed: u64,
+    /// Whether some sources to delete live on another file system.
+    other_fs: bool,
+}
+
+impl SpaceCheck<'_> {
+    /// Computes the peak disk usage: stage files in order, each source shard
+    /// freed (with `--delete-originals`, same file system only) right after
+    /// the last stage it feeds, then the tokenizer files and the manifest.
+    fn need(&self) -> Result<Need> {
+        let mut writes = Vec::with_capacity(self.stages.len());
+        for (stage, w) in self.stages.iter().zip(self.work) {
+            writes.push(match w {
+                Work::Reuse(_) => 0,
+                Work::Write(_) => stage.file_size()?,
+            });
+        }
+        let mut frees = vec![0u64; self.stages.len()];
+        let mut other_fs = false;
+        if self.delete {
+            let out_dev = disk::device_of(self.dir)?;
+            for (s, path) in self.shard_paths.iter().enumerate() {
+                let Some(path) = path else { continue };
+                if let Some((bytes, dev)) = deletion_target(self.source, path)? {
+                    if dev == out_dev {
+                        frees[self.last_use[s]] += bytes;
+                    } else {
+                        other_fs = true;
+                    }
+                }
+            }
+        }
+        let mut tail = METADATA_RESERVE;
+        for (_, p) in self.tokenizer_paths {
+            tail += std::fs::metadata(p).map_err(|e| PrepError::io(p, e))?.len();
+        }
+        Ok(Need {
+            peak: disk::peak_need(&writes, &frees, tail),
+            stage_bytes: writes.iter().sum(),
+            freed: frees.iter().sum(),
+            other_fs,
+        })
+    }
+
+    /// Refuses the conversion, with the numbers, when the peak does not fit.
+    fn run(&self) -> Result<()> {
+        let need = self.need()?;
+        let available = disk::available_bytes(self.dir)?;
+        if need.peak <= available {
+            return Ok(());
+        }
+        let mut detail = format!(
+            " ({} of stage files to write",
+            human_bytes(need.stage_bytes)
+        );
+        if need.freed > 0 {
+            detail.push_str(&format!(
+                ", {} of sources freed by --delete-originals as shards are converted; each stage must fit before the shard it completes is deleted",
+                human_bytes(need.freed)
+            ));
+        }
+        if need.other_fs {
+            detail.push_str(
+                ", some sources are on another file system so deleting them frees nothing here",
+            );
+        }
+        detail.push(')');
+        Err(PrepError::DiskSpace {
+            dir: self.dir.to_path_buf(),
+            need: need.peak,
+            available,
+            detail,
+        })
+    }
+}
+
+/// What deleting a source shard would free: `(bytes, device)`, or `None`
+/// when prep would not delete it (a link out of a local folder).
+fn deletion_target(source: &Source, path: &Path) -> Result<Option<(u64, u64)>> {
+    let link = std::fs::symlink_metadata(path).map_err(|e| PrepError::io(path, e))?;
+    let target = if link.file_type().is_symlink() {
+        match hub_blob(source, path)? {
+            Some(blob) => blob,
+            None => return Ok(None),
+        }
+    } else {
+        path.to_path_buf()
+    };
+    let m = std::fs::metadata(&target).map_err(|e| PrepError::io(&target, e))?;
+    let freed = if m.nlink() == 1 { m.len() } else { 0 };
+    Ok(Some((freed, m.dev())))
+}
+
+/// The blob a Hub snapshot link points to, if `path` is such a link and the
+/// blob lies in the repository's own `blobs/` folder.
+fn hub_blob(source: &Source, path: &Path) -> Result<Option<PathBuf>> {
+    let Origin::Hub(h) = &source.origin else {
+        return Ok(None);
+    };
+    let target = std::fs::canonicalize(path).map_err(|e| PrepError::io(path, e))?;
+    let blobs =
+        std::fs::canonicalize(h.blobs_dir()).map_err(|e| PrepError::io(h.blobs_dir(), e))?;
+    Ok(target.starts_with(&blobs).then_some(target))
+}
+
+/// Deletes one source shard (for a Hub cache: the blob and the snapshot
+/// link). Returns the bytes freed.
+fn delete_source(source: &Source, path: &Path, rep: &Reporter) -> Result<u64> {
+    let Some((freed, _)) = deletion_target(source, path)? else {
+        rep.warn(&format!(
+            "not deleting {}: it is a symbolic link to a file outside the source",
+            path.display()
+        ));
+        return Ok(0);
+    };
+    let link = std::fs::symlink_metadata(path).map_err(|e| PrepError::io(path, e))?;
+    if link.file_type().is_symlink() {
+        if let Some(blob) = hub_blob(source, path)? {
+            std::fs::remove_file(&blob).map_err(|e| PrepError::io(&blob, e))?;
+            sync_dir(strata_format::fsutil::parent_dir(&blob))?;
+        }
+    }
+    std::fs::remove_file(path).map_err(|e| PrepError::io(path, e))?;
+    sync_dir(strata_format::fsutil::parent_dir(path))?;
+    Ok(freed)
+}
+
+/// Re-reads a just-written stage file from the disk (not the page cache)
+/// and checks its sha256 against the one computed while writing.
+fn verify_on_disk(w: &WrittenFile) -> Result<()> {
+    disk::drop_page_cache(&w.path)?;
+    let (bytes, sha256) = sha256_file(&w.path)?;
+    if bytes != w.bytes || sha256 != w.sha256 {
+        return Err(PrepError::Verify {
+            path: w.path.clone(),
+            expected: w.sha256.clone(),
+            actual: sha256,
+        });
+    }
+    Ok(())
+}
+
+fn write_stage(
+    dir: &Path,
+    stage: &Stage,
+    locs: &[(usize, usize)],
+    shards: &[Option<Shard>],
+    rep: &Reporter,
+) -> Result<WrittenFile> {
+    let path = dir.join(&stage.file);
+    let result = (|| {
+        let mut w = StageWriter::create(&path, stage.kind, stage.layer, &stage.specs())?;
+        for (pt, &(s, t)) in stage.tensors.iter().zip(locs) {
+            let shard = shards[s].as_ref().ok_or_else(|| PrepError::Output {
+                dir: dir.to_path_buf(),
+                reason: format!(
+                    "{}: source of `{}` was already released",
+                    stage.file, pt.source
+                ),
+            })?;
+            convert_tensor(&mut w, stage, pt, shard, &shard.tensors()[t], rep)?;
+        }
+        Ok(w.finish()?)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp_path(&path));
+    }
+    result
+}
+
+/// Shifts a codec error's element index from a part of a tensor to the whole tensor.
+fn shift(e: CodecError, base: usize) -> CodecError {
+    match e {
+        CodecError::NonFinite { index, value } => CodecError::NonFinite {
+            index: index + base,
+            value,
+        },
+        CodecError::ScaleOverflow { index, absmax } => CodecError::ScaleOverflow {
+            index: index + base,
+            absmax,
+        },
+        CodecError::OutOfRange {
+            index,
+            value,
+            dtype,
+        } => CodecError::OutOfRange {
+            index: index + base,
+            value,
+            dtype,
+        },
+        other => other,
+    }
+}
+
+/// Converts one tensor in chunks of whole rows (bounded memory): each chunk
+/// is decoded to f32 and encoded in parallel groups of rows, written in
+/// order, and its source pages are then released.
+fn convert_tensor(
+    w: &mut StageWriter,
+    stage: &Stage,
+    pt: &PlannedTensor,
+    shard: &Shard,
+    info: &TensorInfo,
+    rep: &Reporter,
+) -> Result<()> {
+    let dtype = info.source_dtype().ok_or_else(|| PrepError::Tensor {
+        path: shard.path().to_path_buf(),
+        tensor: info.name.clone(),
+        reason: format!("dtype {} is not supported", info.dtype),
+    })?;
+    let spec = &pt.spec;
+    let (rows, cols) = codec::rows_cols(&spec.shape).unwrap_or((1, 1));
+    let data = shard.data(info);
+    if rows == 0 || cols == 0 || spec.shape.is_empty() {
+        let mut f = vec![0f32; data.len() / dtype.size()];
+        convert_slice(dtype, data, &mut f);
+        let bytes = crate::quant::encode(spec.dtype, &f, &spec.shape, spec.block_size)
+            .map_err(|e| encode_error(stage, pt, shard, info, e))?;
+        w.write(&spec.name, &bytes)?;
+        rep.advance(data.len() as u64);
+        return Ok(());
+    }
+    let row_src = cols * dtype.size();
+    let group_rows = (GROUP_F32_BYTES / (cols * 4)).max(1);
+    let chunk_rows = ((CHUNK_F32_BYTES / (cols * 4)) / group_rows).max(1) * group_rows;
+    let single_row = spec.shape.len() == 1;
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = chunk_rows.min(rows - r0);
+        let src = &data[r0 * row_src..(r0 + n) * row_src];
+        let parts: Vec<Vec<u8>> = src
+            .par_chunks(group_rows * row_src)
+            .enumerate()
+            .map(|(g, bytes)| {
+                let g_rows = bytes.len() / row_src;
+                let mut f = vec![0f32; g_rows * cols];
+                convert_slice(dtype, bytes, &mut f);
+                let shape = if single_row {
+                    spec.shape.clone()
+                } else {
+                    vec![g_rows as u64, cols as u64]
+                };
+                crate::quant::encode(spec.dtype, &f, &shape, spec.block_size)
+                    .map_err(|e| shift(e, (r0 + g * group_rows) * cols))
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| encode_error(stage, pt, shard, info, e))?;
+        for p in &parts {
+            w.write(&spec.name, p)?;
+        }
+        shard.release(info.start + (r0 * row_src) as u64, src.len() as u64);
+        rep.advance(src.len() as u64);
+        r0 += n;
+    }
+    Ok(())
+}
+
+fn encode_error(
+    stage: &Stage,
+    pt: &PlannedTensor,
+    shard: &Shard,
+    info: &TensorInfo,
+    e: CodecError,
+) -> PrepError {
+    PrepError::Tensor {
+        path: shard.path().to_path_buf(),
+        tensor: info.name.clone(),
+        reason: format!(
+            "cannot encode as {} for {} `{}`: {e}",
+            pt.spec.dtype,
+            stage.label(),
+            pt.spec.name
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifted_errors() {
+        let e = shift(
+            CodecError::NonFinite {
+                index: 3,
+                value: f32::INFINITY,
+            },
+            100,
+        );
+        assert_eq!(
+            e,
+            CodecError::NonFinite {
+                index: 103,
+                value: f32::INFINITY
+            }
+        );
+        let e = shift(CodecError::BlockSize(7), 100);
+        assert_eq!(e, CodecError::BlockSize(7));
+    }
+
+    #[test]
+    fn space_need_counts_frees_after_the_last_stage_fed() {
+        use crate::plan::tests::tiny_arch;
+        let d = tempfile::tempdir().unwrap();
+        let src_dir = d.path().join("src");
+        let out = d.path().join("out");
+        std::fs::create_dir_all(&src_dir).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        let shard_a = src_dir.join("a.safetensors");
+        let shard_b = src_dir.join("b.safetensors");
+        std::fs::write(&shard_a, vec![0u8; 100_000]).unwrap();
+        std::fs::write(&shard_b, vec![0u8; 7_000]).unwrap();
+        std::fs::write(src_dir.join("tokenizer.json"), vec![0u8; 500]).unwrap();
+        let (source, _) =
+            Source::resolve(src_dir.to_str().unwrap(), None, || unreachable!()).unwrap();
+        let quant = QuantPolicy {
+            weights: strata_format::DType::Nf4,
+            block_size: 64,
+        };
+        let stages = plan(&tiny_arch(), &quant);
+        let work: Vec<Work> = stages.iter().map(|_| Work::Write(Vec::new())).collect();
+        let sizes: Vec<u64> = stages.iter().map(|s| s.file_size().unwrap()).collect();
+        let tokenizer_paths = [("tokenizer.json", src_dir.join("tokenizer.json"))];
+        let shard_paths = [Some(shard_a), Some(shard_b)];
+        let mut check = SpaceCheck {
+            dir: &out,
+            stages: &stages,
+            work: &work,
+            tokenizer_paths: &tokenizer_paths,
+            shard_paths: &shard_paths,
+            last_use: &[1, 3],
+            source: &source,
+            delete: false,
+        };
+        let total: u64 = sizes.iter().sum();
+        let tail = METADATA_RESERVE + 500;
+        assert_eq!(
+            check.need().unwrap(),
+            Need {
+                peak: total + tail,
+                stage_bytes: total,
+                freed: 0,
+                other_fs: false
+            }
+        );
+        check.delete = true;
+        let want = disk::peak_need(&sizes, &[0, 100_000, 0, 7_000], tail);
+        assert_eq!(
+            check.need().unwrap(),
+            Need {
+                peak: want,
+                stage_bytes: total,
+                freed: 107_000,
+                other_fs: false
+            }
+        );
+        assert!(want < total + tail);
+        let mut resumed: Vec<Work> = stages.iter().map(|_| Work::Write(Vec::new())).collect();
+        resumed[0] = Work::Reuse(StageRecord {
+            bytes: sizes[0],
+            sha256: String::new(),
+        });
+        check.work = &resumed;
+        assert_eq!(check.need().unwrap().stage_bytes, total - sizes[0]);
+        check.run().unwrap();
+        let e = PrepError::DiskSpace {
+            dir: out.clone(),
+            need: 3 << 30,
+            available: 1 << 30,
+            detail: " (x)".into(),
+        }
+        .to_string();
+        assert!(
+            e.contains("3.00 GiB") && e.contains("1073741824 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn summary_text() {
+        let s = Summary {
+            out: "/o".into(),
+            source: "/m".into(),
+            revision: None,
+            quant: "nf4".into(),
+            block_size: Some(64),
+            already_complete: false,
+            stages_written: 3,
+            stages_reused: 1,
+            bytes_in: 4 << 20,
+            bytes_out: 1 << 20,
+            container_bytes: 2 << 20,
+            ratio: 0.25,
+            seconds: 2.0,
+            mb_per_s: 2.1,
+            deleted: vec!["a".into()],
+            bytes_freed: 4 << 20,
+        };
+        let h = s.human();
+        assert!(
+            h.contains("ratio 0.250") && h.contains("freeing 4.00 MiB"),
+            "{h}"
+        );
+        let done = Summary {
+            already_complete: true,
+            ..s
+        };
+        assert!(done.human().contains("already holds"));
+    }
+}

@@ -1,0 +1,158 @@
+//! `prep`: converts a Hugging Face checkpoint into a strata container.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use strata_format::dtype::{check_block_size, DType, DEFAULT_BLOCK};
+use strata_prep::plan::QuantPolicy;
+use strata_prep::progress::Reporter;
+use strata_prep::Options;
+
+/// Encoding of the decoder layers' linear weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Quant {
+    /// 4-bit NormalFloat, block-wise f16 absmax scale (embeddings and head: int8).
+    Nf4,
+    /// 8-bit symmetric integers, block-wise f16 scale.
+    Int8,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+    /// IEEE single precision.
+    F32,
+}
+
+impl Quant {
+    fn dtype(self) -> DType {
+        match self {
+            Quant::Nf4 => DType::Nf4,
+            Quant::Int8 => DType::Int8,
+            Quant::Bf16 => DType::Bf16,
+            Quant::F16 => DType::F16,
+            Quant::F32 => DType::F32,
+        }
+    }
+}
+
+const AFTER_HELP: &str = "\
+ENCODINGS
+  The linear weights of the decoder layers (attention q/k/v/o, MLP gate/up/down) take --quant.
+  Norm weights and all biases are always f32. The embedding matrix and an untied output head are
+  int8 when --quant is nf4 (4 bits there costs much more accuracy than in the layers; int8 is
+  near-lossless), and otherwise take --quant too. A head tied to the embeddings is stored once, as
+  `embed.tokens` in embed.strata; head.strata then holds only `final_norm`.
+
+SOURCES
+  SOURCE is a folder with config.json and model.safetensors (or model.safetensors.index.json and
+  its shards), or a Hugging Face Hub id `org/name`. Supported classes: LlamaForCausalLM,
+  MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM; weights in F32, F16 or BF16. Tokenizer
+  files present in SOURCE are copied verbatim.
+  Hub downloads go to the standard cache ($HF_HUB_CACHE, else $HF_HOME/hub, else
+  ~/.cache/huggingface/hub) and files already there are not downloaded again. HF_ENDPOINT selects
+  another endpoint; HF_HUB_OFFLINE=1 uses the cache only; if the Hub cannot be reached, a cached
+  snapshot of the revision is used. The token comes from --hf-token, else HF_TOKEN, else
+  $HF_HOME/token.
+
+SAFETY
+  Every file is written as NAME.tmp, fsynced and renamed; manifest.json is written last, so a
+  directory without it is incomplete. Rerunning the same command after a crash or kill resumes:
+  complete stage files are validated and kept, and the result is byte-identical to an
+  uninterrupted run. A directory holding another model's container or job is refused, and so is a
+  second prep writing into the same directory. Free space is checked before anything is written.
+  --delete-originals deletes each weight shard (only shards: never config or tokenizer files; in
+  a Hub cache, the blob and its snapshot link) once every tensor it holds is in stage files that
+  were fsynced, re-read from disk and sha256-verified; the sha256 of the shard is recorded first.
+  Without the flag, sources are only read.
+
+OUTPUT
+  A progress bar (source bytes, rate, ETA) is drawn on stderr when it is a terminal; a summary
+  (bytes in and out, ratio, seconds, MB/s with MB = 10^6 bytes) follows on stderr. --json prints
+  the summary as one JSON object on stdout. Exit status: 0 on success, 1 on any error, 2 on bad
+  usage.";
+
+/// Convert a Hugging Face checkpoint into a strata container.
+#[derive(Debug, Parser)]
+#[command(name = "prep", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// Checkpoint folder, or Hugging Face Hub repository id (org/name).
+    #[arg(value_name = "SOURCE")]
+    source: String,
+    /// Container directory to write (created if needed).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Encoding of the decoder layers' linear weights.
+    #[arg(long, value_enum, default_value_t = Quant::Nf4)]
+    quant: Quant,
+    /// Elements per quantization block (a multiple of 32 from 32 to 4096).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BLOCK, value_parser = parse_block)]
+    block_size: u32,
+    /// Delete each source weight shard once everything it holds is written and verified.
+    #[arg(long)]
+    delete_originals: bool,
+    /// Hub revision: branch, tag or commit (default main).
+    #[arg(long, value_name = "REV")]
+    revision: Option<String>,
+    /// Hub access token (default: $HF_TOKEN, else the cache's token file). Never printed.
+    #[arg(long, value_name = "TOKEN", hide_default_value = true)]
+    hf_token: Option<String>,
+    /// Worker threads for encoding (default: all cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+    /// No progress bar, notes or summary on stderr (warnings and errors still show).
+    #[arg(long)]
+    quiet: bool,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_block(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    check_block_size(n).map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(usize::from(n))
+            .build_global()
+            .context("setting up the worker threads")?;
+    }
+    let opts = Options {
+        source: cli.source,
+        out: cli.out,
+        quant: QuantPolicy {
+            weights: cli.quant.dtype(),
+            block_size: cli.block_size,
+        },
+        delete_originals: cli.delete_originals,
+        revision: cli.revision,
+        hf_token: cli.hf_token,
+        quiet: cli.quiet,
+    };
+    let mut rep = Reporter::new(cli.quiet);
+    let summary = strata_prep::run(&opts, &mut rep)?;
+    rep.note(&summary.human());
+    if cli.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("prep: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! What the container will hold: the stages in order, each with its tensor
+//! table (normalized name, encoding, shape) and the source tensor each entry
+//! comes from; and how every source tensor name is classified.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use strata_format::dtype::DType;
+use strata_format::header::StageKind;
+use strata_format::manifest::{Architecture, Quantization};
+use strata_format::names;
+use strata_format::writer::{layout_header, TensorSpec};
+
+use crate::error::Result;
+
+/// The encodings chosen on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantPolicy {
+    /// Encoding of the decoder layers' linear weights (`--quant`).
+    pub weights: DType,
+    /// Block size of quantized encodings (`--block-size`).
+    pub block_size: u32,
+}
+
+impl QuantPolicy {
+    /// Encoding of the embedding matrix and of an untied head: int8 when the
+    /// weights are nf4 (4 bits there costs too much accuracy), else the same
+    /// as the weights.
+    pub fn embeddings(&self) -> DType {
+        match self.weights {
+            DType::Nf4 => DType::Int8,
+            other => other,
+        }
+    }
+
+    fn spec(&self, name: &str, dtype: DType, shape: Vec<u64>) -> TensorSpec {
+        TensorSpec {
+            name: name.to_string(),
+            dtype,
+            shape,
+            block_size: dtype.is_quantized().then_some(self.block_size),
+        }
+    }
+
+    /// The manifest's `quantization` object.
+    pub fn manifest(&self) -> Quantization {
+        let any_quantized = self.weights.is_quantized() || self.embeddings().is_quantized();
+        Quantization {
+            weights: self.weights,
+            embeddings: self.embeddings(),
+            head: self.embeddings(),
+            block_size: any_quantized.then_some(self.block_size),
+        }
+    }
+}
+
+/// One tensor of a stage and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTensor {
+    /// The tensor as it will be stored.
+    pub spec: TensorSpec,
+    /// Its Hugging Face name in the checkpoint.
+    pub source: String,
+}
+
+/// One stage file of the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    /// File name inside the container.
+    pub file: String,
+    /// What the stage holds.
+    pub kind: StageKind,
+    /// Layer index for layer stages.
+    pub layer: Option<u32>,
+    /// The tensor table, in file order.
+    pub tensors: Vec<PlannedTensor>,
+}
+
+impl Stage {
+    /// The tensor specs, in file order.
+    pub fn specs(&self) -> Vec<TensorSpec> {
+        self.tensors.iter().map(|t| t.spec.clone()).collect()
+    }
+
+    /// Exact size of the stage file, from the same layout the writer uses.
+    pub fn file_size(&self) -> Result<u64> {
+        let (prefix, header) =
+            layout_header(self.kind, self.layer, &self.specs(), Path::new(&self.file))?;
+        Ok(match header.tensors.last() {
+            Some(t) => (t.offset + t.length).div_ceil(4096) * 4096,
+            None => prefix.data_start(),
+        })
+    }
+
+    /// Human name of the stage (`layer 3`, `embed`, `head`).
+    pub fn label(&self) -> String {
+        match (self.kind, self.layer) {
+            (StageKind::Layer, Some(i)) => format!("layer {i}"),
+            (StageKind::Embed, _) => "embed".into(),
+            _ => "head".into(),
+        }
+    }
+}
+
+/// The whole container's stages: embed, layers in order, head.
+pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
+    let h = arch.hidden_size;
+    let attn_out = arch.num_attention_heads * arch.head_dim;
+    let kv_out = arch.num_kv_heads * arch.head_dim;
+    let inter = arch.intermediate_size;
+    let lin = q.weights;
+    let f32_ = DType::F32;
+    let mut stages = Vec::with_capacity(arch.num_layers as usize + 2);
+    stages.push(Stage {
+        file: names::EMBED_FILE.into(),
+        kind: StageKind::Embed,
+        layer: None,
+        tensors: vec![PlannedTensor {
+            spec: q.spec(
+                names::EMBED_TOKENS,
+                q.embeddings(),
+                vec![arch.vocab_size, h],
+            ),
+            source: "model.embed_tokens.weight".into(),
+        }],
+    });
+    for i in 0..arch.num_layers {
+        let p = format!("model.layers.{i}.");
+        let mut t: Vec<(&str, DType, Vec<u64>, String)> = vec![
+            (
+                names::ATTN_NORM,
+                f32_,
+                vec![h],
+                "input_layernorm.weight".into(),
+            ),
+            (
+                names::ATTN_Q,
+                lin,
+                vec![attn_out, h],
+                "self_attn.q_proj.weight".into(),
+            ),
+            (
+                names::ATTN_K,
+                lin,
+                vec![kv_out, h],
+                "self_attn.k_proj.weight".into(),
+            ),
+            (
+                names::ATTN_V,
+                lin,
+                vec![kv_out, h],
+                "self_attn.v_proj.weight".into(),
+            ),
+            (
+                names::ATTN_O,
+                lin,
+                vec![h, attn_out],
+                "self_attn.o_proj.weight".into(),
+            ),
+        ];
+        if arch.attention_bias {
+            t.push((
+                names::ATTN_Q_BIAS,
+                f32_,
+                vec![attn_out],
+                "self_attn.q_proj.bias".into(),
+            ));
+            t.push((
+                names::ATTN_K_BIAS,
+                f32_,
+                vec![kv_out],
+                "self_attn.k_proj.bias".into(),
+            ));
+            t.push((
+                names::ATTN_V_BIAS,
+                f32_,
+                vec![kv_out],
+                "self_attn.v_proj.bias".into(),
+            ));
+        }
+        if arch.attention_out_bias {
+            t.push((
+                names::ATTN_O_BIAS,
+                f32_,
+                vec![h],
+                "self_attn.o_proj.bias".into(),
+            ));
+        }
+        if arch.qk_norm {
+            t.push((
+                names::ATTN_Q_NORM,
+                f32_,
+                vec![arch.head_dim],
+                "self_attn.q_norm.weight".into(),
+            ));
+            t.push((
+                names::ATTN_K_NORM,
+                f32_,
+                vec![arch.head_dim],
+                "self_attn.k_norm.weight".into(),
+            ));
+        }
+        t.push((
+            names::MLP_NORM,
+            f32_,
+            vec![h],
+            "post_attention_layernorm.weight".into(),
+        ));
+        t.push((
+            names::MLP_GATE,
+            lin,
+            vec![inter, h],
+            "mlp.gate_proj.weight".into(),
+        ));
+        t.push((
+            names::MLP_UP,
+            lin,
+            vec![inter, h],
+            "mlp.up_proj.weight".into(),
+        ));
+        t.push((
+            names::MLP_DOWN,
+            lin,
+            vec![h, inter],
+            "mlp.down_proj.weight".into(),
+        ));
+        if arch.mlp_bias {
+            t.push((
+                "mlp.gate.bias",
+                f32_,
+                vec![inter],
+                "mlp.gate_proj.bias".into(),
+            ));
+            t.push(("mlp.up.bias", f32_, vec![inter], "mlp.up_proj.bias".into()));
+            t.push(("mlp.down.bias", f32_, vec![h], "mlp.down_proj.bias".into()));
+        }
+        stages.push(Stage {
+            file: names::layer_file(i),
+            kind: StageKind::Layer,
+            layer: Some(i as u32),
+            tensors: t
+                .into_iter()
+                .map(|(name, dtype, shape, src)| PlannedTensor {
+                    spec: q.spec(name, dtype, shape),
+                    source: format!("{p}{src}"),
+                })
+                .collect(),
+        });
+    }
+    let mut head = vec![PlannedTensor {
+        spec: q.spec(names::FINAL_NORM, f32_, vec![h]),
+        source: "model.norm.weight".into(),
+    }];
+    if !arch.tie_word_embeddings {
+        head.push(PlannedTensor {
+            spec: q.spec(names::HEAD, q.embeddings(), vec![arch.vocab_size, h]),
+            source: "lm_head.weight".into(),
+        });
+    }
+    stages.push(Stage {
+        file: names::HEAD_FILE.into(),
+        kind: StageKind::Head,
+        layer: None,
+        tensors: head,
+    });
+    stages
+}
+
+/// How a source tensor name relates to the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Class {
+    /// Converted into `stages[stage].tensors[tensor]`.
+    Used {
+        /// Stage index.
+        stage: usize,
+        /// Tensor index within the stage.
+        tensor: usize,
+    },
+    /// Deliberately not converted (the reason is shown at debug level).
+    Ignored(&'static str),
+    /// Not described by the architecture: converting would silently drop it.
+    Unexpected(String),
+}
+
+/// Classifies source tensor names against a plan.
+pub struct Classifier {
+    used: HashMap<String, (usize, usize)>,
+    tied: bool,
+    layers: u64,
+}
+
+impl Classifier {
+    /// Indexes the source names of `stages`.
+    pub fn new(stages: &[Stage], arch: &Architecture) -> Classifier {
+        let mut used = HashMap::new();
+        for (s, stage) in stages.iter().enumerate() {
+            for (t, pt) in stage.tensors.iter().enumerate() {
+                used.insert(pt.source.clone(), (s, t));
+            }
+        }
+        Classifier {
+            used,
+            tied: arch.tie_word_embeddings,
+            layers: arch.num_layers,
+        }
+    }
+
+    /// Classifies one source tensor name.
+    pub fn classify(&self, name: &str) -> Class {
+        if let Some(&(stage, tensor)) = self.used.get(name) {
+            return Class::Used { stage, tensor };
+        }
+        if name.ends_with("rotary_emb.inv_freq") {
+            return Class::Ignored("rotary inverse frequencies are recomputed from the config");
+        }
+        if name == "lm_head.weight" && self.tied {
+            return Class::Ignored("the config ties the head to the embeddings");
+        }
+        if let Some(rest) = name.strip_prefix("model.layers.") {
+            let idx = rest.split('.').next().and_then(|i| i.parse::<u64>().ok());
+            return Class::Unexpected(match idx {
+                Some(i) if i >= self.layers => format!(
+                    "layer {i} is beyond the {} layers of config.json",
+                    self.layers
+                ),
+                _ => "the architecture in config.json has no such parameter".into(),
+            });
+        }
+        Class::Unexpected("the architecture in config.json has no such parameter".into())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use strata_format::manifest::{Activation, Rope};
+
+    pub(crate) fn tiny_arch() -> Architecture {
+        Architecture {
+            family: "llama".into(),
+            source_class: "LlamaForCausalLM".into(),
+            hidden_size: 80,
+            num_layers: 2,
+            num_attention_heads: 5,
+            num_kv_heads: 1,
+            head_dim: 16,
+            intermediate_size: 128,
+            vocab_size: 160,
+            max_position_embeddings: 256,
+            norm_eps: 1e-5,
+            rope: Rope {
+                theta: 1e4,
+                rotary_dim: 16,
+                scaling: None,
+            },
+            activation: Activation::Silu,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            attention_out_bias: false,
+            mlp_bias: false,
+            qk_norm: false,
+            sliding_window: None,
+            sliding_window_layers: None,
+            moe: None,
+            attn_logit_softcap: None,
+            final_logit_softcap: None,
+            attention_scale: None,
+            embedding_multiplier: None,
+        }
+    }
+
+    const NF4: QuantPolicy = QuantPolicy {
+        weights: DType::Nf4,
+        block_size: 64,
+    };
+
+    #[test]
+    fn layer_order_and_dtypes() {
+        let mut a = tiny_arch();
+        a.attention_bias = true;
+        a.attention_out_bias = true;
+        a.qk_norm = true;
+        a.mlp_bias = true;
+        let s = plan(&a, &NF4);
+        assert_eq!(s.len(), 4);
+        let names: Vec<&str> = s[1].tensors.iter().map(|t| t.spec.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "attn_norm",
+                "attn.q",
+                "attn.k",
+                "attn.v",
+                "attn.o",
+                "attn.q.bias",
+                "attn.k.bias",
+                "attn.v.bias",
+                "attn.o.bias",
+                "attn.q_norm",
+                "attn.k_norm",
+                "mlp_norm",
+                "mlp.gate",
+                "mlp.up",
+                "mlp.down",
+                "mlp.gate.bias",
+                "mlp.up.bias",
+                "mlp.down.bias"
+            ]
+        );
+        assert_eq!(s[1].file, "layer.000.strata");
+        assert_eq!(s[1].tensors[1].spec.dtype, DType::Nf4);
+        assert_eq!(s[1].tensors[1].spec.block_size, Some(64));
+        assert_eq!(s[1].tensors[0].spec.dtype, DType::F32);
+        assert_eq!(s[1].tensors[0].spec.block_size, None);
+        assert_eq!(s[0].tensors[0].spec.dtype, DType::Int8);
+        assert_eq!(s[3].tensors[1].spec.dtype, DType::Int8);
+        assert_eq!(s[3].tensors[1].spec.shape, vec![160, 80]);
+        assert_eq!(s[1].tensors[2].spec.shape, vec![16, 80]);
+        assert_eq!(s[1].tensors[4].spec.shape, vec![80, 80]);
+        assert_eq!(
+            s[2].tensors[14].source,
+            "model.layers.1.mlp.down_proj.weight"
+        );
+    }
+
+    #[test]
+    fn policy_per_quant() {
+        for (w, e) in [
+            (DType::Nf4, DType::Int8),
+            (DType::Int8, DType::Int8),
+            (DType::Bf16, DType::Bf16),
+            (DType::F16, DType::F16),
+            (DType::F32, DType::F32),
+        ] {
+            let q = QuantPolicy {
+                weights: w,
+                block_size: 32,
+            };
+            assert_eq!(q.embeddings(), e);
+            let m = q.manifest();
+            assert_eq!(m.block_size, w.is_quantized().then_some(32));
+        }
+    }
+
+    #[test]
+    fn tied_head_and_classes() {
+        let mut a = tiny_arch();
+        a.tie_word_embeddings = true;
+        let s = plan(&a, &NF4);
+        assert_eq!(s[3].tensors.len(), 1);
+        let c = Classifier::new(&s, &a);
+        assert_eq!(
+            c.classify("model.norm.weight"),
+            Class::Used {
+                stage: 3,
+                tensor: 0
+            }
+        );
+        assert!(matches!(c.classify("lm_head.weight"), Class::Ignored(_)));
+        assert!(matches!(
+            c.classify("model.layers.0.self_attn.rotary_emb.inv_freq"),
+            Class::Ignored(_)
+        ));
+        assert!(matches!(
+            c.classify("model.layers.0.self_attn.q_proj.bias"),
+            Class::Unexpected(_)
+        ));
+        match c.classify("model.layers.7.mlp.up_proj.weight") {
+            Class::Unexpected(r) => assert!(r.contains("beyond"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(c.classify("vision.tower"), Class::Unexpected(_)));
+    }
+
+    #[test]
+    fn sizes_match_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = plan(&tiny_arch(), &NF4);
+        for stage in &s {
+            let path = dir.path().join(&stage.file);
+            let mut w =
+                strata_format::StageWriter::create(&path, stage.kind, stage.layer, &stage.specs())
+                    .unwrap();
+            for t in w.header().tensors.clone() {
+                w.write(&t.name, &vec![0u8; t.length as usize]).unwrap();
+            }
+            let written = w.finish().unwrap();
+            assert_eq!(written.bytes, stage.file_size().unwrap(), "{}", stage.file);
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! `runner inspect DIR [--json]`.
+
+use anyhow::Result;
+use clap::Args;
+use strata_format::Manifest;
+use strata_runner::units::human;
+
+use crate::Dir;
+
+/// Arguments of `inspect`.
+#[derive(Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    dir: Dir,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `inspect`.
+pub fn run(a: InspectArgs) -> Result<i32> {
+    let m = Manifest::load(&a.dir.dir)?;
+    if a.json {
+        println!("{}", String::from_utf8_lossy(&m.to_json()));
+        return Ok(0);
+    }
+    let ar = &m.architecture;
+    let q = &m.quantization;
+    println!("container:     {}", a.dir.dir.display());
+    println!(
+        "format:        {} (written by {} {})",
+        m.format_version, m.tool.name, m.tool.version
+    );
+    println!("architecture:  {} ({})", ar.family, ar.source_class);
+    println!(
+        "shape:         {} layers, hidden {}, {} heads / {} kv heads × {}, intermediate {}, vocab {}",
+        ar.num_layers, ar.hidden_size, ar.num_attention_heads, ar.num_kv_heads, ar.head_dim, ar.intermediate_size, ar.vocab_size
+    );
+    println!(
+        "rope:          theta {}, rotary dim {}, scaling {}",
+        ar.rope.theta,
+        ar.rope.rotary_dim,
+        ar.rope
+            .scaling
+            .as_ref()
+            .map_or("none".to_string(), |s| format!("{s:?}"))
+    );
+    println!(
+        "options:       norm eps {}, activation {:?}, tied embeddings {}, qkv bias {}, qk norm {}, sliding window {:?}, max positions {}",
+        ar.norm_eps, ar.activation, ar.tie_word_embeddings, ar.attention_bias, ar.qk_norm, ar.sliding_window, ar.max_position_embeddings
+    );
+    println!(
+        "quantization:  weights {}, embeddings {}, head {}, block {}",
+        q.weights,
+        q.embeddings,
+        q.head,
+        q.block_size.map_or("-".into(), |b| b.to_string())
+    );
+    let size = |name: &str| m.file(name).map_or(0, |f| f.bytes);
+    let layers: u64 = m.stages.layers.iter().map(|l| size(l)).sum();
+    println!(
+        "embeddings:    {} ({})",
+        human(size(&m.stages.embed)),
+        m.stages.embed
+    );
+    println!(
+        "layers:        {} in {} files ({} each on average)",
+        human(layers),
+        m.stages.layers.len(),
+        human(layers / (m.stages.layers.len().max(1) as u64))
+    );
+    println!(
+        "head:          {} ({})",
+        human(size(&m.stages.head)),
+        m.stages.head
+    );
+    let total: u64 = m.files.iter().map(|f| f.bytes).sum();
+    println!("total:         {} in {} files", human(total), m.files.len());
+    println!(
+        "source:        {} {}{}",
+        m.source.kind,
+        m.source.location,
+        m.source
+            .revision
+            .as_ref()
+            .map_or(String::new(), |r| format!(" @ {r}"))
+    );
+    Ok(0)
+}

@@ -1,0 +1,288 @@
+//! An opened container: the manifest, every stage file's validated header,
+//! the tensor views the model computes with, and first-read sha256 checks.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use strata_format::header::TensorEntry;
+use strata_format::verify::check_file;
+use strata_format::{names, DType, FileHeader, Manifest, StageFile, StageKind};
+
+use crate::error::{Result, RunnerError};
+
+/// One stage file of the container.
+#[derive(Debug, Clone)]
+pub struct StageInfo {
+    /// File name inside the container.
+    pub name: String,
+    /// Full path.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub len: u64,
+    /// sha256 from the manifest.
+    pub sha256: String,
+    /// The validated header.
+    pub header: FileHeader,
+}
+
+impl StageInfo {
+    /// A tensor's header entry, or an error naming the file and tensor.
+    pub fn entry(&self, tensor: &str) -> Result<&TensorEntry> {
+        self.header
+            .tensor(tensor)
+            .ok_or_else(|| RunnerError::Tensor {
+                file: self.name.clone(),
+                tensor: tensor.into(),
+                reason: "missing".into(),
+            })
+    }
+
+    /// A view of rows `r0..r1` of tensor `name`, whose encoded bytes start at
+    /// the beginning of `bytes`.
+    pub fn weight_rows<'a>(
+        &self,
+        bytes: &'a [u8],
+        name: &str,
+        r0: usize,
+        r1: usize,
+    ) -> Result<Weight<'a>> {
+        let e = self.entry(name)?;
+        let mut w = Weight::new(e, &[], &self.name)?;
+        let need = (r1 - r0) * w.row_bytes();
+        if r1 > w.rows || r0 > r1 || bytes.len() < need {
+            return Err(RunnerError::Tensor {
+                file: self.name.clone(),
+                tensor: name.into(),
+                reason: format!("rows {r0}..{r1} are outside the bytes read"),
+            });
+        }
+        w.rows = r1 - r0;
+        w.bytes = &bytes[..need];
+        Ok(w)
+    }
+
+    /// A view of tensor `name` inside `data`, the whole file's bytes (or the
+    /// bytes of the file starting at `base`).
+    pub fn weight<'a>(&self, data: &'a [u8], base: u64, name: &str) -> Result<Weight<'a>> {
+        let e = self.entry(name)?;
+        let start = e
+            .offset
+            .checked_sub(base)
+            .map(|s| s as usize)
+            .filter(|&s| s + e.length as usize <= data.len())
+            .ok_or_else(|| RunnerError::Tensor {
+                file: self.name.clone(),
+                tensor: name.into(),
+                reason: "outside the bytes read".into(),
+            })?;
+        Weight::new(e, &data[start..start + e.length as usize], &self.name)
+    }
+}
+
+/// A tensor's encoded bytes with what is needed to decode them.
+#[derive(Debug, Clone, Copy)]
+pub struct Weight<'a> {
+    /// Encoding.
+    pub dtype: DType,
+    /// Rows (all dimensions but the last).
+    pub rows: usize,
+    /// Elements per row.
+    pub cols: usize,
+    /// Block size of quantized encodings (1 otherwise).
+    pub block: usize,
+    /// Encoded bytes, `rows * row_bytes()`.
+    pub bytes: &'a [u8],
+}
+
+impl<'a> Weight<'a> {
+    fn new(e: &TensorEntry, bytes: &'a [u8], file: &str) -> Result<Weight<'a>> {
+        if e.compression.is_some() {
+            return Err(RunnerError::Unsupported(format!(
+                "{file}: tensor `{}` is compressed; this runner reads uncompressed tensors only",
+                e.name
+            )));
+        }
+        let (rows, cols) = match e.shape.as_slice() {
+            [] => (1, 1),
+            s => strata_format::codec::rows_cols(s).ok_or_else(|| RunnerError::Tensor {
+                file: file.into(),
+                tensor: e.name.clone(),
+                reason: "shape too large".into(),
+            })?,
+        };
+        Ok(Weight {
+            dtype: e.dtype,
+            rows,
+            cols,
+            block: e.block_size.unwrap_or(1) as usize,
+            bytes,
+        })
+    }
+
+    /// Encoded bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        strata_format::codec::row_bytes(self.dtype, self.cols, self.block)
+    }
+
+    /// Rows `r0..r1` as their own view.
+    pub fn rows_view(&self, r0: usize, r1: usize) -> Weight<'a> {
+        let rb = self.row_bytes();
+        Weight {
+            rows: r1 - r0,
+            bytes: &self.bytes[r0 * rb..r1 * rb],
+            ..*self
+        }
+    }
+
+    /// Decodes the whole tensor as a flat f32 vector (for norms and biases).
+    pub fn to_f32(&self, file: &str, tensor: &str) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        let rb = self.row_bytes();
+        for (dst, src) in out
+            .chunks_mut(self.cols.max(1))
+            .zip(self.bytes.chunks(rb.max(1)))
+        {
+            strata_format::codec::decode_row(self.dtype, src, self.block, dst).map_err(|e| {
+                RunnerError::Tensor {
+                    file: file.into(),
+                    tensor: tensor.into(),
+                    reason: e.to_string(),
+                }
+            })?;
+        }
+        Ok(out)
+    }
+}
+
+/// An opened container.
+pub struct Container {
+    /// The container directory.
+    pub dir: PathBuf,
+    /// The validated manifest.
+    pub manifest: Manifest,
+    /// The embeddings stage.
+    pub embed: StageInfo,
+    /// The decoder layers, in order.
+    pub layers: Vec<StageInfo>,
+    /// The final norm / head stage.
+    pub head: StageInfo,
+    verify: bool,
+    verified: Mutex<HashSet<String>>,
+}
+
+impl Container {
+    /// Opens `dir`: loads the manifest, checks that every stage file exists with
+    /// its listed size and a valid header of the right stage. When `verify`,
+    /// each file's sha256 is checked the first time its bytes are read.
+    pub fn open(dir: &Path, verify: bool) -> Result<Container> {
+        let manifest = Manifest::load(dir)?;
+        let stage = |name: &str, kind: StageKind, layer: Option<u32>| -> Result<StageInfo> {
+            if let Some(problem) = check_file(dir, &manifest, name, false) {
+                return Err(RunnerError::Invalid(format!(
+                    "{}: {problem} (run `runner verify {}` for a full report)",
+                    dir.join(name).display(),
+                    dir.display()
+                )));
+            }
+            let path = Manifest::resolve(dir, name)?;
+            let f = StageFile::open(&path)?;
+            let entry = manifest.file(name).ok_or_else(|| {
+                RunnerError::Invalid(format!("{name} is not listed in the manifest"))
+            })?;
+            let header = f.header().clone();
+            if header.stage != kind || header.layer != layer {
+                return Err(RunnerError::Invalid(format!(
+                    "{}: holds stage {:?} {:?}, the manifest expects {kind:?} {layer:?}",
+                    path.display(),
+                    header.stage,
+                    header.layer
+                )));
+            }
+            Ok(StageInfo {
+                name: name.into(),
+                path,
+                len: entry.bytes,
+                sha256: entry.sha256.clone(),
+                header,
+            })
+        };
+        let embed = stage(&manifest.stages.embed, StageKind::Embed, None)?;
+        let head = stage(&manifest.stages.head, StageKind::Head, None)?;
+        let layers = manifest
+            .stages
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, n)| stage(n, StageKind::Layer, Some(i as u32)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Container {
+            dir: dir.to_path_buf(),
+            manifest,
+            embed,
+            layers,
+            head,
+            verify,
+            verified: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The stage holding the output head's weight, and the tensor's name.
+    pub fn head_weight_stage(&self) -> (&StageInfo, &'static str) {
+        if self.manifest.architecture.tie_word_embeddings {
+            (&self.embed, names::EMBED_TOKENS)
+        } else {
+            (&self.head, names::HEAD)
+        }
+    }
+
+    fn needs_check(&self, stage: &StageInfo) -> bool {
+        self.verify
+            && !self
+                .verified
+                .lock()
+                .map(|v| v.contains(&stage.name))
+                .unwrap_or(false)
+    }
+
+    fn mark_checked(&self, stage: &StageInfo) {
+        if let Ok(mut v) = self.verified.lock() {
+            v.insert(stage.name.clone());
+        }
+    }
+
+    /// Checks the sha256 of a whole file's bytes the first time it is read.
+    pub fn check_whole(&self, stage: &StageInfo, bytes: &[u8]) -> Result<()> {
+        if !self.needs_check(stage) {
+            return Ok(());
+        }
+        let actual = strata_format::checksum::sha256_hex(bytes);
+        if actual != stage.sha256 {
+            return Err(RunnerError::Checksum {
+                path: stage.path.clone(),
+                expected: stage.sha256.clone(),
+                actual,
+            });
+        }
+        self.mark_checked(stage);
+        Ok(())
+    }
+
+    /// Checks a file's sha256 by streaming it from disk (for files that are
+    /// only ever read in parts), once per process.
+    pub fn check_from_disk(&self, stage: &StageInfo) -> Result<()> {
+        if !self.needs_check(stage) {
+            return Ok(());
+        }
+        let (_, actual) = strata_format::checksum::sha256_file(&stage.path)?;
+        if actual != stage.sha256 {
+            return Err(RunnerError::Checksum {
+                path: stage.path.clone(),
+                expected: stage.sha256.clone(),
+                actual,
+            });
+        }
+        self.mark_checked(stage);
+        Ok(())
+    }
+}

@@ -1,0 +1,116 @@
+//! The engine: an opened container, its memory plan, the streamer, the model
+//! and (when the container has one) the tokenizer, set up from the runner's
+//! common options.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::container::Container;
+use crate::error::Result;
+use crate::io::{Backend, IoChoice};
+use crate::model::{Logits, Model, Want};
+use crate::plan::{MemoryPlan, PlanRequest};
+use crate::stream::Streamer;
+use crate::text::tokenizer::TextTokenizer;
+
+/// Default context when the model allows more.
+pub const DEFAULT_CTX: usize = 4096;
+
+/// The options every command shares.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// `--max-memory` (`Some(0)`: keep nothing resident).
+    pub max_memory: Option<u64>,
+    /// `--io`.
+    pub io: IoChoice,
+    /// `--prefetch`.
+    pub prefetch: usize,
+    /// `--no-verify` negated.
+    pub verify: bool,
+    /// `--ctx` (default: min(max_position_embeddings, 4096)).
+    pub ctx: Option<usize>,
+}
+
+/// I/O counters at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IoSnapshot {
+    /// Bytes read so far.
+    pub bytes_read: u64,
+    /// Seconds compute waited on reads so far.
+    pub wait_secs: f64,
+}
+
+/// Everything needed to run a container.
+pub struct Engine {
+    /// The container.
+    pub container: Arc<Container>,
+    /// The plan in force.
+    pub plan: MemoryPlan,
+    /// The streamer.
+    pub streamer: Streamer,
+    /// The model state (KV cache).
+    pub model: Model,
+    /// The tokenizer, when the container ships one.
+    pub tokenizer: Option<TextTokenizer>,
+}
+
+impl Engine {
+    /// Opens `dir` and prepares to run it.
+    pub fn open(dir: &Path, o: &EngineOptions) -> Result<Engine> {
+        let container = Arc::new(Container::open(dir, o.verify)?);
+        let arch = &container.manifest.architecture;
+        let ctx = o
+            .ctx
+            .unwrap_or_else(|| (arch.max_position_embeddings as usize).min(DEFAULT_CTX))
+            .max(1);
+        let plan = MemoryPlan::new(
+            &container,
+            PlanRequest {
+                max_memory: o.max_memory,
+                prefetch: o.prefetch,
+                ctx,
+            },
+        )?;
+        log::info!("{}", plan.describe());
+        let model = Model::new(&container, ctx)?;
+        let backend = Backend::select(o.io, &container.head.path)?;
+        log::debug!("io backend: {}", backend.name());
+        let streamer = Streamer::new(container.clone(), backend, &plan)?;
+        let tokenizer = TextTokenizer::load(dir)?;
+        Ok(Engine {
+            container,
+            plan,
+            streamer,
+            model,
+            tokenizer,
+        })
+    }
+
+    /// Runs `ids` after the cached positions (see [`Model::forward`]).
+    pub fn forward(&mut self, ids: &[u32], want: Want) -> Result<Logits> {
+        self.model.forward(&mut self.streamer, ids, want)
+    }
+
+    /// The I/O counters now.
+    pub fn io(&self) -> IoSnapshot {
+        let s = self.streamer.stats();
+        IoSnapshot {
+            bytes_read: s.bytes_read.load(Ordering::Relaxed),
+            wait_secs: s.wait_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+
+    /// The end-of-sequence ids: the manifest's, plus the tokenizer's eos token.
+    pub fn eos_ids(&self) -> Vec<u32> {
+        let mut ids = self.container.manifest.tokenizer.eos_token_ids.clone();
+        if let Some(t) = &self.tokenizer {
+            if let Some(id) = t.eos_token().and_then(|s| t.token_to_id(s)) {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        ids
+    }
+}

@@ -1,0 +1,139 @@
+//! `runner`: streams a strata container and generates, chats, scores text,
+//! dumps logits, benchmarks itself, verifies and describes containers.
+
+mod cli;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use strata_runner::engine::EngineOptions;
+use strata_runner::io::IoChoice;
+use strata_runner::units::parse_size;
+
+/// Run a strata container: a language model streamed layer by layer.
+#[derive(Parser)]
+#[command(name = "runner", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options shared by the commands that run the model.
+#[derive(Args, Clone)]
+pub struct Common {
+    /// Memory budget, e.g. 512MiB, 4GiB; 0 keeps nothing resident (stream every layer).
+    /// Default: available memory minus a margin.
+    #[arg(long, value_parser = parse_size)]
+    max_memory: Option<u64>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// I/O path for reading layers.
+    #[arg(long, value_enum, default_value_t = IoChoice::Auto)]
+    io: IoChoice,
+    /// Layers read ahead of the one being computed.
+    #[arg(long, default_value_t = 2)]
+    prefetch: usize,
+    /// Skip the sha256 check of each file on its first read.
+    #[arg(long)]
+    no_verify: bool,
+    /// Context length (KV cache positions); default min(model maximum, 4096).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl Common {
+    fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            max_memory: self.max_memory,
+            io: self.io,
+            prefetch: self.prefetch.max(1),
+            verify: !self.no_verify,
+            ctx: self.ctx,
+        }
+    }
+
+    fn setup(&self) -> Result<()> {
+        let level = match (self.quiet, self.verbose) {
+            (true, _) => log::LevelFilter::Warn,
+            (false, 0) => log::LevelFilter::Info,
+            (false, 1) => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        };
+        init_logging(level);
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("cannot start {threads} compute threads: {e}"))?;
+        log::debug!("compute threads: {threads}");
+        Ok(())
+    }
+}
+
+fn init_logging(level: log::LevelFilter) {
+    let _ = env_logger::Builder::new()
+        .filter_level(level)
+        .format_timestamp(None)
+        .format_target(false)
+        .try_init();
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt; the text goes to stdout, statistics to stderr.
+    Generate(cli::generate::GenerateArgs),
+    /// Interactive multi-turn chat with the model's chat template (/reset, /exit, Ctrl-D).
+    Chat(cli::chat::ChatArgs),
+    /// Print logits as JSON: {"ids": [...], "logits": [[...], ...]}.
+    Logits(cli::logits::LogitsArgs),
+    /// Score a text file: mean negative log-likelihood and perplexity.
+    Perplexity(cli::perplexity::PerplexityArgs),
+    /// Measure prefill and decode speed, bytes read and I/O wait (one JSON line).
+    Bench(cli::bench::BenchArgs),
+    /// Check every file of a container against its manifest.
+    Verify(cli::verify::VerifyArgs),
+    /// Describe a container: architecture, quantization, sizes, source.
+    Inspect(cli::inspect::InspectArgs),
+}
+
+/// Exit status for a failed verification.
+const EXIT_DAMAGED: i32 = 1;
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => cli::generate::run(a),
+        Command::Chat(a) => cli::chat::run(a),
+        Command::Logits(a) => cli::logits::run(a),
+        Command::Perplexity(a) => cli::perplexity::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+        Command::Verify(a) => cli::verify::run(a),
+        Command::Inspect(a) => cli::inspect::run(a),
+    };
+    match result {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("runner: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The container directory argument.
+#[derive(Args, Clone)]
+pub struct Dir {
+    /// The container directory (written by `prep`).
+    dir: PathBuf,
+}

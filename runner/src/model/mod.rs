@@ -1,0 +1,284 @@
+//! The generic decoder of SPEC.md §5.2, driven only by the manifest's
+//! architecture description, computing in f32 from streamed stage bytes.
+
+pub mod attention;
+pub mod linear;
+pub mod ops;
+
+use std::sync::Arc;
+
+use strata_format::manifest::Architecture;
+use strata_format::names::*;
+
+use crate::container::{Container, StageInfo};
+use crate::error::{Result, RunnerError};
+use crate::stream::Streamer;
+use attention::{attend, AttnShape, KvCache};
+use linear::{linear, linear_into};
+use ops::*;
+
+/// Which positions' logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Only the last position.
+    Last,
+    /// Every position of the input.
+    All,
+}
+
+/// Logits of one or more positions.
+#[derive(Debug, Clone)]
+pub struct Logits {
+    /// Vocabulary size (row width).
+    pub vocab: usize,
+    /// `[rows, vocab]`.
+    pub data: Vec<f32>,
+}
+
+impl Logits {
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.data.len() / self.vocab.max(1)
+    }
+}
+
+/// The decoder's state: the architecture, rotary tables and the KV cache.
+pub struct Model {
+    arch: Architecture,
+    inv_freq: Vec<f32>,
+    cache: Vec<KvCache>,
+    final_norm: Vec<f32>,
+    ctx: usize,
+    pos: usize,
+}
+
+/// Checks that every stage holds the tensors the architecture needs, with the right shapes.
+pub fn check_shapes(c: &Container) -> Result<()> {
+    let a = &c.manifest.architecture;
+    if a.moe.is_some() {
+        return Err(RunnerError::Unsupported(
+            "mixture-of-experts layers (this runner computes dense Llama-family decoders)".into(),
+        ));
+    }
+    let (h, q, kv, im) = (
+        a.hidden_size,
+        a.num_attention_heads * a.head_dim,
+        a.num_kv_heads * a.head_dim,
+        a.intermediate_size,
+    );
+    let expect = |s: &StageInfo, name: &str, shape: &[u64]| -> Result<()> {
+        let e = s.entry(name)?;
+        if e.shape != shape {
+            return Err(RunnerError::Tensor {
+                file: s.name.clone(),
+                tensor: name.into(),
+                reason: format!("shape {:?}, the architecture needs {shape:?}", e.shape),
+            });
+        }
+        Ok(())
+    };
+    expect(&c.embed, EMBED_TOKENS, &[a.vocab_size, h])?;
+    expect(&c.head, FINAL_NORM, &[h])?;
+    if !a.tie_word_embeddings {
+        expect(&c.head, HEAD, &[a.vocab_size, h])?;
+    }
+    for l in &c.layers {
+        expect(l, ATTN_NORM, &[h])?;
+        expect(l, MLP_NORM, &[h])?;
+        expect(l, ATTN_Q, &[q, h])?;
+        expect(l, ATTN_K, &[kv, h])?;
+        expect(l, ATTN_V, &[kv, h])?;
+        expect(l, ATTN_O, &[h, q])?;
+        expect(l, MLP_GATE, &[im, h])?;
+        expect(l, MLP_UP, &[im, h])?;
+        expect(l, MLP_DOWN, &[h, im])?;
+        if a.attention_bias {
+            expect(l, ATTN_Q_BIAS, &[q])?;
+            expect(l, ATTN_K_BIAS, &[kv])?;
+            expect(l, ATTN_V_BIAS, &[kv])?;
+        }
+        if a.attention_out_bias {
+            expect(l, ATTN_O_BIAS, &[h])?;
+        }
+        if a.qk_norm {
+            expect(l, ATTN_Q_NORM, &[a.head_dim])?;
+            expect(l, ATTN_K_NORM, &[a.head_dim])?;
+        }
+        if a.mlp_bias {
+            expect(l, "mlp.gate.bias", &[im])?;
+            expect(l, "mlp.up.bias", &[im])?;
+            expect(l, "mlp.down.bias", &[h])?;
+        }
+    }
+    Ok(())
+}
+
+impl Model {
+    /// A model for container `c` with a KV cache of `ctx` positions.
+    pub fn new(c: &Arc<Container>, ctx: usize) -> Result<Model> {
+        check_shapes(c)?;
+        let e = c.head.entry(FINAL_NORM)?;
+        let bytes = crate::io::read_small(&c.head.path, e.offset, e.length as usize)?;
+        let final_norm = c
+            .head
+            .weight(&bytes, e.offset, FINAL_NORM)?
+            .to_f32(&c.head.name, FINAL_NORM)?;
+        let arch = c.manifest.architecture.clone();
+        Ok(Model {
+            inv_freq: inv_freq(&arch.rope),
+            cache: vec![KvCache::default(); arch.num_layers as usize],
+            arch,
+            final_norm,
+            ctx,
+            pos: 0,
+        })
+    }
+
+    /// Positions held in the KV cache.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The context length.
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> &Architecture {
+        &self.arch
+    }
+
+    /// Forgets every position from `pos` on (0 resets the conversation).
+    pub fn truncate(&mut self, pos: usize) {
+        let kd = (self.arch.num_kv_heads * self.arch.head_dim) as usize;
+        for c in &mut self.cache {
+            c.k.truncate(pos * kd);
+            c.v.truncate(pos * kd);
+        }
+        self.pos = self.pos.min(pos);
+    }
+
+    /// Runs `ids` (appended after the cached positions) through every layer,
+    /// each layer once for all of them, and returns the wanted logits.
+    pub fn forward(&mut self, s: &mut Streamer, ids: &[u32], want: Want) -> Result<Logits> {
+        let n = ids.len();
+        if n == 0 {
+            return Err(RunnerError::Invalid("no tokens to process".into()));
+        }
+        if self.pos + n > self.ctx {
+            return Err(RunnerError::Invalid(format!(
+                "context full: {} cached + {n} new tokens exceed --ctx {}",
+                self.pos, self.ctx
+            )));
+        }
+        let hidden = self.arch.hidden_size as usize;
+        let c = s.container().clone();
+        let e = c.embed.entry(EMBED_TOKENS)?;
+        let (dtype, block) = (e.dtype, e.block_size.unwrap_or(1) as usize);
+        let mut x = vec![0f32; n * hidden];
+        for (row, bytes) in x.chunks_mut(hidden).zip(s.embedding_rows(ids)?) {
+            strata_format::codec::decode_row(dtype, &bytes, block, row).map_err(|err| {
+                RunnerError::Tensor {
+                    file: c.embed.name.clone(),
+                    tensor: EMBED_TOKENS.into(),
+                    reason: err.to_string(),
+                }
+            })?;
+        }
+        if let Some(m) = self.arch.embedding_multiplier {
+            x.iter_mut().for_each(|v| *v *= m as f32);
+        }
+        for l in 0..c.layers.len() {
+            s.with_layer(l, |stage, bytes| self.layer(l, stage, bytes, &mut x, n))?;
+        }
+        let rows: Vec<f32> = match want {
+            Want::All => x,
+            Want::Last => x[(n - 1) * hidden..].to_vec(),
+        };
+        let m = rows.len() / hidden;
+        let xs = rms_norm(&rows, &self.final_norm, self.arch.norm_eps as f32, hidden);
+        let vocab = self.arch.vocab_size as usize;
+        let mut data = vec![0f32; m * vocab];
+        let (hstage, hname) = c.head_weight_stage();
+        s.for_each_head_chunk(|r0, w| {
+            linear_into(&xs, m, &w, &mut data, vocab, r0, (&hstage.name, hname))
+        })?;
+        if let Some(cap) = self.arch.final_logit_softcap {
+            soft_cap(&mut data, cap as f32);
+        }
+        self.pos += n;
+        Ok(Logits { vocab, data })
+    }
+
+    fn layer(
+        &mut self,
+        l: usize,
+        stage: &StageInfo,
+        bytes: &[u8],
+        x: &mut [f32],
+        n: usize,
+    ) -> Result<()> {
+        let a = &self.arch;
+        let hidden = a.hidden_size as usize;
+        let hd = a.head_dim as usize;
+        let (heads, kv_heads) = (a.num_attention_heads as usize, a.num_kv_heads as usize);
+        let eps = a.norm_eps as f32;
+        let file = stage.name.as_str();
+        let w = |name: &str| stage.weight(bytes, 0, name);
+        let vecf = |name: &str| w(name)?.to_f32(file, name);
+        let lin = |inp: &[f32], name: &str| -> Result<Vec<f32>> {
+            let mut y = linear(inp, n, &w(name)?, (file, name))?;
+            let bias = format!("{name}.bias");
+            if stage.header.tensor(&bias).is_some() {
+                add_bias(&mut y, &vecf(&bias)?);
+            }
+            Ok(y)
+        };
+
+        let h = rms_norm(x, &vecf(ATTN_NORM)?, eps, hidden);
+        let mut q = lin(&h, ATTN_Q)?;
+        let mut k = lin(&h, ATTN_K)?;
+        let v = lin(&h, ATTN_V)?;
+        if a.qk_norm {
+            rms_norm_in_place(&mut q, &vecf(ATTN_Q_NORM)?, eps, hd);
+            rms_norm_in_place(&mut k, &vecf(ATTN_K_NORM)?, eps, hd);
+        }
+        apply_rope(&mut q, heads, hd, self.pos, &self.inv_freq);
+        apply_rope(&mut k, kv_heads, hd, self.pos, &self.inv_freq);
+        let cache = &mut self.cache[l];
+        cache.k.extend_from_slice(&k);
+        cache.v.extend_from_slice(&v);
+        let window = a.sliding_window.filter(|_| {
+            a.sliding_window_layers
+                .as_ref()
+                .is_none_or(|ls| ls.contains(&(l as u64)))
+        });
+        let shape = AttnShape {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            scale: a
+                .attention_scale
+                .map_or(1.0 / (hd as f32).sqrt(), |s| s as f32),
+            window: window.map(|w| w as usize),
+            softcap: a.attn_logit_softcap.map(|c| c as f32),
+        };
+        let att = attend(&q, n, self.pos, cache, shape);
+        let o = lin(&att, ATTN_O)?;
+        add_in_place(x, &o);
+
+        let h2 = rms_norm(x, &vecf(MLP_NORM)?, eps, hidden);
+        let mut g = lin(&h2, MLP_GATE)?;
+        let u = lin(&h2, MLP_UP)?;
+        gated_activation(&mut g, &u, a.activation);
+        let d = lin(&g, MLP_DOWN)?;
+        add_in_place(x, &d);
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! Helpers for the end-to-end tests: locating the built binaries and the test
+//! models, running commands, copying and hashing directories.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
+/// The repository root (the parent of this crate's directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary built in the same profile as the running test
+/// (`target/<profile>/<name>`). Panics with instructions when it is missing:
+/// `cargo test` does not build other packages' binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test-binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "binary `{name}` not found at {}: build it first with `cargo build --workspace --bins` \
+         in the same profile (scripts/test.sh does this)",
+        path.display()
+    );
+    path
+}
+
+/// The SmolLM2-135M-Instruct checkpoint folder: `$STRATA_SMOLLM2`, or else
+/// the last line printed by `scripts/fetch-smollm2.sh` (which builds it).
+pub fn smollm2_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("STRATA_SMOLLM2").filter(|d| !d.is_empty()) {
+            let d = PathBuf::from(d);
+            assert!(
+                d.join("config.json").is_file(),
+                "STRATA_SMOLLM2={} holds no config.json",
+                d.display()
+            );
+            return d;
+        }
+        let script = repo_root().join("scripts/fetch-smollm2.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed ({}):\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_else(|| panic!("{} printed no path", script.display()));
+        PathBuf::from(last.trim())
+    })
+    .clone()
+}
+
+/// A tiny fixture checkpoint: `tests/fixtures/tiny/<variant>`.
+pub fn tiny_fixture(variant: &str) -> PathBuf {
+    let d = repo_root().join("tests/fixtures/tiny").join(variant);
+    assert!(
+        d.join("config.json").is_file(),
+        "fixture {} is missing (scripts/make-tiny-fixtures.py makes it)",
+        d.display()
+    );
+    d
+}
+
+/// Runs a command to completion and returns its output; panics only if it
+/// cannot be started.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command and panics with its stderr unless it succeeds.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The stderr of an output, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The stdout of an output, as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// sha256 of a file, as lowercase hex.
+pub fn sha256_file(path: &Path) -> String {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    hex::encode(Sha256::digest(&bytes))
+}
+
+/// File name → sha256 of every regular file directly in `dir` whose name
+/// passes `keep`.
+pub fn hash_dir_filtered(dir: &Path, keep: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    for entry in entries {
+        let entry = entry.expect("directory entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().expect("file type").is_file() && keep(&name) {
+            out.insert(name, sha256_file(&entry.path()));
+        }
+    }
+    out
+}
+
+/// File name → sha256 of every regular file directly in `dir`.
+pub fn hash_dir(dir: &Path) -> BTreeMap<String, String> {
+    hash_dir_filtered(dir, |_| true)
+}
+
+/// Copies the regular files directly in `src` (following links) into `dst`,
+/// which is created.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap_or_else(|e| panic!("cannot create {}: {e}", dst.display()));
+    for entry in
+        std::fs::read_dir(src).unwrap_or_else(|e| panic!("cannot list {}: {e}", src.display()))
+    {
+        let entry = entry.expect("directory entry");
+        let path = entry.path();
+        if path.is_file() {
+            std::fs::copy(&path, dst.join(entry.file_name()))
+                .unwrap_or_else(|e| panic!("cannot copy {}: {e}", path.display()));
+        }
+    }
+}
+
+/// Converts `src` with `prep` into `target/e2e-containers/<name>` once per
+/// test process (removing what an earlier run left there) and returns the path.
+pub fn prepared(src: &Path, name: &str, args: &[&str]) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static DONE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let done = DONE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = done.get(name) {
+        return p.clone();
+    }
+    let out = repo_root().join("target/e2e-containers").join(name);
+    if out.exists() {
+        std::fs::remove_dir_all(&out)
+            .unwrap_or_else(|e| panic!("cannot remove {}: {e}", out.display()));
+    }
+    run_ok(
+        Command::new(bin("prep"))
+            .arg(src)
+            .arg("--out")
+            .arg(&out)
+            .args(args)
+            .arg("--quiet"),
+    );
+    done.insert(name.to_string(), out.clone());
+    out
+}

@@ -1,0 +1,420 @@
+//! End-to-end tests of `runner` on containers `prep` made from the real
+//! SmolLM2-135M-Instruct and from tiny transformers fixtures, compared with
+//! Hugging Face transformers' own outputs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use strata_e2e::*;
+
+fn golden() -> Value {
+    let path = repo_root().join("tests/fixtures/smollm2/golden.json");
+    serde_json::from_slice(&std::fs::read(path).expect("golden.json")).expect("golden.json parses")
+}
+
+fn passage() -> PathBuf {
+    repo_root().join("tests/fixtures/smollm2/passage.txt")
+}
+
+fn smol(quant: &str, block: &str) -> PathBuf {
+    prepared(
+        &smollm2_dir(),
+        &format!("smollm2-{quant}-b{block}"),
+        &["--quant", quant, "--block-size", block],
+    )
+}
+
+fn runner(args: &[&str], dir: &Path) -> Command {
+    let mut c = Command::new(bin("runner"));
+    c.arg(args[0]).arg(dir).args(&args[1..]);
+    if !matches!(args[0], "verify" | "inspect") {
+        c.arg("-q");
+    }
+    c
+}
+
+fn ids_arg(v: &Value) -> String {
+    v.as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id").to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn logits_rows(out: &std::process::Output) -> Vec<Vec<f64>> {
+    let v: Value = serde_json::from_str(&stdout(out)).expect("logits JSON");
+    v["logits"]
+        .as_array()
+        .expect("logits rows")
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|x| x.as_f64().expect("number"))
+                .collect()
+        })
+        .collect()
+}
+
+fn max_abs_diff(a: &[f64], b: &Value) -> f64 {
+    let b = b.as_array().expect("golden row");
+    assert_eq!(a.len(), b.len(), "row lengths");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y.as_f64().expect("number")).abs())
+        .fold(0.0, f64::max)
+}
+
+fn mean_nll(dir: &Path, extra: &[&str]) -> f64 {
+    let file = passage();
+    let mut args = vec![
+        "perplexity",
+        "--file",
+        file.to_str().expect("utf-8 path"),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_ok(&mut runner(&args, dir));
+    let v: Value = serde_json::from_str(stdout(&out).trim()).expect("perplexity JSON");
+    assert_eq!(
+        v["tokens"], 305,
+        "the passage tokenizes to the golden's 305 tokens"
+    );
+    v["mean_nll"].as_f64().expect("mean_nll")
+}
+
+#[test]
+fn bf16_logits_match_transformers() {
+    let dir = smol("bf16", "64");
+    for p in golden()["prompts"].as_array().expect("prompts") {
+        let out = run_ok(&mut runner(
+            &["logits", "--ids", &ids_arg(&p["input_ids"])],
+            &dir,
+        ));
+        let rows = logits_rows(&out);
+        assert_eq!(rows.len(), 1);
+        let d = max_abs_diff(&rows[0], &p["last_logits"]);
+        // transformers' values are rounded to 4 decimals; f32 compute lands within ~1e-4.
+        assert!(d < 2e-3, "{}: max abs logit difference {d}", p["name"]);
+        // --prompt tokenizes like transformers
+        let out = run_ok(&mut runner(
+            &["logits", "--prompt", p["text"].as_str().expect("text")],
+            &dir,
+        ));
+        let v: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+        assert_eq!(v["ids"], p["input_ids"], "{}: tokenization", p["name"]);
+    }
+}
+
+fn greedy_text(dir: &Path, prompt: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "generate",
+        "--prompt",
+        prompt,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "24",
+        "--ignore-eos",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_ok(&mut runner(&args, dir));
+    let text = stdout(&out);
+    text.strip_suffix('\n').unwrap_or(&text).to_string()
+}
+
+#[test]
+fn bf16_greedy_and_perplexity_match_transformers_resident() {
+    let dir = smol("bf16", "64");
+    let g = golden();
+    for p in g["prompts"].as_array().expect("prompts") {
+        let want = p["greedy"]["text"].as_str().expect("greedy text");
+        assert_eq!(
+            greedy_text(&dir, p["text"].as_str().expect("text"), &[]),
+            want,
+            "{}",
+            p["name"]
+        );
+    }
+    let nll = mean_nll(&dir, &[]);
+    let want = g["passage"]["mean_nll"].as_f64().expect("mean_nll");
+    assert!(
+        (nll - want).abs() < 1e-3,
+        "mean NLL {nll} vs transformers {want}"
+    );
+}
+
+#[test]
+fn bf16_streamed_with_every_io_backend_matches() {
+    let dir = smol("bf16", "64");
+    let g = golden();
+    let want = g["passage"]["mean_nll"].as_f64().expect("mean_nll");
+    let p = &g["prompts"][0];
+    for io in ["auto", "uring", "pread", "mmap"] {
+        let extra = ["--max-memory", "0", "--io", io];
+        let nll = mean_nll(&dir, &extra);
+        assert!(
+            (nll - want).abs() < 1e-3,
+            "--io {io} --max-memory 0: mean NLL {nll} vs {want}"
+        );
+        let text = greedy_text(&dir, p["text"].as_str().expect("text"), &extra);
+        assert_eq!(
+            text,
+            p["greedy"]["text"].as_str().expect("greedy text"),
+            "--io {io}"
+        );
+    }
+    // A budget that keeps some layers resident and streams the rest.
+    let nll = mean_nll(
+        &dir,
+        &["--max-memory", "420MiB", "--ctx", "512", "--prefetch", "1"],
+    );
+    assert!(
+        (nll - want).abs() < 1e-3,
+        "partly resident: mean NLL {nll} vs {want}"
+    );
+}
+
+#[test]
+fn quantized_perplexity_within_bounds() {
+    let want = golden()["passage"]["mean_nll"].as_f64().expect("mean_nll");
+    let ppl = want.exp();
+    for (quant, block, bound) in [
+        ("int8", "64", 0.01),
+        ("nf4", "64", 0.30),
+        ("nf4", "32", 0.30),
+    ] {
+        let dir = smol(quant, block);
+        let got = mean_nll(&dir, &[]).exp();
+        eprintln!(
+            "{quant} block {block}: perplexity {got:.4} vs {ppl:.4} ({:+.2}%)",
+            (got / ppl - 1.0) * 100.0
+        );
+        assert!(
+            got / ppl - 1.0 < bound,
+            "{quant} block {block}: perplexity {got} vs {ppl}"
+        );
+    }
+}
+
+#[test]
+fn tiny_architectures_match_transformers() {
+    for variant in [
+        "llama",
+        "llama-tied",
+        "llama3-rope",
+        "llama-linear-rope",
+        "mistral",
+        "qwen2",
+        "qwen3",
+    ] {
+        let src = tiny_fixture(variant);
+        let g: Value =
+            serde_json::from_slice(&std::fs::read(src.join("golden.json")).expect("golden"))
+                .expect("json");
+        for (quant, tol) in [("f32", 1e-3), ("bf16", 2e-2)] {
+            let dir = prepared(
+                &src,
+                &format!("tiny-{variant}-{quant}"),
+                &["--quant", quant],
+            );
+            let out = run_ok(&mut runner(
+                &["logits", "--ids", &ids_arg(&g["ids"]), "--all-positions"],
+                &dir,
+            ));
+            let rows = logits_rows(&out);
+            assert_eq!(rows.len(), g["logits"].as_array().expect("rows").len());
+            for (i, row) in rows.iter().enumerate() {
+                let d = max_abs_diff(row, &g["logits"][i]);
+                assert!(
+                    d < tol,
+                    "{variant} {quant} position {i}: max abs difference {d}"
+                );
+            }
+            // Decoding token by token through the KV cache gives the same logits
+            // as the whole-sequence pass (greedy ids of transformers).
+            let mut ids: Vec<u64> = g["greedy"]["ids"]
+                .as_array()
+                .expect("ids")
+                .iter()
+                .map(|x| x.as_u64().expect("id"))
+                .collect();
+            for next in g["greedy"]["new_ids"]
+                .as_array()
+                .expect("new ids")
+                .iter()
+                .take(4)
+            {
+                let arg = ids
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let out = run_ok(&mut runner(&["logits", "--ids", &arg], &dir));
+                let row = &logits_rows(&out)[0];
+                let argmax = (0..row.len()).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+                assert_eq!(
+                    argmax as u64,
+                    next.as_u64().expect("id"),
+                    "{variant} {quant}: greedy after {ids:?}"
+                );
+                ids.push(argmax as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn damaged_containers_are_named() {
+    let src = smol("nf4", "64");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("c");
+    copy_dir(&src, &dir);
+    let out = run_ok(&mut runner(&["verify"], &dir));
+    assert!(stdout(&out).starts_with("ok:"));
+
+    let layer = dir.join("layer.017.strata");
+    let mut bytes = std::fs::read(&layer).expect("layer");
+    let at = bytes.len() - 3000;
+    bytes[at] ^= 0x01;
+    std::fs::write(&layer, &bytes).expect("write");
+    let out = run(&mut runner(&["verify"], &dir));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("layer.017.strata") && stderr(&out).contains("sha256"),
+        "{}",
+        stderr(&out)
+    );
+    for extra in [&["--max-memory", "0"][..], &[][..]] {
+        let mut args = vec!["generate", "--prompt", "Hello", "--max-new-tokens", "2"];
+        args.extend_from_slice(extra);
+        let out = run(&mut runner(&args, &dir));
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("layer.017.strata") && stderr(&out).contains("sha256"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("panicked"));
+    }
+    // --no-verify skips the check (and still runs)
+    run_ok(&mut runner(
+        &[
+            "generate",
+            "--prompt",
+            "Hello",
+            "--max-new-tokens",
+            "2",
+            "--no-verify",
+        ],
+        &dir,
+    ));
+
+    std::fs::remove_file(&layer).expect("remove");
+    let out = run(&mut runner(&["generate", "--prompt", "Hello"], &dir));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("layer.017.strata") && stderr(&out).contains("missing"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("panicked"));
+    let out = run(&mut runner(&["verify", "--json"], &dir));
+    let v: Value = serde_json::from_str(&stdout(&out)).expect("verify JSON");
+    assert_eq!(v["problems"][0]["file"], "layer.017.strata");
+    assert_eq!(v["problems"][0]["problem"]["kind"], "missing");
+}
+
+#[test]
+fn budget_too_small_is_refused_and_bench_reports() {
+    let dir = smol("nf4", "64");
+    let out = run(&mut runner(
+        &["generate", "--prompt", "Hi", "--max-memory", "50MiB"],
+        &dir,
+    ));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("memory budget of 50.00 MiB is too small"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run_ok(&mut runner(
+        &[
+            "bench",
+            "--prompt-tokens",
+            "16",
+            "--new-tokens",
+            "4",
+            "--max-memory",
+            "0",
+        ],
+        &dir,
+    ));
+    let v: Value = serde_json::from_str(stdout(&out).trim()).expect("bench JSON");
+    for key in [
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "bytes_read_per_token",
+        "io_wait_fraction",
+        "peak_rss_bytes",
+    ] {
+        assert!(v[key].as_f64().is_some_and(|x| x >= 0.0), "{key} in {v}");
+    }
+    // Streaming everything reads every layer and the head once per token.
+    let total: u64 = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("layer."))
+        .map(|e| e.metadata().expect("meta").len())
+        .sum();
+    let per_token = v["bytes_read_per_token"].as_f64().expect("bytes");
+    assert!(
+        per_token >= total as f64,
+        "bytes read per token {per_token} < layer bytes {total}"
+    );
+    assert!(v["io_backend"].as_str().is_some_and(|s| !s.is_empty()));
+}
+
+#[test]
+fn chat_keeps_the_conversation() {
+    let dir = smol("bf16", "64");
+    let mut child = Command::new(bin("runner"))
+        .args(["chat"])
+        .arg(&dir)
+        .args(["--temperature", "0", "--max-new-tokens", "16", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chat");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"What is the capital of France?\nAnd of Italy?\n/exit\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("chat output");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut turns = text.lines().filter(|l| !l.trim().is_empty());
+    assert!(turns.next().is_some_and(|t| t.contains("Paris")), "{text}");
+    assert!(turns.next().is_some_and(|t| t.contains("Rome")), "{text}");
+}
+
+#[test]
+fn inspect_describes_the_container() {
+    let dir = smol("nf4", "64");
+    let out = run_ok(&mut runner(&["inspect"], &dir));
+    let s = stdout(&out);
+    assert!(
+        s.contains("llama (LlamaForCausalLM)")
+            && s.contains("weights nf4")
+            && s.contains("30 layers"),
+        "{s}"
+    );
+}
