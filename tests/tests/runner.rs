@@ -418,3 +418,49 @@ fn inspect_describes_the_container() {
         "{s}"
     );
 }
+
+#[test]
+fn batched_prompts_match_single_runs() {
+    let dir = smol("bf16", "64");
+    let g = golden();
+    let prompts: Vec<&Value> = g["prompts"]
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .filter(|p| !p["text"].as_str().expect("text").contains('\n'))
+        .collect();
+    assert!(
+        prompts.len() >= 2,
+        "need at least two one-line golden prompts"
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("prompts.txt");
+    let lines: Vec<&str> = prompts
+        .iter()
+        .map(|p| p["text"].as_str().expect("text"))
+        .collect();
+    std::fs::write(&file, lines.join("\n")).expect("write prompts");
+    let out = run_ok(&mut runner(
+        &[
+            "generate",
+            "--prompts-file",
+            file.to_str().expect("utf-8 path"),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "24",
+            "--ignore-eos",
+            "--max-memory",
+            "0",
+        ],
+        &dir,
+    ));
+    let results: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(results.len(), prompts.len());
+    for (r, p) in results.iter().zip(&prompts) {
+        assert_eq!(r["text"], p["greedy"]["text"], "{}", p["name"]);
+    }
+}

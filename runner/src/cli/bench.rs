@@ -21,6 +21,10 @@ pub struct BenchArgs {
     /// Tokens decoded greedily after the prompt.
     #[arg(long, default_value_t = 32)]
     new_tokens: usize,
+    /// Sequences run together (each streamed layer serves all of them);
+    /// token rates count the tokens of every sequence.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     #[command(flatten)]
     common: Common,
 }
@@ -30,36 +34,65 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     a.common.setup()?;
     let mut engine = Engine::open(&a.dir.dir, &a.common.engine_options())?;
     let vocab = engine.container.manifest.architecture.vocab_size as usize;
-    let prompt: Vec<u32> = (0..a.prompt_tokens.max(1))
-        .map(|i| ((i * 7919 + 13) % vocab) as u32)
+    let k = a.batch.max(1);
+    let prompts: Vec<Vec<u32>> = (0..k)
+        .map(|s| {
+            (0..a.prompt_tokens.max(1))
+                .map(|i| ((i * 7919 + s * 104_729 + 13) % vocab) as u32)
+                .collect()
+        })
         .collect();
+    engine.model.set_batch(k);
     let io0 = engine.io();
     let t0 = Instant::now();
-    let mut logits = engine.forward(&prompt, Want::Last)?;
+    let batch: Vec<(usize, &[u32])> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i, p.as_slice()))
+        .collect();
+    let mut logits = engine
+        .model
+        .forward_batch(&mut engine.streamer, &batch, Want::Last)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
     let io1 = engine.io();
     let t1 = Instant::now();
     let mut decoded = 0usize;
-    for _ in 0..a.new_tokens {
-        if engine.model.position() >= engine.model.ctx() {
+    let ctx = engine.model.ctx();
+    for step in 0..a.new_tokens {
+        if a.prompt_tokens.max(1) + step >= ctx {
             break;
         }
-        let row = logits.row(0);
-        let next = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b }) as u32;
-        logits = engine.forward(&[next], Want::Last)?;
-        decoded += 1;
+        let next: Vec<[u32; 1]> = logits
+            .iter()
+            .map(|l| {
+                let row = l.row(0);
+                [(0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b }) as u32]
+            })
+            .collect();
+        let feed: Vec<(usize, &[u32])> = next
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i, t.as_slice()))
+            .collect();
+        logits = engine
+            .model
+            .forward_batch(&mut engine.streamer, &feed, Want::Last)?;
+        decoded += k;
     }
     let decode_secs = t1.elapsed().as_secs_f64();
     let io2 = engine.io();
+    let prompt_total = k * a.prompt_tokens.max(1);
     let per = |x: f64| if decoded > 0 { x / decoded as f64 } else { 0.0 };
     let out = serde_json::json!({
-        "prompt_tokens": prompt.len(),
+        "batch": k,
+        "prompt_tokens": prompt_total,
         "new_tokens": decoded,
-        "prefill_tokens_per_s": prompt.len() as f64 / prefill_secs,
+        "prefill_tokens_per_s": prompt_total as f64 / prefill_secs,
         "decode_tokens_per_s": if decode_secs > 0.0 { decoded as f64 / decode_secs } else { 0.0 },
         "bytes_read_per_token": per((io2.bytes_read - io1.bytes_read) as f64),
         "prefill_bytes_read": io1.bytes_read - io0.bytes_read,
         "io_wait_fraction": if decode_secs > 0.0 { (io2.wait_secs - io1.wait_secs) / decode_secs } else { 0.0 },
+        "decode_seconds": decode_secs,
         "peak_rss_bytes": peak_rss().unwrap_or(0),
         "io_backend": engine.streamer.backend_name(),
         "resident_bytes": engine.plan.resident_bytes,

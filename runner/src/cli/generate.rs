@@ -2,6 +2,7 @@
 //! with `chat`.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -68,8 +69,12 @@ pub struct GenerateArgs {
     #[command(flatten)]
     dir: Dir,
     /// The prompt.
-    #[arg(long)]
-    prompt: String,
+    #[arg(long, required_unless_present = "prompts_file")]
+    prompt: Option<String>,
+    /// Run every non-empty line of this file as a prompt, all as one batch (each
+    /// streamed layer serves every sequence); prints one JSON line per prompt.
+    #[arg(long, conflicts_with = "prompt")]
+    prompts_file: Option<PathBuf>,
     /// Wrap the prompt in the model's chat template as a user message.
     #[arg(long)]
     chat: bool,
@@ -88,6 +93,8 @@ pub struct GenStats {
     pub prompt_tokens: usize,
     /// Tokens sampled.
     pub new_tokens: usize,
+    /// Tokens sampled by the first step (one per sequence), not counted in the decode rate.
+    pub first_tokens: usize,
     /// Seconds until the first token was sampled.
     pub first_token_secs: f64,
     /// Seconds of the decode phase (after the first token).
@@ -102,7 +109,7 @@ impl GenStats {
     /// Prints the statistics on stderr.
     pub fn report(&self) {
         let tps = if self.decode_secs > 0.0 {
-            self.new_tokens.saturating_sub(1) as f64 / self.decode_secs
+            self.new_tokens.saturating_sub(self.first_tokens) as f64 / self.decode_secs
         } else {
             0.0
         };
@@ -167,6 +174,7 @@ pub fn generate(
     let stats = GenStats {
         prompt_tokens: new_ids.len(),
         new_tokens: sampled.len(),
+        first_tokens: 1,
         first_token_secs,
         decode_secs: started.elapsed().as_secs_f64() - first_token_secs,
         bytes_read: io1.bytes_read - io0.bytes_read,
@@ -175,24 +183,126 @@ pub fn generate(
     Ok((sampled, stats))
 }
 
+/// Tokenizes one prompt, through the chat template when `--chat`.
+fn prompt_ids(engine: &Engine, a: &GenerateArgs, prompt: &str) -> Result<Vec<u32>> {
+    let tok = super::tokenizer(engine)?;
+    if !a.chat {
+        return Ok(tok.encode(prompt, true)?);
+    }
+    let template = ChatTemplate::load(&a.dir.dir)?
+        .with_context(|| format!("{} has no chat template", a.dir.dir.display()))?;
+    let mut messages = Vec::new();
+    if let Some(sys) = &a.system {
+        messages.push(Message::new("system", sys.as_str()));
+    }
+    messages.push(Message::new("user", prompt));
+    let text = template.render(&messages, true)?;
+    Ok(tok.encode(&text, false)?)
+}
+
+/// Generates for every prompt at once: each forward pass feeds one token of
+/// every unfinished sequence, so each layer is read once per step for all.
+fn generate_batch(
+    engine: &mut Engine,
+    prompts: &[Vec<u32>],
+    s: &SamplingArgs,
+) -> Result<(Vec<String>, GenStats)> {
+    let k = prompts.len();
+    let eos = if s.ignore_eos {
+        Vec::new()
+    } else {
+        engine.eos_ids()
+    };
+    engine.model.set_batch(k);
+    let mut samplers: Vec<_> = (0..k).map(|_| s.sampler()).collect();
+    let mut streams: Vec<TextStream> = (0..k).map(|_| TextStream::new(s.stop.clone())).collect();
+    let mut texts = vec![String::new(); k];
+    let mut history: Vec<Vec<u32>> = prompts.to_vec();
+    let io0 = engine.io();
+    let started = Instant::now();
+    let batch: Vec<(usize, &[u32])> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i, p.as_slice()))
+        .collect();
+    let mut logits = engine
+        .model
+        .forward_batch(&mut engine.streamer, &batch, Want::Last)?;
+    let mut active: Vec<usize> = (0..k).collect();
+    let mut first_token_secs = 0.0;
+    let mut new_tokens = 0;
+    for step in 0..s.max_new_tokens {
+        let mut next = Vec::new();
+        for (j, &i) in active.iter().enumerate() {
+            let id = samplers[i].sample(logits[j].row(0), &history[i]);
+            if eos.contains(&id) {
+                continue;
+            }
+            new_tokens += 1;
+            let (text, stop) = streams[i].push(super::tokenizer(engine)?, id)?;
+            texts[i].push_str(&text);
+            history[i].push(id);
+            if !stop && history[i].len() < engine.model.ctx() {
+                next.push((i, [id]));
+            }
+        }
+        if step == 0 {
+            first_token_secs = started.elapsed().as_secs_f64();
+        }
+        if next.is_empty() || step + 1 == s.max_new_tokens {
+            break;
+        }
+        let feed: Vec<(usize, &[u32])> = next.iter().map(|(i, id)| (*i, id.as_slice())).collect();
+        logits = engine
+            .model
+            .forward_batch(&mut engine.streamer, &feed, Want::Last)?;
+        active = next.iter().map(|(i, _)| *i).collect();
+    }
+    for (t, st) in texts.iter_mut().zip(&mut streams) {
+        t.push_str(&st.finish(super::tokenizer(engine)?)?);
+    }
+    let io1 = engine.io();
+    let stats = GenStats {
+        prompt_tokens: prompts.iter().map(Vec::len).sum(),
+        new_tokens,
+        first_tokens: k,
+        first_token_secs,
+        decode_secs: started.elapsed().as_secs_f64() - first_token_secs,
+        bytes_read: io1.bytes_read - io0.bytes_read,
+        io_wait_secs: io1.wait_secs - io0.wait_secs,
+    };
+    Ok((texts, stats))
+}
+
 /// Runs `generate`.
 pub fn run(a: GenerateArgs) -> Result<i32> {
     a.common.setup()?;
     let mut engine = Engine::open(&a.dir.dir, &a.common.engine_options())?;
-    let tok = super::tokenizer(&engine)?;
-    let ids = if a.chat {
-        let template = ChatTemplate::load(&a.dir.dir)?
-            .with_context(|| format!("{} has no chat template", a.dir.dir.display()))?;
-        let mut messages = Vec::new();
-        if let Some(sys) = &a.system {
-            messages.push(Message::new("system", sys.as_str()));
+    if let Some(file) = &a.prompts_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let prompts: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        if prompts.is_empty() {
+            anyhow::bail!("{} holds no prompts (one per line)", file.display());
         }
-        messages.push(Message::new("user", a.prompt.as_str()));
-        let text = template.render(&messages, true)?;
-        tok.encode(&text, false)?
-    } else {
-        tok.encode(&a.prompt, true)?
-    };
+        let ids = prompts
+            .iter()
+            .map(|p| prompt_ids(&engine, &a, p))
+            .collect::<Result<Vec<_>>>()?;
+        let (texts, stats) = generate_batch(&mut engine, &ids, &a.sampling)?;
+        for (i, (p, t)) in prompts.iter().zip(&texts).enumerate() {
+            println!(
+                "{}",
+                serde_json::json!({"index": i, "prompt": p, "text": t})
+            );
+        }
+        if !a.common.quiet {
+            stats.report();
+        }
+        return Ok(0);
+    }
+    let prompt = a.prompt.as_deref().unwrap_or_default();
+    let ids = prompt_ids(&engine, &a, prompt)?;
     let mut history = Vec::new();
     let (_, stats) = generate(&mut engine, &ids, &a.sampling, &mut history)?;
     println!();

@@ -47,14 +47,29 @@ impl Logits {
     }
 }
 
-/// The decoder's state: the architecture, rotary tables and the KV cache.
+/// One sequence's state: its KV cache (per layer) and length.
+#[derive(Debug, Clone, Default)]
+struct Sequence {
+    cache: Vec<KvCache>,
+    pos: usize,
+}
+
+/// The decoder's state: the architecture, rotary tables and one KV cache per
+/// sequence of the batch (one sequence unless [`Model::set_batch`] says otherwise).
 pub struct Model {
     arch: Architecture,
     inv_freq: Vec<f32>,
-    cache: Vec<KvCache>,
+    seqs: Vec<Sequence>,
     final_norm: Vec<f32>,
     ctx: usize,
-    pos: usize,
+}
+
+/// The rows of the batch's activation matrix that belong to one sequence.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    seq: usize,
+    row: usize,
+    n: usize,
 }
 
 /// Checks that every stage holds the tensors the architecture needs, with the right shapes.
@@ -129,19 +144,32 @@ impl Model {
             .weight(&bytes, e.offset, FINAL_NORM)?
             .to_f32(&c.head.name, FINAL_NORM)?;
         let arch = c.manifest.architecture.clone();
-        Ok(Model {
+        let mut m = Model {
             inv_freq: inv_freq(&arch.rope),
-            cache: vec![KvCache::default(); arch.num_layers as usize],
+            seqs: Vec::new(),
             arch,
             final_norm,
             ctx,
-            pos: 0,
-        })
+        };
+        m.set_batch(1);
+        Ok(m)
     }
 
-    /// Positions held in the KV cache.
+    /// Makes room for `n` independent sequences, all empty.
+    pub fn set_batch(&mut self, n: usize) {
+        let layers = self.arch.num_layers as usize;
+        self.seqs = vec![
+            Sequence {
+                cache: vec![KvCache::default(); layers],
+                pos: 0,
+            };
+            n.max(1)
+        ];
+    }
+
+    /// Positions held in the KV cache of the first sequence.
     pub fn position(&self) -> usize {
-        self.pos
+        self.seqs[0].pos
     }
 
     /// The context length.
@@ -154,35 +182,68 @@ impl Model {
         &self.arch
     }
 
-    /// Forgets every position from `pos` on (0 resets the conversation).
+    /// Forgets every position of the first sequence from `pos` on (0 resets the conversation).
     pub fn truncate(&mut self, pos: usize) {
         let kd = (self.arch.num_kv_heads * self.arch.head_dim) as usize;
-        for c in &mut self.cache {
+        let seq = &mut self.seqs[0];
+        for c in &mut seq.cache {
             c.k.truncate(pos * kd);
             c.v.truncate(pos * kd);
         }
-        self.pos = self.pos.min(pos);
+        seq.pos = seq.pos.min(pos);
     }
 
-    /// Runs `ids` (appended after the cached positions) through every layer,
-    /// each layer once for all of them, and returns the wanted logits.
+    /// Runs `ids` (appended after the cached positions of the first sequence)
+    /// through every layer, each layer once for all of them, and returns the
+    /// wanted logits.
     pub fn forward(&mut self, s: &mut Streamer, ids: &[u32], want: Want) -> Result<Logits> {
-        let n = ids.len();
-        if n == 0 {
-            return Err(RunnerError::Invalid("no tokens to process".into()));
+        let mut out = self.forward_batch(s, &[(0, ids)], want)?;
+        Ok(out.remove(0))
+    }
+
+    /// Runs several sequences at once: each `(sequence, ids)` appends `ids`
+    /// to that sequence. Every layer is fetched once and serves all of them;
+    /// returns the wanted logits of each entry, in order.
+    pub fn forward_batch(
+        &mut self,
+        s: &mut Streamer,
+        batch: &[(usize, &[u32])],
+        want: Want,
+    ) -> Result<Vec<Logits>> {
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut all_ids = Vec::new();
+        for &(seq, ids) in batch {
+            let state = self.seqs.get(seq).ok_or_else(|| {
+                RunnerError::Invalid(format!(
+                    "sequence {seq} is outside the batch of {}",
+                    self.seqs.len()
+                ))
+            })?;
+            if ids.is_empty() {
+                return Err(RunnerError::Invalid("no tokens to process".into()));
+            }
+            if state.pos + ids.len() > self.ctx {
+                return Err(RunnerError::Invalid(format!(
+                    "context full: {} cached + {} new tokens exceed --ctx {}",
+                    state.pos,
+                    ids.len(),
+                    self.ctx
+                )));
+            }
+            spans.push(Span {
+                seq,
+                row: all_ids.len(),
+                n: ids.len(),
+            });
+            all_ids.extend_from_slice(ids);
         }
-        if self.pos + n > self.ctx {
-            return Err(RunnerError::Invalid(format!(
-                "context full: {} cached + {n} new tokens exceed --ctx {}",
-                self.pos, self.ctx
-            )));
-        }
+        let n = all_ids.len();
         let hidden = self.arch.hidden_size as usize;
         let c = s.container().clone();
         let e = c.embed.entry(EMBED_TOKENS)?;
         let (dtype, block) = (e.dtype, e.block_size.unwrap_or(1) as usize);
         let mut x = vec![0f32; n * hidden];
-        for (row, bytes) in x.chunks_mut(hidden).zip(s.embedding_rows(ids)?) {
+        for (row, bytes) in x.chunks_mut(hidden).zip(s.embedding_rows(&all_ids)?) {
             strata_format::codec::decode_row(dtype, &bytes, block, row).map_err(|err| {
                 RunnerError::Tensor {
                     file: c.embed.name.clone(),
@@ -195,12 +256,21 @@ impl Model {
             x.iter_mut().for_each(|v| *v *= m as f32);
         }
         for l in 0..c.layers.len() {
-            s.with_layer(l, |stage, bytes| self.layer(l, stage, bytes, &mut x, n))?;
+            s.with_layer(l, |stage, bytes| {
+                self.layer(l, stage, bytes, &mut x, &spans)
+            })?;
         }
-        let rows: Vec<f32> = match want {
-            Want::All => x,
-            Want::Last => x[(n - 1) * hidden..].to_vec(),
-        };
+        // The rows whose logits are wanted, and how many belong to each entry.
+        let mut rows = Vec::new();
+        let mut counts = Vec::with_capacity(spans.len());
+        for sp in &spans {
+            let (first, count) = match want {
+                Want::All => (sp.row, sp.n),
+                Want::Last => (sp.row + sp.n - 1, 1),
+            };
+            rows.extend_from_slice(&x[first * hidden..(first + count) * hidden]);
+            counts.push(count);
+        }
         let m = rows.len() / hidden;
         let xs = rms_norm(&rows, &self.final_norm, self.arch.norm_eps as f32, hidden);
         let vocab = self.arch.vocab_size as usize;
@@ -212,8 +282,19 @@ impl Model {
         if let Some(cap) = self.arch.final_logit_softcap {
             soft_cap(&mut data, cap as f32);
         }
-        self.pos += n;
-        Ok(Logits { vocab, data })
+        for sp in &spans {
+            self.seqs[sp.seq].pos += sp.n;
+        }
+        let mut out = Vec::with_capacity(spans.len());
+        let mut at = 0;
+        for count in counts {
+            out.push(Logits {
+                vocab,
+                data: data[at * vocab..(at + count) * vocab].to_vec(),
+            });
+            at += count;
+        }
+        Ok(out)
     }
 
     fn layer(
@@ -222,9 +303,10 @@ impl Model {
         stage: &StageInfo,
         bytes: &[u8],
         x: &mut [f32],
-        n: usize,
+        spans: &[Span],
     ) -> Result<()> {
         let a = &self.arch;
+        let n = x.len() / a.hidden_size as usize;
         let hidden = a.hidden_size as usize;
         let hd = a.head_dim as usize;
         let (heads, kv_heads) = (a.num_attention_heads as usize, a.num_kv_heads as usize);
@@ -249,11 +331,6 @@ impl Model {
             rms_norm_in_place(&mut q, &vecf(ATTN_Q_NORM)?, eps, hd);
             rms_norm_in_place(&mut k, &vecf(ATTN_K_NORM)?, eps, hd);
         }
-        apply_rope(&mut q, heads, hd, self.pos, &self.inv_freq);
-        apply_rope(&mut k, kv_heads, hd, self.pos, &self.inv_freq);
-        let cache = &mut self.cache[l];
-        cache.k.extend_from_slice(&k);
-        cache.v.extend_from_slice(&v);
         let window = a.sliding_window.filter(|_| {
             a.sliding_window_layers
                 .as_ref()
@@ -269,7 +346,22 @@ impl Model {
             window: window.map(|w| w as usize),
             softcap: a.attn_logit_softcap.map(|c| c as f32),
         };
-        let att = attend(&q, n, self.pos, cache, shape);
+        let (qd, kd) = (heads * hd, kv_heads * hd);
+        let mut att = vec![0f32; n * qd];
+        for sp in spans {
+            let seq = &mut self.seqs[sp.seq];
+            let qs = &mut q[sp.row * qd..(sp.row + sp.n) * qd];
+            let ks = &mut k[sp.row * kd..(sp.row + sp.n) * kd];
+            apply_rope(qs, heads, hd, seq.pos, &self.inv_freq);
+            apply_rope(ks, kv_heads, hd, seq.pos, &self.inv_freq);
+            let cache = &mut seq.cache[l];
+            cache.k.extend_from_slice(ks);
+            cache
+                .v
+                .extend_from_slice(&v[sp.row * kd..(sp.row + sp.n) * kd]);
+            let out = attend(qs, sp.n, seq.pos, cache, shape);
+            att[sp.row * qd..(sp.row + sp.n) * qd].copy_from_slice(&out);
+        }
         let o = lin(&att, ATTN_O)?;
         add_in_place(x, &o);
 
