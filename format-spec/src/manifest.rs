@@ -268,7 +268,13 @@ impl Manifest {
     /// Loads `DIR/manifest.json` and validates it.
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_NAME);
-        let meta = std::fs::metadata(&path).map_err(|e| FormatError::io(&path, e))?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| FormatError::io(&path, e))?;
+        if !meta.is_file() {
+            return Err(bad(
+                &path,
+                "not a regular file (a symbolic link, directory or device); container files must be regular files".into(),
+            ));
+        }
         if meta.len() > MAX_MANIFEST_BYTES {
             return Err(bad(
                 &path,
@@ -375,17 +381,58 @@ impl Manifest {
                 finite_pos(name, v)?;
             }
         }
+        match &a.rope.scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => finite_pos("rope.scaling.factor", *factor)?,
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                finite_pos("rope.scaling.factor", *factor)?;
+                finite_pos("rope.scaling.low_freq_factor", *low_freq_factor)?;
+                finite_pos("rope.scaling.high_freq_factor", *high_freq_factor)?;
+                if high_freq_factor <= low_freq_factor || *original_max_position_embeddings == 0 {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "rope.scaling: high_freq_factor {high_freq_factor} must exceed low_freq_factor {low_freq_factor}, and original_max_position_embeddings {original_max_position_embeddings} must be at least 1"
+                        ),
+                    ));
+                }
+            }
+        }
+        if a.sliding_window == Some(0) {
+            return Err(bad(path, "architecture.sliding_window is 0".into()));
+        }
+        if let Some(l) = a
+            .sliding_window_layers
+            .iter()
+            .flatten()
+            .find(|&&l| l >= a.num_layers)
+        {
+            return Err(bad(
+                path,
+                format!(
+                    "sliding_window_layers names layer {l} of {} layers",
+                    a.num_layers
+                ),
+            ));
+        }
         if let Some(m) = &a.moe {
             if m.num_experts == 0
                 || m.num_experts > MAX_COUNT
                 || m.top_k == 0
                 || m.top_k > m.num_experts
+                || m.expert_intermediate_size == 0
+                || m.expert_intermediate_size > MAX_WIDTH
             {
                 return Err(bad(
                     path,
                     format!(
-                        "moe: top_k {} of {} experts is invalid",
-                        m.top_k, m.num_experts
+                        "moe: top_k {} of {} experts of width {} is invalid",
+                        m.top_k, m.num_experts, m.expert_intermediate_size
                     ),
                 ));
             }

@@ -402,3 +402,93 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn manifest_refuses_values_that_would_poison_the_maths() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_container(dir.path());
+    let path = dir.path().join(MANIFEST_NAME);
+    let llama3 = |factor: f64, low: f64, high: f64, orig: u64| RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: low,
+        high_freq_factor: high,
+        original_max_position_embeddings: orig,
+    };
+    type Edit = Box<dyn Fn(&mut Manifest)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "rope.scaling.factor",
+            Box::new(|m| m.architecture.rope.scaling = Some(RopeScaling::Linear { factor: 0.0 })),
+        ),
+        (
+            "rope.scaling.factor",
+            Box::new(|m| m.architecture.rope.scaling = Some(RopeScaling::Linear { factor: -2.0 })),
+        ),
+        (
+            "high_freq_factor",
+            Box::new(move |m| m.architecture.rope.scaling = Some(llama3(8.0, 4.0, 4.0, 8192))),
+        ),
+        (
+            "original_max_position_embeddings",
+            Box::new(move |m| m.architecture.rope.scaling = Some(llama3(8.0, 1.0, 4.0, 0))),
+        ),
+        (
+            "rope.scaling.low_freq_factor",
+            Box::new(move |m| m.architecture.rope.scaling = Some(llama3(8.0, 0.0, 4.0, 8192))),
+        ),
+        (
+            "sliding_window",
+            Box::new(|m| m.architecture.sliding_window = Some(0)),
+        ),
+        (
+            "sliding_window_layers",
+            Box::new(|m| {
+                m.architecture.sliding_window = Some(4);
+                m.architecture.sliding_window_layers = Some(vec![0, 7]);
+            }),
+        ),
+        (
+            "moe",
+            Box::new(|m| {
+                m.architecture.moe = Some(Moe {
+                    num_experts: 4,
+                    top_k: 2,
+                    expert_intermediate_size: 0,
+                    normalize_top_k: true,
+                    shared_expert_intermediate_size: None,
+                })
+            }),
+        ),
+    ];
+    for (needle, edit) in cases {
+        let mut bad = m.clone();
+        edit(&mut bad);
+        let err = Manifest::from_json(&bad.to_json(), &path).unwrap_err();
+        assert!(
+            matches!(err, FormatError::BadManifest { .. }) && err.to_string().contains(needle),
+            "{needle}: {err}"
+        );
+    }
+    // Sound values of the same fields are read.
+    let mut ok = m.clone();
+    ok.architecture.rope.scaling = Some(llama3(8.0, 1.0, 4.0, 8192));
+    ok.architecture.sliding_window = Some(4);
+    ok.architecture.sliding_window_layers = Some(vec![0]);
+    Manifest::from_json(&ok.to_json(), &path).unwrap();
+}
+
+#[test]
+fn manifest_must_be_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_container(dir.path());
+    let elsewhere = tempfile::tempdir().unwrap();
+    let outside = elsewhere.path().join(MANIFEST_NAME);
+    std::fs::rename(dir.path().join(MANIFEST_NAME), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.path().join(MANIFEST_NAME)).unwrap();
+    let err = Manifest::load(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    std::fs::remove_file(dir.path().join(MANIFEST_NAME)).unwrap();
+    std::fs::create_dir(dir.path().join(MANIFEST_NAME)).unwrap();
+    let err = Manifest::load(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+}

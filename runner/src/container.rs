@@ -173,8 +173,9 @@ pub struct Container {
 
 impl Container {
     /// Opens `dir`: loads the manifest, checks that every stage file exists with
-    /// its listed size and a valid header of the right stage. When `verify`,
-    /// each file's sha256 is checked the first time its bytes are read.
+    /// its listed size and a valid header of the right stage, and every other
+    /// listed file its size. When `verify`, the other files' sha256 is checked
+    /// now and each stage file's the first time its bytes are read.
     pub fn open(dir: &Path, verify: bool) -> Result<Container> {
         let manifest = Manifest::load(dir)?;
         let stage = |name: &str, kind: StageKind, layer: Option<u32>| -> Result<StageInfo> {
@@ -216,6 +217,26 @@ impl Container {
             .enumerate()
             .map(|(i, n)| stage(n, StageKind::Layer, Some(i as u32)))
             .collect::<Result<Vec<_>>>()?;
+        // The other listed files (tokenizer, generation config) are small and
+        // read whole by the text side: size always, sha256 when verifying.
+        let stages: HashSet<&str> = std::iter::once(&manifest.stages.embed)
+            .chain(&manifest.stages.layers)
+            .chain(std::iter::once(&manifest.stages.head))
+            .map(String::as_str)
+            .collect();
+        for f in manifest
+            .files
+            .iter()
+            .filter(|f| !stages.contains(f.path.as_str()))
+        {
+            if let Some(problem) = check_file(dir, &manifest, &f.path, verify) {
+                return Err(RunnerError::Invalid(format!(
+                    "{}: {problem} (run `runner verify {}` for a full report)",
+                    dir.join(&f.path).display(),
+                    dir.display()
+                )));
+            }
+        }
         Ok(Container {
             dir: dir.to_path_buf(),
             manifest,

@@ -8,6 +8,17 @@ use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
+pub mod fuzzing;
+
+/// A minimal `tokenizer.json`: a word-level tokenizer that knows `<s>` (0),
+/// `</s>` (1) and `a` (2), splitting on whitespace; ids it does not know decode
+/// to nothing. Enough to run `runner generate` on a tiny fixture's container.
+pub const TINY_TOKENIZER_JSON: &str = r#"{"version":"1.0","truncation":null,"padding":null,
+"added_tokens":[{"id":0,"content":"<s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
+{"id":1,"content":"</s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
+"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+"model":{"type":"WordLevel","vocab":{"<s>":0,"</s>":1,"a":2},"unk_token":"a"}}"#;
+
 /// The repository root (the parent of this crate's directory).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,0 +1,4 @@
+//! Fuzz target `hf_config`: see `strata_e2e::fuzzing::hf_config`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| strata_e2e::fuzzing::hf_config(data));
