@@ -59,6 +59,16 @@ impl OutDir {
                 format!("cannot lock {}: {e}", lock_path.display())
             }));
         }
+        // A prep that just finished unlinks the lock file before its lock is
+        // released: if we locked that orphaned file, the path now names
+        // another file (or none), and a third prep could lock that one too.
+        // Only a lock on the file the path still names counts.
+        if !same_file(&lock, &lock_path) {
+            return Err(out_err(format!(
+                "another prep was finishing in this directory while this one started ({} changed); run the command again",
+                lock_path.display()
+            )));
+        }
         Ok(OutDir {
             path: path.to_path_buf(),
             lock_path,
@@ -70,6 +80,15 @@ impl OutDir {
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Whether the open `file` is the file `path` names now (same device and inode).
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -224,6 +243,19 @@ mod tests {
             .to_string()
             .contains(JOB_NAME));
         assert!(identity().describe().contains("--quant nf4"));
+    }
+
+    #[test]
+    fn a_lock_on_an_unlinked_lock_file_does_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_NAME);
+        let orphan = File::create(&path).unwrap();
+        assert!(same_file(&orphan, &path));
+        // The finishing prep unlinks the file; a newcomer creates a new one.
+        std::fs::remove_file(&path).unwrap();
+        assert!(!same_file(&orphan, &path));
+        let _new = File::create(&path).unwrap();
+        assert!(!same_file(&orphan, &path));
     }
 
     #[test]
