@@ -268,7 +268,21 @@ impl Manifest {
     /// Loads `DIR/manifest.json` and validates it.
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_NAME);
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| FormatError::io(&path, e))?;
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.is_dir() => {
+                let partial = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.any(|_| true));
+                return Err(bad(
+                    &path,
+                    if partial {
+                        "missing: this is not a complete container (prep writes manifest.json last; it may still be running or was interrupted — rerun the same prep command to finish it)".into()
+                    } else {
+                        "missing: the directory is empty, not a strata container".into()
+                    },
+                ));
+            }
+            Err(e) => return Err(FormatError::io(&path, e)),
+        };
         if !meta.is_file() {
             return Err(bad(
                 &path,

@@ -492,3 +492,17 @@ fn manifest_must_be_a_regular_file() {
     let err = Manifest::load(dir.path()).unwrap_err();
     assert!(err.to_string().contains("not a regular file"), "{err}");
 }
+
+#[test]
+fn an_incomplete_container_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Manifest::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("empty, not a strata container"), "{err}");
+    tiny_container(dir.path());
+    std::fs::remove_file(dir.path().join(MANIFEST_NAME)).unwrap();
+    let err = Manifest::load(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("not a complete container") && err.contains("manifest.json"),
+        "{err}"
+    );
+}

@@ -461,3 +461,51 @@ fn a_second_prep_into_the_same_directory_is_refused() {
     }
     panic!("the first prep always ended before the second one started");
 }
+
+#[test]
+fn a_runner_refuses_a_container_prep_is_still_writing() {
+    let tmp = tmpdir();
+    let master = tmp.path().join("master");
+    write_checkpoint(&master);
+    let out = tmp.path().join("out");
+    let mut writer = prep(&master, &out, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn prep");
+    let pid = writer.id() as libc::pid_t;
+    // Freeze prep as soon as it has written its first stage file, so the
+    // runner deterministically sees a half-written container.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.join("embed.strata").exists() && writer.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "prep wrote nothing in 60 s");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    // SAFETY: signalling our own child process.
+    let stopped = unsafe { libc::kill(pid, libc::SIGSTOP) } == 0;
+    let frozen_midway = stopped && !out.join("manifest.json").exists();
+    let runner = run(Command::new(bin("runner")).arg("generate").arg(&out).args([
+        "--prompt",
+        "a",
+        "--max-new-tokens",
+        "1",
+        "-q",
+    ]));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(writer.wait().expect("prep").success());
+    if frozen_midway {
+        assert!(!runner.status.success());
+        let err = stderr(&runner);
+        assert!(
+            err.contains("manifest.json") && err.contains("not a complete container"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    } else {
+        eprintln!("prep finished before it could be frozen; the complete container must then run");
+    }
+    // Once prep is done, the same container verifies.
+    let m = Manifest::load(&out).expect("manifest after prep");
+    assert!(verify_container(&out, &m).ok());
+}
