@@ -16,6 +16,7 @@ pub mod header;
 pub mod manifest;
 pub mod names;
 pub mod reader;
+pub mod shapes;
 pub mod verify;
 pub mod writer;
 

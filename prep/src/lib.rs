@@ -26,6 +26,7 @@ pub mod job;
 pub mod plan;
 pub mod progress;
 pub mod quant;
+pub mod random;
 pub mod safetensors;
 pub mod source;
 

@@ -105,6 +105,8 @@ enum Command {
     Verify(cli::verify::VerifyArgs),
     /// Describe a container: architecture, quantization, sizes, source.
     Inspect(cli::inspect::InspectArgs),
+    /// Print the memory plan for a container or a named model shape (no files needed).
+    Plan(cli::plan::PlanArgs),
 }
 
 /// Exit status for a failed verification.
@@ -120,12 +122,13 @@ fn main() {
         Command::Bench(a) => cli::bench::run(a),
         Command::Verify(a) => cli::verify::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
+        Command::Plan(a) => cli::plan::run(a),
     };
     match result {
         Ok(0) => {}
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("runner: error: {e:#}");
+            eprintln!("runner: error: {}", error_text(&e));
             std::process::exit(2);
         }
     }
@@ -136,4 +139,18 @@ fn main() {
 pub struct Dir {
     /// The container directory (written by `prep`).
     dir: PathBuf,
+}
+
+/// An error and its causes on one line, skipping a cause whose text the
+/// message already contains (typed errors print their source themselves).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
 }

@@ -1,6 +1,10 @@
 //! The memory plan: given a budget, which stages stay resident and which
 //! stream, accounting for the KV cache, prefetch buffers and working memory.
 
+use strata_format::manifest::Architecture;
+use strata_format::shapes::{self, StageLayout};
+use strata_format::StageKind;
+
 use crate::container::Container;
 use crate::error::{Result, RunnerError};
 use crate::units::human;
@@ -45,8 +49,7 @@ pub struct MemoryPlan {
 }
 
 /// Bytes of the KV cache for `ctx` positions (f32 keys and values).
-pub fn kv_cache_bytes(c: &Container, ctx: usize) -> u64 {
-    let a = &c.manifest.architecture;
+pub fn kv_cache_bytes(a: &Architecture, ctx: usize) -> u64 {
     ctx as u64 * a.num_kv_heads * a.head_dim * 2 * 4 * a.num_layers
 }
 
@@ -56,14 +59,92 @@ pub fn head_weight_bytes(c: &Container) -> Result<u64> {
     Ok(stage.entry(name)?.length)
 }
 
+/// The sizes a plan is made from: what the files hold, not the files themselves,
+/// so that a model can be planned for before it exists (`runner plan --shape`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanSizes {
+    /// Size of each layer file, in order.
+    pub layer_bytes: Vec<u64>,
+    /// Bytes of the output head's weight (the embedding matrix when tied).
+    pub head_bytes: u64,
+    /// KV cache bytes per context position (f32 keys and values, all layers).
+    pub kv_bytes_per_position: u64,
+}
+
+impl PlanSizes {
+    /// The sizes of an opened container.
+    pub fn of_container(c: &Container) -> Result<PlanSizes> {
+        Ok(PlanSizes {
+            layer_bytes: c.layers.iter().map(|l| l.len).collect(),
+            head_bytes: head_weight_bytes(c)?,
+            kv_bytes_per_position: kv_cache_bytes(&c.manifest.architecture, 1),
+        })
+    }
+
+    /// The sizes of a container laid out as `stages` for `arch` (see
+    /// [`strata_format::shapes::stage_layouts`]), computed without any file.
+    pub fn of_layout(arch: &Architecture, stages: &[StageLayout]) -> Result<PlanSizes> {
+        let mut layer_bytes = Vec::new();
+        for s in stages.iter().filter(|s| s.kind == StageKind::Layer) {
+            layer_bytes.push(s.file_size()?);
+        }
+        let head_bytes = shapes::head_weight_bytes(arch, stages)
+            .ok_or_else(|| RunnerError::Invalid("the layout holds no output head weight".into()))?;
+        Ok(PlanSizes {
+            layer_bytes,
+            head_bytes,
+            kv_bytes_per_position: kv_cache_bytes(arch, 1),
+        })
+    }
+
+    /// KV cache bytes for `ctx` positions.
+    pub fn kv_cache(&self, ctx: usize) -> u64 {
+        self.kv_bytes_per_position.saturating_mul(ctx as u64)
+    }
+
+    /// Size of one streaming unit: the largest layer, or a head chunk of at
+    /// least 8 MiB (never more than the head itself when layers are smaller).
+    pub fn unit(&self) -> u64 {
+        let max_layer = self.layer_bytes.iter().copied().max().unwrap_or(0);
+        max_layer.max(MIN_UNIT).min(self.head_bytes.max(max_layer))
+    }
+
+    /// Bytes of every layer and the head weight together.
+    pub fn total(&self) -> u64 {
+        self.head_bytes + self.layer_bytes.iter().sum::<u64>()
+    }
+
+    /// The smallest `--max-memory` with which streaming works: KV cache,
+    /// runtime allowance and `(prefetch + 1)` units of read buffers.
+    pub fn streaming_minimum(&self, ctx: usize, prefetch: usize) -> u64 {
+        self.kv_cache(ctx) + OVERHEAD + (prefetch as u64 + 1) * self.unit()
+    }
+
+    /// The smallest `--max-memory` that keeps every layer and the head resident.
+    pub fn all_resident(&self, ctx: usize) -> u64 {
+        self.kv_cache(ctx) + OVERHEAD + self.total()
+    }
+
+    /// The smallest budget a plan accepts: streaming, or all resident when
+    /// that is smaller (a model smaller than its read buffers).
+    pub fn smallest_budget(&self, ctx: usize, prefetch: usize) -> u64 {
+        self.streaming_minimum(ctx, prefetch)
+            .min(self.all_resident(ctx))
+    }
+}
+
 impl MemoryPlan {
     /// Plans for container `c`.
     pub fn new(c: &Container, req: PlanRequest) -> Result<MemoryPlan> {
-        let kv_cache = kv_cache_bytes(c, req.ctx);
-        let head_bytes = head_weight_bytes(c)?;
-        let layer_bytes: Vec<u64> = c.layers.iter().map(|l| l.len).collect();
-        let max_layer = layer_bytes.iter().copied().max().unwrap_or(0);
-        let unit = max_layer.max(MIN_UNIT).min(head_bytes.max(max_layer));
+        MemoryPlan::for_sizes(&PlanSizes::of_container(c)?, req)
+    }
+
+    /// Plans for a model of the given sizes.
+    pub fn for_sizes(sizes: &PlanSizes, req: PlanRequest) -> Result<MemoryPlan> {
+        let kv_cache = sizes.kv_cache(req.ctx);
+        let head_bytes = sizes.head_bytes;
+        let layer_bytes = &sizes.layer_bytes;
+        let unit = sizes.unit();
         let n = layer_bytes.len();
         let mut plan = MemoryPlan {
             budget: None,
@@ -79,7 +160,7 @@ impl MemoryPlan {
         let budget = match req.max_memory {
             Some(0) => {
                 plan.buffers = (req.prefetch as u64 + 1) * unit;
-                plan.streamed_bytes = head_bytes + layer_bytes.iter().sum::<u64>();
+                plan.streamed_bytes = sizes.total();
                 return Ok(plan);
             }
             Some(b) => b,
@@ -101,7 +182,7 @@ impl MemoryPlan {
                 ),
             });
         };
-        let total = head_bytes + layer_bytes.iter().sum::<u64>();
+        let total = sizes.total();
         if total <= room {
             plan.head_resident = true;
             plan.resident_layers = vec![true; n];
@@ -198,7 +279,51 @@ fn ranges(v: &[usize]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::ranges;
+    use super::*;
+
+    fn sizes() -> PlanSizes {
+        PlanSizes {
+            layer_bytes: vec![100 << 20; 10],
+            head_bytes: 50 << 20,
+            kv_bytes_per_position: 1 << 20,
+        }
+    }
+
+    fn req(max_memory: u64) -> PlanRequest {
+        PlanRequest {
+            max_memory: Some(max_memory),
+            prefetch: 2,
+            ctx: 16,
+        }
+    }
+
+    #[test]
+    fn the_minimum_budgets_are_exact() {
+        let s = sizes();
+        let min = s.streaming_minimum(16, 2);
+        assert_eq!(min, (16 << 20) + OVERHEAD + 3 * (100 << 20));
+        let p = MemoryPlan::for_sizes(&s, req(min)).unwrap();
+        assert!(p.streams());
+        assert_eq!(p.streamed_bytes, s.total());
+        assert!(MemoryPlan::for_sizes(&s, req(min - 1)).is_err());
+        let all = s.all_resident(16);
+        let p = MemoryPlan::for_sizes(&s, req(all)).unwrap();
+        assert!(!p.streams());
+        assert!(MemoryPlan::for_sizes(&s, req(all - 1)).unwrap().streams());
+        assert_eq!(s.smallest_budget(16, 2), min);
+    }
+
+    #[test]
+    fn a_model_smaller_than_its_buffers_runs_resident() {
+        let s = PlanSizes {
+            layer_bytes: vec![1 << 20; 2],
+            head_bytes: 1 << 20,
+            kv_bytes_per_position: 0,
+        };
+        let small = s.smallest_budget(16, 2);
+        assert_eq!(small, s.all_resident(16));
+        assert!(!MemoryPlan::for_sizes(&s, req(small)).unwrap().streams());
+    }
 
     #[test]
     fn range_formatting() {

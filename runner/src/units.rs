@@ -1,6 +1,8 @@
 //! Byte sizes: parsing `512MiB`/`4GiB`/`1.5G`, printing them, and reading
 //! the machine's available memory and the process's peak RSS.
 
+use std::path::Path;
+
 /// Parses a size such as `0`, `4096`, `512MiB`, `4GiB`, `1.5GB`, `800M`.
 /// Binary (`KiB`, `MiB`, `GiB`, `TiB`) and decimal (`KB`, `MB`, `GB`, `TB`) units;
 /// a bare `K`/`M`/`G`/`T` is binary.
@@ -48,14 +50,60 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
-/// `MemAvailable` from `/proc/meminfo`, in bytes, if readable.
+/// Memory this process may use, in bytes: `MemAvailable` from
+/// `/proc/meminfo`, lowered to the memory limit of the process's cgroup (v1
+/// or v2, the smallest along its ancestry) when that is smaller; `None` when
+/// neither is readable.
 pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    text.lines()
-        .find(|l| l.starts_with("MemAvailable:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+                .map(|kb| kb * 1024)
+        });
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| cgroup_limit(&text, Path::new("/sys/fs/cgroup")));
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The smallest memory limit on the path of the cgroups named in
+/// `proc_self_cgroup` (the text of `/proc/self/cgroup`), under the cgroup
+/// file systems mounted at `root`: v2 `memory.max` (`root/PATH`) and v1
+/// `memory.limit_in_bytes` (`root/memory/PATH`). `None` when there is no limit.
+fn cgroup_limit(proc_self_cgroup: &str, root: &Path) -> Option<u64> {
+    let mut best: Option<u64> = None;
+    for line in proc_self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (base, file) = if controllers.is_empty() {
+            (root.to_path_buf(), "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (root.join("memory"), "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = Some(Path::new(path.trim_start_matches('/')));
+        while let Some(d) = dir {
+            let limit = std::fs::read_to_string(base.join(d).join(file))
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if let Some(l) = limit {
+                best = Some(best.map_or(l, |b| b.min(l)));
+            }
+            dir = d.parent();
+        }
+    }
+    best
 }
 
 /// The process's peak resident set size (`VmHWM`), in bytes, if readable.
@@ -84,5 +132,26 @@ mod tests {
         assert!(parse_size("5 parsecs").is_err());
         assert_eq!(human(1536), "1.50 KiB");
         assert_eq!(human(10), "10 B");
+    }
+
+    #[test]
+    fn cgroup_limits_v1_and_v2() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("memory/a/b")).unwrap();
+        std::fs::write(r.join("memory/a/memory.limit_in_bytes"), "4294967296\n").unwrap();
+        std::fs::write(
+            r.join("memory/a/b/memory.limit_in_bytes"),
+            "9223372036854771712\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(r.join("c")).unwrap();
+        std::fs::write(r.join("c/memory.max"), "max\n").unwrap();
+        let v1 = "4:memory:/a/b\n0::/c\n";
+        assert_eq!(cgroup_limit(v1, r), Some(4 << 30));
+        std::fs::write(r.join("c/memory.max"), "2147483648\n").unwrap();
+        assert_eq!(cgroup_limit(v1, r), Some(2 << 30));
+        assert_eq!(cgroup_limit("3:cpu:/a\n", r), None);
+        assert_eq!(cgroup_limit("garbage", r), None);
     }
 }

@@ -6,6 +6,7 @@ pub mod generate;
 pub mod inspect;
 pub mod logits;
 pub mod perplexity;
+pub mod plan;
 pub mod verify;
 
 use anyhow::{bail, Context, Result};

@@ -1,0 +1,163 @@
+//! `runner plan (DIR | --shape NAME) [--max-memory SIZE] [--ctx N] [--prefetch N] [--json]`:
+//! the memory plan for a container, or for a named model shape without its files.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use strata_format::manifest::{Architecture, MANIFEST_NAME};
+use strata_format::shapes::{Shape, SHAPE_NAMES};
+use strata_runner::container::Container;
+use strata_runner::engine::DEFAULT_CTX;
+use strata_runner::plan::{MemoryPlan, PlanRequest, PlanSizes, OVERHEAD};
+use strata_runner::units::{human, parse_size};
+
+/// Arguments of `plan`.
+#[derive(Args)]
+pub struct PlanArgs {
+    /// A container directory (or its manifest.json).
+    #[arg(required_unless_present = "shape", conflicts_with = "shape")]
+    dir: Option<PathBuf>,
+    /// Plan for a named model shape instead of a container: tiny, llama2-7b,
+    /// llama3-8b, llama3-70b, llama3.1-405b (nf4 layers, int8 embeddings and head).
+    #[arg(long)]
+    shape: Option<String>,
+    /// Memory budget to plan for, e.g. 4GiB; 0 keeps nothing resident.
+    /// Default: what `generate` would use on this machine.
+    #[arg(long, value_parser = parse_size)]
+    max_memory: Option<u64>,
+    /// Context length (KV cache positions); default min(model maximum, 4096).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Layers read ahead of the one being computed.
+    #[arg(long, default_value_t = 2)]
+    prefetch: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `plan`.
+pub fn run(a: PlanArgs) -> Result<i32> {
+    let (what, arch, sizes) = match (&a.shape, &a.dir) {
+        (Some(name), _) => {
+            let Some(shape) = Shape::named(name) else {
+                bail!(
+                    "unknown shape {name:?}; known shapes: {}",
+                    SHAPE_NAMES.join(", ")
+                );
+            };
+            let sizes = PlanSizes::of_layout(&shape.architecture, &shape.stages())?;
+            (format!("shape {name}"), shape.architecture, sizes)
+        }
+        (None, Some(path)) => {
+            let dir = if path.file_name().is_some_and(|n| n == MANIFEST_NAME) && path.is_file() {
+                path.parent().map(PathBuf::from).unwrap_or_default()
+            } else {
+                path.clone()
+            };
+            let c = Container::open(&dir, false)?;
+            let sizes = PlanSizes::of_container(&c)?;
+            (dir.display().to_string(), c.manifest.architecture, sizes)
+        }
+        (None, None) => bail!("give a container directory or --shape NAME"),
+    };
+    // As the engine does: at least one unit is read ahead.
+    let prefetch = a.prefetch.max(1);
+    let ctx = a
+        .ctx
+        .unwrap_or_else(|| (arch.max_position_embeddings as usize).min(DEFAULT_CTX))
+        .max(1);
+    let plan = MemoryPlan::for_sizes(
+        &sizes,
+        PlanRequest {
+            max_memory: a.max_memory,
+            prefetch,
+            ctx,
+        },
+    );
+    let n = sizes.layer_bytes.len();
+    let layers_total: u64 = sizes.layer_bytes.iter().sum();
+    let largest = sizes.layer_bytes.iter().copied().max().unwrap_or(0);
+    let stream_min = sizes.streaming_minimum(ctx, prefetch);
+    let stream_min_1 = sizes.streaming_minimum(ctx, 1);
+    let resident = sizes.all_resident(ctx);
+    if a.json {
+        let out = serde_json::json!({
+            "model": what,
+            "num_layers": n,
+            "layer_bytes_max": largest,
+            "layers_bytes": layers_total,
+            "head_weight_bytes": sizes.head_bytes,
+            "ctx": ctx,
+            "prefetch": prefetch,
+            "kv_cache_bytes": sizes.kv_cache(ctx),
+            "overhead_bytes": OVERHEAD,
+            "unit_bytes": sizes.unit(),
+            "streaming_minimum_bytes": stream_min,
+            "streaming_minimum_prefetch1_bytes": stream_min_1,
+            "smallest_budget_bytes": sizes.smallest_budget(ctx, prefetch),
+            "all_resident_bytes": resident,
+            "plan": match &plan {
+                Ok(p) => serde_json::json!({
+                    "budget_bytes": p.budget,
+                    "buffers_bytes": p.buffers,
+                    "resident_bytes": p.resident_bytes,
+                    "streamed_bytes_per_token": p.streamed_bytes,
+                    "head_resident": p.head_resident,
+                    "resident_layers": p.resident_layers.iter().filter(|r| **r).count(),
+                }),
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            },
+        });
+        println!("{out}");
+        return Ok(0);
+    }
+    println!("model:            {what}: {}", describe(&arch));
+    println!(
+        "layers:           {n} files, {} each at most, {} together",
+        human(largest),
+        human(layers_total)
+    );
+    println!("head weight:      {}", human(sizes.head_bytes));
+    println!(
+        "KV cache:         {} (--ctx {ctx}, f32 keys and values)",
+        human(sizes.kv_cache(ctx))
+    );
+    println!("runtime:          {} allowance", human(OVERHEAD));
+    println!(
+        "read buffers:     {} ({prefetch} ahead + 1, {} each)",
+        human((prefetch as u64 + 1) * sizes.unit()),
+        human(sizes.unit())
+    );
+    if prefetch != 1 {
+        println!(
+            "with --prefetch 1: streams from {}",
+            human(stream_min_1.min(resident))
+        );
+    }
+    match &plan {
+        Ok(p) => println!("{}", p.describe()),
+        Err(e) => println!("requested budget: {e}"),
+    }
+    println!(
+        "needs {} to stream (--prefetch {prefetch}, --ctx {ctx}); {} keeps everything resident",
+        human(sizes.smallest_budget(ctx, prefetch)),
+        human(resident)
+    );
+    Ok(0)
+}
+
+/// One line of architecture.
+fn describe(a: &Architecture) -> String {
+    format!(
+        "{} layers, hidden {}, {} heads ({} KV) of {}, intermediate {}, vocabulary {}",
+        a.num_layers,
+        a.hidden_size,
+        a.num_attention_heads,
+        a.num_kv_heads,
+        a.head_dim,
+        a.intermediate_size,
+        a.vocab_size
+    )
+}
