@@ -9,6 +9,7 @@ pub mod container;
 pub mod engine;
 pub mod error;
 pub mod io;
+pub mod kernels;
 pub mod model;
 pub mod plan;
 pub mod sampling;

@@ -1,12 +1,17 @@
-//! `y = x · Wᵀ` straight from a weight's encoded bytes: rows are decoded in
-//! bounded chunks (so a 940 MB matrix never needs 940 MB of f32) and each
-//! chunk is multiplied with candle's CPU matmul.
+//! `y = x · Wᵀ` straight from a weight's encoded bytes.
+//!
+//! Up to [`kernels::MAX_FUSED_ROWS`] input rows (decode, small batches) go
+//! through the fused dequantize × multiply kernels of [`crate::kernels`].
+//! Longer inputs (prefill) decode `W` in bounded chunks of rows (so a 940 MB
+//! matrix never needs 940 MB of f32) and multiply each chunk with candle's
+//! CPU matmul, which reuses each decoded row across many input rows.
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::container::Weight;
 use crate::error::{Result, RunnerError};
+use crate::kernels::{self, Isa};
 
 /// Largest decoded chunk, in f32 elements (16 MiB).
 const CHUNK_ELEMS: usize = 4 << 20;
@@ -23,12 +28,39 @@ pub fn linear_into(
     what: (&str, &str),
 ) -> Result<()> {
     let cols = w.cols;
+    let err = |reason: String| RunnerError::Tensor {
+        file: what.0.into(),
+        tensor: what.1.into(),
+        reason,
+    };
     if x.len() != n * cols {
-        return Err(RunnerError::Tensor {
-            file: what.0.into(),
-            tensor: what.1.into(),
-            reason: format!("input has {} values, expected {n} × {cols}", x.len()),
-        });
+        return Err(err(format!(
+            "input has {} values, expected {n} × {cols}",
+            x.len()
+        )));
+    }
+    if n > 0 && (n - 1) * out_stride + col0 + w.rows > out.len() {
+        return Err(err(format!(
+            "output of {} values cannot hold {n} rows of {} at column {col0} (stride {out_stride})",
+            out.len(),
+            w.rows
+        )));
+    }
+    if n <= kernels::MAX_FUSED_ROWS {
+        let isa = Isa::selected();
+        if n == 1 {
+            let y = &mut out[col0..col0 + w.rows];
+            return kernels::linear_t(isa, w, x, 1, y).map_err(|e| err(e.to_string()));
+        }
+        let mut y = vec![0f32; w.rows * n];
+        kernels::linear_t(isa, w, x, n, &mut y).map_err(|e| err(e.to_string()))?;
+        for t in 0..n {
+            let dst = &mut out[t * out_stride + col0..][..w.rows];
+            for (r, d) in dst.iter_mut().enumerate() {
+                *d = y[r * n + t];
+            }
+        }
+        return Ok(());
     }
     let xt = Tensor::from_slice(x, (n, cols), &Device::Cpu)?;
     let chunk_rows = (CHUNK_ELEMS / cols.max(1)).clamp(1, w.rows.max(1));
@@ -42,11 +74,7 @@ pub fn linear_into(
         dec.par_chunks_mut(cols)
             .zip(src.par_chunks(rb))
             .try_for_each(|(d, s)| strata_format::codec::decode_row(w.dtype, s, w.block, d))
-            .map_err(|e| RunnerError::Tensor {
-                file: what.0.into(),
-                tensor: what.1.into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| err(e.to_string()))?;
         let wt = Tensor::from_slice(&*dec, (m, cols), &Device::Cpu)?;
         let y = xt.matmul(&wt.t()?)?.flatten_all()?.to_vec1::<f32>()?;
         for t in 0..n {
@@ -70,37 +98,66 @@ mod tests {
     use super::*;
     use strata_format::{codec, DType};
 
+    /// Both paths (fused kernels for few rows, decode + matmul for many), every
+    /// dtype, results placed at a column offset inside wider output rows.
     #[test]
-    fn matches_naive_product_for_every_dtype() {
-        let (rows, cols, n) = (70, 100, 3);
+    fn matches_naive_product_for_every_dtype_and_path() {
+        let (rows, cols) = (70, 100);
         let wv: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
             .collect();
-        let x: Vec<f32> = (0..n * cols)
-            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
-            .collect();
-        for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int8, DType::Nf4] {
-            let block = dtype.is_quantized().then_some(64);
-            let bytes = codec::encode(dtype, &wv, &[rows as u64, cols as u64], block).unwrap();
-            let dec = codec::decode(dtype, &bytes, &[rows as u64, cols as u64], block).unwrap();
-            let w = Weight {
-                dtype,
-                rows,
-                cols,
-                block: block.unwrap_or(1) as usize,
-                bytes: &bytes,
-            };
-            let y = linear(&x, n, &w, ("f", "t")).unwrap();
-            for t in 0..n {
-                for r in 0..rows {
-                    let want: f32 = (0..cols).map(|c| x[t * cols + c] * dec[r * cols + c]).sum();
-                    let got = y[t * rows + r];
-                    assert!(
-                        (want - got).abs() < 1e-3 * (1.0 + want.abs()),
-                        "{dtype} t{t} r{r}: {got} vs {want}"
-                    );
+        for n in [1, 3, kernels::MAX_FUSED_ROWS + 1] {
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
+                .collect();
+            for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int8, DType::Nf4] {
+                let block = dtype.is_quantized().then_some(64);
+                let shape = [rows as u64, cols as u64];
+                let bytes = codec::encode(dtype, &wv, &shape, block).unwrap();
+                let dec = codec::decode(dtype, &bytes, &shape, block).unwrap();
+                let w = Weight {
+                    dtype,
+                    rows,
+                    cols,
+                    block: block.unwrap_or(1) as usize,
+                    bytes: &bytes,
+                };
+                let (stride, col0) = (rows + 9, 5);
+                let mut y = vec![f32::NAN; n * stride];
+                linear_into(&x, n, &w, &mut y, stride, col0, ("f", "t")).unwrap();
+                // The fused NF4 kernel's int16 code table is within 0.6% of each
+                // code value; everything else is within f32 rounding.
+                let tol = if dtype == DType::Nf4 { 1e-2 } else { 1e-4 };
+                for t in 0..n {
+                    for r in 0..rows {
+                        let terms = (0..cols).map(|c| x[t * cols + c] * dec[r * cols + c]);
+                        let want: f32 = terms.clone().sum();
+                        let mag: f32 = terms.map(f32::abs).sum();
+                        let got = y[t * stride + col0 + r];
+                        assert!(
+                            (want - got).abs() <= tol * (1.0 + mag),
+                            "{dtype} n{n} t{t} r{r}: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn outputs_too_small_are_errors() {
+        let bytes = codec::encode(DType::F32, &[1.0; 8], &[2, 4], None).unwrap();
+        let w = Weight {
+            dtype: DType::F32,
+            rows: 2,
+            cols: 4,
+            block: 1,
+            bytes: &bytes,
+        };
+        let mut y = vec![0f32; 3];
+        assert!(linear_into(&[1.0; 4], 1, &w, &mut y, 2, 2, ("f", "t")).is_err());
+        assert!(linear_into(&[1.0; 3], 1, &w, &mut y, 2, 0, ("f", "t")).is_err());
+        linear_into(&[1.0; 4], 1, &w, &mut y, 2, 1, ("f", "t")).unwrap();
+        assert_eq!(y, [0.0, 4.0, 4.0]);
     }
 }

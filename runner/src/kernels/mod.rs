@@ -1,0 +1,163 @@
+//! Fused dequantize × multiply kernels: `x · Wᵀ` computed straight from a
+//! weight's encoded bytes (SPEC.md §4), with no f32 copy of `W`.
+//!
+//! * `nf4` and `int8` weights: the activation rows are quantized to int16 per
+//!   weight block (`quant_act`), NF4 codes become int16 through a 16-entry
+//!   table (`vpermw`, or byte shuffles), int8 weights are widened, and
+//!   blocks are dotted in integers (`vpdpwssd` / `vpmaddwd`), then scaled by
+//!   `weight scale × activation scale` in f32.
+//! * `f32`, `f16` and `bf16` weights: converted to f32 in registers and
+//!   multiplied with f32 FMA (no activation quantization).
+//!
+//! Each encoding has a scalar reference and AVX2, AVX-512 (x86-64) and NEON
+//! (aarch64) paths, chosen at run time ([`Isa::selected`]). Rows of `W` are
+//! shared out to rayon's global pool; for each row, up to four activation
+//! rows are computed together so that a weight row is decoded once per four
+//! tokens.
+
+mod dispatch;
+mod float;
+mod int8;
+mod nf4;
+mod quant_act;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use rayon::prelude::*;
+use strata_format::codec::{decode_row, row_bytes};
+use strata_format::dtype::check_block_size;
+use strata_format::{CodecError, DType};
+
+use crate::container::Weight;
+pub use dispatch::{Isa, ISA_ENV};
+use quant_act::{quantize, Order};
+
+/// Up to this many activation rows, [`linear_t`] beats decoding `W` to f32
+/// and calling candle's matrix product; the runner's `linear_into` switches
+/// there. Measured on SmolLM2-135M NF4 prefill, 2 threads: the fused kernels
+/// were ahead at 16, 32 and 64 tokens (by 1.4–3×) and behind at 128 (by 2×),
+/// where one decoded weight row serves many more tokens.
+pub const MAX_FUSED_ROWS: usize = 64;
+
+/// Elements of one exact integer sum in the `nf4` and `int8` kernels before
+/// it is converted to f32: `256 × 1024 × 8191 < 2³¹` (|weight| ≤ 1024,
+/// |activation| ≤ 8191), so no sum can overflow whatever the block size.
+const SEGMENT: usize = 256;
+
+/// Multiply-adds one parallel task should at least get (smaller products run
+/// on fewer tasks, down to one, on the calling thread).
+const MIN_TASK_MACS: usize = 1 << 16;
+
+/// Computes `out[r * n + t] = Σ_c x[t * cols + c] · W[r, c]` for every row `r`
+/// of `w` and every row `t < n` of `x` (so for `n = 1`, `out` is `x · Wᵀ`).
+///
+/// Uses the `isa` path when this machine runs it, else the scalar reference.
+/// Fails on inconsistent lengths or block sizes, and on a weight block whose
+/// stored scale is invalid (SPEC.md §4.4), naming the block like
+/// [`strata_format::codec::decode_row`].
+pub fn linear_t(
+    isa: Isa,
+    w: &Weight<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), CodecError> {
+    let (rows, cols) = (w.rows, w.cols);
+    let check = |what, expected: usize, actual| {
+        if expected == actual {
+            Ok(())
+        } else {
+            Err(CodecError::Length {
+                what,
+                expected,
+                actual,
+            })
+        }
+    };
+    check("activations", n * cols, x.len())?;
+    check("outputs", n * rows, out.len())?;
+    if w.dtype.is_quantized() {
+        check_block_size(u32::try_from(w.block).unwrap_or(0))?;
+    }
+    let rb = row_bytes(w.dtype, cols, w.block.max(1));
+    check("weight bytes", rows * rb, w.bytes.len())?;
+    if n == 0 || rows == 0 || cols == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    let isa = if isa.is_available() { isa } else { Isa::Scalar };
+    let acts = match w.dtype {
+        DType::Nf4 => Some(quantize(x, n, cols, w.block, Order::Nf4)),
+        DType::Int8 => Some(quantize(x, n, cols, w.block, Order::Natural)),
+        DType::F32 | DType::F16 | DType::Bf16 => None,
+    };
+    let task = |wb: &[u8], o: &mut [f32]| -> bool {
+        match (w.dtype, &acts) {
+            (DType::Nf4, Some(a)) => nf4::rows(isa, wb, rb, a, n, o),
+            (DType::Int8, Some(a)) => int8::rows(isa, wb, rb, a, n, o),
+            (dtype, _) => {
+                float::rows(isa, float::Kind::of(dtype), wb, x, cols, n, o);
+                false
+            }
+        }
+    };
+    let threads = rayon::current_num_threads();
+    let tasks = (rows * cols * n / MIN_TASK_MACS).clamp(1, 4 * threads);
+    let bad = if tasks == 1 || threads == 1 {
+        task(w.bytes, out)
+    } else {
+        let per = rows.div_ceil(tasks);
+        out.par_chunks_mut(per * n)
+            .zip(w.bytes.par_chunks(per * rb))
+            .map(|(o, wb)| task(wb, o))
+            .reduce(|| false, |a, b| a | b)
+    };
+    if bad {
+        // Name the offending block exactly as the reference decoder does.
+        let mut scratch = vec![0f32; cols];
+        for row in w.bytes.chunks_exact(rb) {
+            decode_row(w.dtype, row, w.block, &mut scratch)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether an f16 block scale (by its bits) is invalid: NaN, infinite or
+/// negative (−0 is allowed), as SPEC.md §4.4 says readers must refuse.
+#[inline]
+fn scale_is_bad(bits: u16) -> bool {
+    bits & 0x7c00 == 0x7c00 || bits > 0x8000
+}
+
+/// The f16 scale at the start of a block (little-endian bits).
+#[inline]
+fn scale_bits(block: &[u8]) -> u16 {
+    u16::from_le_bytes([block[0], block[1]])
+}
+
+/// Runs `$tile::<T>(args…)` for every weight row (`$row`, `$rb` bytes each,
+/// with its `n` outputs `$o`) and every tile of up to four activation rows
+/// starting at `$t0`; evaluates to the OR of the tiles' bad-scale flags.
+macro_rules! tiled_rows {
+    ($w:expr, $rb:expr, $n:expr, $out:expr,
+     |$row:ident, $t0:ident, $o:ident| $tile:ident($($arg:expr),* $(,)?)) => {{
+        let n: usize = $n;
+        let mut bad = false;
+        for ($row, $o) in $w.chunks_exact($rb).zip($out.chunks_exact_mut(n)) {
+            let mut $t0 = 0;
+            while $t0 < n {
+                bad |= match n - $t0 {
+                    1 => $tile::<1>($($arg),*),
+                    2 => $tile::<2>($($arg),*),
+                    3 => $tile::<3>($($arg),*),
+                    _ => $tile::<4>($($arg),*),
+                };
+                $t0 += (n - $t0).min(4);
+            }
+        }
+        bad
+    }};
+}
+use tiled_rows;

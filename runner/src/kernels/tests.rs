@@ -1,0 +1,315 @@
+//! Every kernel path against the scalar reference, and the scalar reference
+//! against `codec::decode` followed by a plain f64 dot product.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use strata_format::codec::{self, nf4::CODES};
+use strata_format::{CodecError, DType};
+
+use super::nf4::NF4_I16;
+use super::quant_act::{quantize, Order};
+use super::*;
+
+/// How test values are drawn.
+#[derive(Debug, Clone, Copy)]
+enum Data {
+    /// Standard normal.
+    Normal,
+    /// Cauchy, clipped to ±1000: mostly small values with huge outliers.
+    HeavyTailed,
+}
+
+fn values(rng: &mut StdRng, len: usize, data: Data) -> Vec<f32> {
+    (0..len)
+        .map(|_| {
+            let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
+            match data {
+                Data::Normal => ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32,
+                Data::HeavyTailed => (std::f64::consts::PI * (u - 0.5))
+                    .tan()
+                    .clamp(-1000.0, 1000.0) as f32,
+            }
+        })
+        .collect()
+}
+
+fn weight<'a>(dtype: DType, rows: usize, cols: usize, block: usize, bytes: &'a [u8]) -> Weight<'a> {
+    Weight {
+        dtype,
+        rows,
+        cols,
+        block,
+        bytes,
+    }
+}
+
+fn encode(dtype: DType, w: &[f32], rows: usize, cols: usize, block: usize) -> Vec<u8> {
+    let block = dtype.is_quantized().then_some(block as u32);
+    codec::encode(dtype, w, &[rows as u64, cols as u64], block).expect("encodes")
+}
+
+fn decode(dtype: DType, bytes: &[u8], rows: usize, cols: usize, block: usize) -> Vec<f32> {
+    let block = dtype.is_quantized().then_some(block as u32);
+    codec::decode(dtype, bytes, &[rows as u64, cols as u64], block).expect("decodes")
+}
+
+/// `Σ |w · x|` of every output (the scale of the f32 rounding error).
+fn magnitudes(wd: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f64> {
+    let mut m = vec![0f64; rows * n];
+    for r in 0..rows {
+        for t in 0..n {
+            m[r * n + t] = (0..cols)
+                .map(|c| f64::from(wd[r * cols + c] * x[t * cols + c]).abs())
+                .sum();
+        }
+    }
+    m
+}
+
+/// Exact `x · Wᵀ` of the decoded weights, in f64, laid out like `linear_t`.
+fn exact(wd: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f64> {
+    let mut y = vec![0f64; rows * n];
+    for r in 0..rows {
+        for t in 0..n {
+            y[r * n + t] = (0..cols)
+                .map(|c| f64::from(wd[r * cols + c]) * f64::from(x[t * cols + c]))
+                .sum();
+        }
+    }
+    y
+}
+
+/// Largest error the integer kernels may make against the exact product of
+/// the decoded weights: activations are rounded by at most half a step
+/// (`d_x / 2`) and NF4 code values by at most `scale_w × 0.5 / 1024`.
+fn quantization_bounds(w: &Weight<'_>, wd: &[f32], x: &[f32], n: usize) -> Vec<f64> {
+    let (dtype, bytes, rows, cols, block) = (w.dtype, w.bytes, w.rows, w.cols, w.block);
+    let qa = quantize(x, n, cols, block, Order::Natural);
+    let rb = codec::row_bytes(dtype, cols, block);
+    let bb = rb / cols.div_ceil(block);
+    let mut bound = vec![0f64; rows * n];
+    for r in 0..rows {
+        for t in 0..n {
+            let q = qa.row(t);
+            let mut e = 0f64;
+            for b in 0..cols.div_ceil(block) {
+                let dx = f64::from(q.scales[b]);
+                let dw = f64::from(
+                    half::f16::from_le_bytes([bytes[r * rb + b * bb], bytes[r * rb + b * bb + 1]])
+                        .to_f32(),
+                );
+                for c in b * block..((b + 1) * block).min(cols) {
+                    e += f64::from(wd[r * cols + c]).abs() * dx / 2.0;
+                    if dtype == DType::Nf4 {
+                        e += f64::from(q.qs[c]).abs() * dx * dw * 0.5 / 1024.0;
+                    }
+                }
+            }
+            bound[r * n + t] = e;
+        }
+    }
+    bound
+}
+
+fn run(isa: Isa, w: &Weight<'_>, x: &[f32], n: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; w.rows * n];
+    linear_t(isa, w, x, n, &mut out).expect("runs");
+    out
+}
+
+/// Checks every available path against the scalar reference (f32 rounding
+/// only) and the reference against the exact product (within `bounds`).
+fn check_paths(what: &str, w: &Weight<'_>, wd: &[f32], x: &[f32], n: usize, bounds: &[f64]) {
+    let (rows, cols) = (w.rows, w.cols);
+    let reference = run(Isa::Scalar, w, x, n);
+    let want = exact(wd, x, rows, cols, n);
+    let mags = magnitudes(wd, x, rows, cols, n);
+    for i in 0..rows * n {
+        let slack = 1e-5 * mags[i] + 1e-6;
+        let err = (f64::from(reference[i]) - want[i]).abs();
+        assert!(
+            err <= bounds[i] + slack,
+            "{what}: scalar output {i} = {} vs exact {} (error {err}, bound {})",
+            reference[i],
+            want[i],
+            bounds[i]
+        );
+    }
+    for isa in Isa::available() {
+        let got = run(isa, w, x, n);
+        for i in 0..rows * n {
+            let err = (f64::from(got[i]) - f64::from(reference[i])).abs();
+            assert!(
+                err <= 1e-5 * mags[i] + 1e-6,
+                "{what}: {isa} output {i} = {} vs scalar {}",
+                got[i],
+                reference[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_nf4_table_is_the_codes_times_1024_rounded() {
+    for (i, &c) in CODES.iter().enumerate() {
+        assert_eq!(
+            i32::from(NF4_I16[i]),
+            (c * 1024.0).round() as i32,
+            "code {i}"
+        );
+    }
+}
+
+#[test]
+fn scalar_is_available_and_the_selected_path_too() {
+    let all = Isa::available();
+    assert_eq!(all.first(), Some(&Isa::Scalar));
+    assert!(all.contains(&Isa::selected()));
+    eprintln!("kernel paths on this machine: {all:?}");
+}
+
+#[test]
+fn quantized_paths_agree() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for dtype in [DType::Nf4, DType::Int8] {
+        for block in [32, 64, 96, 128, 384] {
+            for (rows, cols) in [(3, 32), (5, 64), (7, 100), (4, 200), (9, 576), (2, 1000)] {
+                for data in [Data::Normal, Data::HeavyTailed] {
+                    for n in 1..=5 {
+                        let wv = values(&mut rng, rows * cols, data);
+                        let x = values(&mut rng, n * cols, data);
+                        let bytes = encode(dtype, &wv, rows, cols, block);
+                        let wd = decode(dtype, &bytes, rows, cols, block);
+                        let w = weight(dtype, rows, cols, block, &bytes);
+                        let bounds = quantization_bounds(&w, &wd, &x, n);
+                        let what = format!("{dtype} block {block} {rows}×{cols} {data:?} n={n}");
+                        check_paths(&what, &w, &wd, &x, n, &bounds);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn float_paths_agree() {
+    let mut rng = StdRng::seed_from_u64(6);
+    for dtype in [DType::F32, DType::F16, DType::Bf16] {
+        for cols in [1, 7, 8, 15, 16, 17, 31, 33, 48, 100, 576] {
+            for data in [Data::Normal, Data::HeavyTailed] {
+                for n in 1..=5 {
+                    let rows = 6;
+                    let wv = values(&mut rng, rows * cols, data);
+                    let x = values(&mut rng, n * cols, data);
+                    let bytes = encode(dtype, &wv, rows, cols, 1);
+                    let wd = decode(dtype, &bytes, rows, cols, 1);
+                    let w = weight(dtype, rows, cols, 1, &bytes);
+                    let what = format!("{dtype} {rows}×{cols} {data:?} n={n}");
+                    check_paths(&what, &w, &wd, &x, n, &vec![0.0; rows * n]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn large_products_split_over_threads_agree() {
+    // Big enough to be cut into several rayon tasks.
+    let mut rng = StdRng::seed_from_u64(7);
+    let (rows, cols) = (301, 576);
+    for dtype in [DType::Nf4, DType::Int8, DType::Bf16] {
+        for n in [1, 3, 8] {
+            let wv = values(&mut rng, rows * cols, Data::Normal);
+            let x = values(&mut rng, n * cols, Data::Normal);
+            let bytes = encode(dtype, &wv, rows, cols, 64);
+            let wd = decode(dtype, &bytes, rows, cols, 64);
+            let w = weight(dtype, rows, cols, 64, &bytes);
+            let bounds = if dtype.is_quantized() {
+                quantization_bounds(&w, &wd, &x, n)
+            } else {
+                vec![0.0; rows * n]
+            };
+            check_paths(&format!("{dtype} n={n}"), &w, &wd, &x, n, &bounds);
+        }
+    }
+}
+
+#[test]
+fn extreme_values_do_not_overflow() {
+    // Every weight at the largest magnitude and every activation at its
+    // block's maximum, in the largest block: the integer sums are at their
+    // bounds.
+    let (cols, block) = (4096, 4096);
+    let x = vec![3.0f32; cols];
+    for (dtype, code, value) in [
+        (DType::Int8, 0x80u8, -128.0),
+        (DType::Nf4, 0x00, -1.0),
+        (DType::Nf4, 0xff, 1.0),
+    ] {
+        let mut bytes = half::f16::from_f32(1.0).to_le_bytes().to_vec();
+        bytes.resize(codec::row_bytes(dtype, cols, block), code);
+        let w = weight(dtype, 1, cols, block, &bytes);
+        let want = value * 3.0 * cols as f32;
+        for isa in Isa::available() {
+            let got = run(isa, &w, &x, 1)[0];
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs(),
+                "{dtype} {isa}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn invalid_block_scales_are_refused_by_every_path() {
+    let (rows, cols, block) = (4, 128, 64);
+    let wv: Vec<f32> = (0..rows * cols).map(|i| (i % 17) as f32 - 8.0).collect();
+    let x = vec![1.0f32; cols];
+    for dtype in [DType::Nf4, DType::Int8] {
+        let good = encode(dtype, &wv, rows, cols, block);
+        let rb = codec::row_bytes(dtype, cols, block);
+        let bb = rb / 2;
+        for (bits, valid) in [
+            (0x7e00u16, false),
+            (0x7c00, false),
+            (0xbc00, false),
+            (0x8000, true),
+        ] {
+            let mut bytes = good.clone();
+            // Row 2, block 1.
+            bytes[2 * rb + bb..2 * rb + bb + 2].copy_from_slice(&bits.to_le_bytes());
+            let w = weight(dtype, rows, cols, block, &bytes);
+            for isa in Isa::available() {
+                let mut out = vec![0f32; rows];
+                let res = linear_t(isa, &w, &x, 1, &mut out);
+                match res {
+                    Err(CodecError::BadScale { block: 1, .. }) => {
+                        assert!(!valid, "{dtype} {isa} {bits:#x}")
+                    }
+                    Ok(()) => assert!(valid, "{dtype} {isa} {bits:#x} accepted"),
+                    Err(e) => panic!("{dtype} {isa} {bits:#x}: {e}"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn inconsistent_lengths_are_errors() {
+    let bytes = vec![0u8; 2 * 34];
+    let w = weight(DType::Nf4, 2, 64, 64, &bytes);
+    let mut out = vec![0f32; 2];
+    assert!(linear_t(Isa::Scalar, &w, &[0.0; 63], 1, &mut out).is_err());
+    assert!(linear_t(Isa::Scalar, &w, &[0.0; 64], 1, &mut out[..1]).is_err());
+    let short = weight(DType::Nf4, 2, 64, 64, &bytes[..60]);
+    assert!(linear_t(Isa::Scalar, &short, &[0.0; 64], 1, &mut out).is_err());
+    let odd = weight(DType::Nf4, 2, 64, 48, &bytes);
+    assert!(matches!(
+        linear_t(Isa::Scalar, &odd, &[0.0; 64], 1, &mut out),
+        Err(CodecError::BlockSize(48))
+    ));
+    let empty = weight(DType::Int8, 3, 0, 64, &[]);
+    let mut out = vec![f32::NAN; 6];
+    linear_t(Isa::Scalar, &empty, &[], 2, &mut out).expect("empty rows");
+    assert_eq!(out, vec![0.0; 6]);
+}
