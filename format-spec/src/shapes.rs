@@ -9,10 +9,10 @@ use std::path::Path;
 
 use crate::dtype::{DType, DEFAULT_BLOCK};
 use crate::error::Result;
-use crate::header::{align_up, StageKind};
+use crate::header::StageKind;
 use crate::manifest::{Activation, Architecture, Quantization, Rope, RopeScaling};
 use crate::names;
-use crate::writer::{layout_header, TensorSpec};
+use crate::writer::{stage_file_size, TensorSpec};
 
 /// The names [`Shape::named`] knows, smallest first.
 pub const SHAPE_NAMES: [&str; 5] = [
@@ -176,16 +176,7 @@ pub struct StageLayout {
 impl StageLayout {
     /// Exact size of the stage file, from the same layout the writer uses.
     pub fn file_size(&self) -> Result<u64> {
-        let (prefix, header) =
-            layout_header(self.kind, self.layer, &self.tensors, Path::new(&self.file))?;
-        let end = match header.tensors.last() {
-            Some(t) => align_up(t.offset + t.length),
-            None => Some(prefix.data_start()),
-        };
-        end.ok_or_else(|| crate::FormatError::WriterMisuse {
-            path: self.file.clone().into(),
-            reason: "file size overflows u64".into(),
-        })
+        stage_file_size(self.kind, self.layer, &self.tensors, Path::new(&self.file))
     }
 
     /// The spec of tensor `name`, if the stage holds it.

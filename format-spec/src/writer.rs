@@ -125,6 +125,25 @@ pub fn layout_header(
     }
 }
 
+/// Exact size in bytes of the stage file `layout_header` lays out for `specs`:
+/// the end of its last tensor (or of its header) rounded up to 4096.
+pub fn stage_file_size(
+    stage: StageKind,
+    layer: Option<u32>,
+    specs: &[TensorSpec],
+    path: &Path,
+) -> Result<u64> {
+    let (prefix, header) = layout_header(stage, layer, specs, path)?;
+    let end = match header.tensors.last() {
+        Some(t) => t.offset.checked_add(t.length).and_then(align_up),
+        None => Some(prefix.data_start()),
+    };
+    end.ok_or_else(|| FormatError::WriterMisuse {
+        path: path.to_path_buf(),
+        reason: "file size overflows u64".into(),
+    })
+}
+
 impl StageWriter {
     /// Starts writing `path` (as `path.tmp`) with the given tensor table.
     pub fn create(

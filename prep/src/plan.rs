@@ -9,7 +9,7 @@ use strata_format::dtype::DType;
 use strata_format::header::StageKind;
 use strata_format::manifest::{Architecture, Quantization};
 use strata_format::names;
-use strata_format::writer::{layout_header, TensorSpec};
+use strata_format::writer::{stage_file_size, TensorSpec};
 
 use crate::error::Result;
 
@@ -84,12 +84,12 @@ impl Stage {
 
     /// Exact size of the stage file, from the same layout the writer uses.
     pub fn file_size(&self) -> Result<u64> {
-        let (prefix, header) =
-            layout_header(self.kind, self.layer, &self.specs(), Path::new(&self.file))?;
-        Ok(match header.tensors.last() {
-            Some(t) => (t.offset + t.length).div_ceil(4096) * 4096,
-            None => prefix.data_start(),
-        })
+        Ok(stage_file_size(
+            self.kind,
+            self.layer,
+            &self.specs(),
+            Path::new(&self.file),
+        )?)
     }
 
     /// Human name of the stage (`layer 3`, `embed`, `head`).
