@@ -36,10 +36,16 @@ pub enum StageKind {
 /// Per-tensor compression of the stored bytes (SPEC.md §3.4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compression {
-    /// Codec name; v1 defines `zstd`.
+    /// Codec name: `zstd` or `zstd-bytesplit` (see [`crate::compress`]).
     pub codec: String,
     /// Length of the bytes after decompression (the encoded tensor).
     pub decoded_length: u64,
+    /// Rows per frame; absent: the stored bytes are one frame of all rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_rows: Option<u64>,
+    /// Stored length of each frame, in order (present with `frame_rows`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames: Option<Vec<u64>>,
 }
 
 /// One entry of a stage file's tensor table.
@@ -290,13 +296,8 @@ impl FileHeader {
                         ),
                     ))
                 }
-                Some(c) if c.codec != "zstd" => {
-                    return Err(bad_tensor(
-                        path,
-                        name,
-                        format!("unknown compression codec {:?}", truncate(&c.codec)),
-                    ))
-                }
+                Some(c) => crate::compress::validate(t, c)
+                    .map_err(|reason| bad_tensor(path, name, reason))?,
                 _ => {}
             }
             if t.offset % ALIGN != 0 {

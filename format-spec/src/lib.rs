@@ -9,6 +9,7 @@
 
 pub mod checksum;
 pub mod codec;
+pub mod compress;
 pub mod dtype;
 pub mod error;
 pub mod fsutil;
@@ -30,7 +31,7 @@ pub use writer::{StageWriter, TensorSpec, WrittenFile};
 /// Major format version this crate reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Minor format version this crate writes.
-pub const FORMAT_MINOR: u32 = 0;
+pub const FORMAT_MINOR: u32 = 1;
 
 /// The `format_version` string this crate writes into manifests.
 pub fn format_version() -> String {

@@ -186,6 +186,10 @@ pub struct Quantization {
     /// Block size of quantized encodings.
     #[serde(default)]
     pub block_size: Option<u32>,
+    /// How the writer compressed tensors (`zstd:LEVEL` or `zstd-nosplit:LEVEL`;
+    /// informative: each stage file's tensor table says what is compressed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
 }
 
 /// Token ids and tokenizer files.

@@ -150,6 +150,7 @@ impl Shape {
                 embeddings: DType::Int8,
                 head: DType::Int8,
                 block_size: Some(DEFAULT_BLOCK),
+                compression: None,
             },
         })
     }
@@ -200,6 +201,7 @@ pub fn stage_layouts(arch: &Architecture, q: &Quantization) -> Vec<StageLayout> 
         } else {
             None
         },
+        compression: None,
     };
     let h = arch.hidden_size;
     let attn_out = arch.num_attention_heads * arch.head_dim;

@@ -14,8 +14,8 @@ use crate::dtype::DType;
 use crate::error::{FormatError, Result};
 use crate::fsutil::{commit_tmp, tmp_path};
 use crate::header::{
-    align_up, valid_tensor_name, FileHeader, Prefix, StageKind, TensorEntry, ALIGN, MAX_HEADER_LEN,
-    PREFIX_LEN,
+    align_up, valid_tensor_name, Compression, FileHeader, Prefix, StageKind, TensorEntry, ALIGN,
+    MAX_HEADER_LEN, PREFIX_LEN,
 };
 
 /// What a tensor will be, before its bytes exist.
@@ -29,6 +29,9 @@ pub struct TensorSpec {
     pub shape: Vec<u64>,
     /// Block size for quantized encodings.
     pub block_size: Option<u32>,
+    /// Compression of the stored bytes (with its frame table, which fixes the
+    /// stored length); `None`: stored as encoded.
+    pub compression: Option<Compression>,
 }
 
 /// A completed stage file.
@@ -80,7 +83,7 @@ pub fn layout_header(
                 s.name, s.shape, s.dtype
             ))
         })?;
-        tensors.push(TensorEntry {
+        let mut entry = TensorEntry {
             name: s.name.clone(),
             dtype: s.dtype,
             shape: s.shape.clone(),
@@ -88,7 +91,29 @@ pub fn layout_header(
             offset: 0,
             length,
             compression: None,
-        });
+        };
+        if let Some(c) = &s.compression {
+            let frames = c.frames.as_ref().ok_or_else(|| {
+                misuse(format!(
+                    "tensor `{}`: compression without a frame table",
+                    s.name
+                ))
+            })?;
+            entry.length = frames
+                .iter()
+                .try_fold(0u64, |a, &f| a.checked_add(f))
+                .ok_or_else(|| misuse(format!("tensor `{}`: frame lengths overflow", s.name)))?;
+            if c.decoded_length != length {
+                return Err(misuse(format!(
+                    "tensor `{}`: decoded_length {} but the encoding is {length} bytes",
+                    s.name, c.decoded_length
+                )));
+            }
+            entry.compression = Some(c.clone());
+            crate::compress::validate(&entry, c)
+                .map_err(|r| misuse(format!("tensor `{}`: {r}", s.name)))?;
+        }
+        tensors.push(entry);
     }
     let mut header = FileHeader {
         stage,

@@ -23,6 +23,7 @@ fn spec(name: &str, dtype: DType, shape: &[u64]) -> TensorSpec {
         dtype,
         shape: shape.to_vec(),
         block_size: dtype.is_quantized().then_some(64),
+        compression: None,
     }
 }
 
@@ -127,6 +128,7 @@ fn tiny_container(dir: &Path) -> Manifest {
             embeddings: DType::Int8,
             head: DType::Int8,
             block_size: Some(64),
+            compression: None,
         },
         tokenizer: TokenizerInfo::default(),
         stages: Stages {

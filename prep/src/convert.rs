@@ -13,12 +13,14 @@ use rayon::prelude::*;
 use serde::Serialize;
 use strata_format::checksum::{sha256_file, sha256_hex};
 use strata_format::codec;
+use strata_format::compress::{self, Codec};
+use strata_format::dtype::DType;
 use strata_format::error::CodecError;
 use strata_format::fsutil::{sync_dir, tmp_path, write_atomic, TMP_SUFFIX};
 use strata_format::manifest::{
     FileEntry, Manifest, Source as SourceInfo, Stages, TokenizerInfo, Tool, MANIFEST_NAME,
 };
-use strata_format::writer::{layout_header, StageWriter, WrittenFile};
+use strata_format::writer::{layout_header, StageWriter, TensorSpec, WrittenFile};
 use strata_format::StageFile;
 
 use crate::config::{parse_architecture, parse_json, parse_token_ids};
@@ -184,6 +186,7 @@ pub fn run(opts: &Options, rep: &mut Reporter) -> Result<Summary> {
         quant: opts.quant.weights,
         block_size: opts.quant.manifest().block_size,
         weights: layout.shards.clone(),
+        compress: opts.quant.manifest().compression,
     };
     // Catch architecture bounds before anything is written.
     provisional_manifest(&stages, &arch, opts, &tokens).validate(&config_path)?;
@@ -265,7 +268,14 @@ pub fn run(opts: &Options, rep: &mut Reporter) -> Result<Summary> {
     remove_stale_tmp(&dir, &stages)?;
     let mut work: Vec<Work> = Vec::with_capacity(stages.len());
     for (i, stage) in stages.iter().enumerate() {
-        if let Some(rec) = reusable(&dir, stage, &job, opts.delete_originals, rep)? {
+        if let Some(rec) = reusable(
+            &dir,
+            stage,
+            &job,
+            opts.delete_originals,
+            opts.quant.compress.is_some(),
+            rep,
+        )? {
             work.push(Work::Reuse(rec));
             continue;
         }
@@ -358,7 +368,7 @@ pub fn run(opts: &Options, rep: &mut Reporter) -> Result<Summary> {
             }
             Work::Write(locs) => {
                 rep.stage(&stage.label());
-                let w = write_stage(&dir, stage, locs, &shards, rep)?;
+                let w = write_stage(&dir, stage, locs, &shards, opts.quant.compress, rep)?;
                 if opts.delete_originals {
                     verify_on_disk(&w)?;
                 }
@@ -805,6 +815,7 @@ fn reusable(
     stage: &Stage,
     job: &JobFile,
     strict: bool,
+    compressed: bool,
     rep: &Reporter,
 ) -> Result<Option<StageRecord>> {
     let path = dir.join(&stage.file);
@@ -815,6 +826,22 @@ fn reusable(
     let expected_json =
         serde_json::to_vec(&header).map_err(|e| PrepError::io(&path, std::io::Error::other(e)))?;
     let ok_structure = match StageFile::open(&path) {
+        // Compressed lengths are only known once written: the table must hold
+        // the planned tensors in order; the recorded sha256 vouches for the rest.
+        Ok(f) if compressed => {
+            let h = f.header();
+            f.prefix().major == prefix.major
+                && h.stage == header.stage
+                && h.layer == header.layer
+                && h.tensors.len() == header.tensors.len()
+                && h.tensors.iter().zip(&header.tensors).all(|(a, b)| {
+                    a.name == b.name
+                        && a.dtype == b.dtype
+                        && a.shape == b.shape
+                        && a.block_size == b.block_size
+                })
+                && job.stages.contains_key(&stage.file)
+        }
         Ok(f) => {
             let mut start = vec![0u8; 16 + expected_json.len()];
             f.prefix() == prefix
@@ -1019,25 +1046,108 @@ fn verify_on_disk(w: &WrittenFile) -> Result<()> {
     Ok(())
 }
 
+/// Where a converted tensor's bytes go: straight into the stage file, or
+/// into memory to be compressed before the stage file is laid out.
+trait TensorSink {
+    fn put(&mut self, name: &str, bytes: &[u8]) -> Result<()>;
+}
+
+impl TensorSink for StageWriter {
+    fn put(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        Ok(self.write(name, bytes)?)
+    }
+}
+
+impl TensorSink for Vec<u8> {
+    fn put(&mut self, _name: &str, bytes: &[u8]) -> Result<()> {
+        self.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Tensors smaller than this are never compressed (norms, biases: nothing to gain).
+pub const MIN_COMPRESS_BYTES: usize = 64 << 10;
+/// A tensor is stored compressed only when that saves at least this share of its bytes.
+pub const MIN_COMPRESS_SAVING: f64 = 0.05;
+
+/// Compresses one encoded tensor when it is large enough and zstd saves at
+/// least [`MIN_COMPRESS_SAVING`]; returns the spec to write and the stored bytes.
+fn maybe_compress(
+    spec: &TensorSpec,
+    encoded: Vec<u8>,
+    codec: Codec,
+    path: &Path,
+) -> Result<(TensorSpec, Vec<u8>)> {
+    if encoded.len() < MIN_COMPRESS_BYTES {
+        return Ok((spec.clone(), encoded));
+    }
+    let rows: usize = match spec.shape.split_last() {
+        None | Some((_, [])) => 1,
+        Some((_, outer)) => outer.iter().map(|&d| d as usize).product(),
+    };
+    let row_bytes = encoded.len() / rows.max(1);
+    let codec = Codec {
+        bytesplit: codec.bytesplit && matches!(spec.dtype, DType::F16 | DType::Bf16),
+        ..codec
+    };
+    let c = compress::compress(
+        &encoded,
+        row_bytes,
+        compress::frame_rows_for(row_bytes as u64) as usize,
+        codec,
+        path,
+        &spec.name,
+    )?;
+    if c.bytes.len() as f64 > encoded.len() as f64 * (1.0 - MIN_COMPRESS_SAVING) {
+        return Ok((spec.clone(), encoded));
+    }
+    let mut spec = spec.clone();
+    spec.compression = Some(c.compression);
+    Ok((spec, c.bytes))
+}
+
 fn write_stage(
     dir: &Path,
     stage: &Stage,
     locs: &[(usize, usize)],
     shards: &[Option<Shard>],
+    compress: Option<Codec>,
     rep: &Reporter,
 ) -> Result<WrittenFile> {
     let path = dir.join(&stage.file);
     let result = (|| {
-        let mut w = StageWriter::create(&path, stage.kind, stage.layer, &stage.specs())?;
-        for (pt, &(s, t)) in stage.tensors.iter().zip(locs) {
-            let shard = shards[s].as_ref().ok_or_else(|| PrepError::Output {
+        let source = |pt: &PlannedTensor, s: usize| {
+            shards[s].as_ref().ok_or_else(|| PrepError::Output {
                 dir: dir.to_path_buf(),
                 reason: format!(
                     "{}: source of `{}` was already released",
                     stage.file, pt.source
                 ),
-            })?;
-            convert_tensor(&mut w, stage, pt, shard, &shard.tensors()[t], rep)?;
+            })
+        };
+        let Some(codec) = compress else {
+            let mut w = StageWriter::create(&path, stage.kind, stage.layer, &stage.specs())?;
+            for (pt, &(s, t)) in stage.tensors.iter().zip(locs) {
+                let shard = source(pt, s)?;
+                convert_tensor(&mut w, stage, pt, shard, &shard.tensors()[t], rep)?;
+            }
+            return Ok(w.finish()?);
+        };
+        // Compressed lengths fix the layout, so the stage is assembled in
+        // memory first (at most one stage's stored bytes plus one tensor).
+        let mut specs = Vec::with_capacity(stage.tensors.len());
+        let mut stored = Vec::with_capacity(stage.tensors.len());
+        for (pt, &(s, t)) in stage.tensors.iter().zip(locs) {
+            let shard = source(pt, s)?;
+            let mut buf = Vec::new();
+            convert_tensor(&mut buf, stage, pt, shard, &shard.tensors()[t], rep)?;
+            let (spec, bytes) = maybe_compress(&pt.spec, buf, codec, &path)?;
+            specs.push(spec);
+            stored.push(bytes);
+        }
+        let mut w = StageWriter::create(&path, stage.kind, stage.layer, &specs)?;
+        for (spec, bytes) in specs.iter().zip(&stored) {
+            w.write(&spec.name, bytes)?;
         }
         Ok(w.finish()?)
     })();
@@ -1075,7 +1185,7 @@ fn shift(e: CodecError, base: usize) -> CodecError {
 /// is decoded to f32 and encoded in parallel groups of rows, written in
 /// order, and its source pages are then released.
 fn convert_tensor(
-    w: &mut StageWriter,
+    w: &mut impl TensorSink,
     stage: &Stage,
     pt: &PlannedTensor,
     shard: &Shard,
@@ -1095,7 +1205,7 @@ fn convert_tensor(
         convert_slice(dtype, data, &mut f);
         let bytes = crate::quant::encode(spec.dtype, &f, &spec.shape, spec.block_size)
             .map_err(|e| encode_error(stage, pt, shard, info, e))?;
-        w.write(&spec.name, &bytes)?;
+        w.put(&spec.name, &bytes)?;
         rep.advance(data.len() as u64);
         return Ok(());
     }
@@ -1125,7 +1235,7 @@ fn convert_tensor(
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| encode_error(stage, pt, shard, info, e))?;
         for p in &parts {
-            w.write(&spec.name, p)?;
+            w.put(&spec.name, p)?;
         }
         shard.release(info.start + (r0 * row_src) as u64, src.len() as u64);
         rep.advance(src.len() as u64);
@@ -1195,6 +1305,7 @@ mod tests {
         let quant = QuantPolicy {
             weights: strata_format::DType::Nf4,
             block_size: 64,
+            compress: None,
         };
         let stages = plan(&tiny_arch(), &quant);
         let work: Vec<Work> = stages.iter().map(|_| Work::Write(Vec::new())).collect();

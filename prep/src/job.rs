@@ -119,6 +119,9 @@ pub struct JobIdentity {
     pub block_size: Option<u32>,
     /// Weight file names.
     pub weights: Vec<String>,
+    /// `--compress` (normalized), when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<String>,
 }
 
 impl JobIdentity {
@@ -213,6 +216,7 @@ mod tests {
             quant: DType::Nf4,
             block_size: Some(64),
             weights: vec!["model.safetensors".into()],
+            compress: None,
         }
     }
 

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use strata_format::compress::Codec;
 use strata_format::dtype::DType;
 use strata_format::header::StageKind;
 use strata_format::manifest::{Architecture, Quantization};
@@ -20,6 +21,8 @@ pub struct QuantPolicy {
     pub weights: DType,
     /// Block size of quantized encodings (`--block-size`).
     pub block_size: u32,
+    /// `--compress`: zstd for the tensors where it saves enough.
+    pub compress: Option<Codec>,
 }
 
 impl QuantPolicy {
@@ -39,6 +42,7 @@ impl QuantPolicy {
             dtype,
             shape,
             block_size: dtype.is_quantized().then_some(self.block_size),
+            compression: None,
         }
     }
 
@@ -50,6 +54,13 @@ impl QuantPolicy {
             embeddings: self.embeddings(),
             head: self.embeddings(),
             block_size: any_quantized.then_some(self.block_size),
+            compression: self.compress.map(|c| {
+                format!(
+                    "{}:{}",
+                    if c.bytesplit { "zstd" } else { "zstd-nosplit" },
+                    c.level
+                )
+            }),
         }
     }
 }
@@ -372,6 +383,7 @@ pub(crate) mod tests {
     const NF4: QuantPolicy = QuantPolicy {
         weights: DType::Nf4,
         block_size: 64,
+        compress: None,
     };
 
     #[test]
@@ -435,6 +447,7 @@ pub(crate) mod tests {
             let q = QuantPolicy {
                 weights: w,
                 block_size: 32,
+                compress: None,
             };
             assert_eq!(q.embeddings(), e);
             let m = q.manifest();

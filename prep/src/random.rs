@@ -572,6 +572,7 @@ mod tests {
             dtype,
             shape: vec![rows, cols],
             block_size: Some(64),
+            compression: None,
         }
     }
 
@@ -630,6 +631,7 @@ mod tests {
         let q = QuantPolicy {
             weights: DType::Nf4,
             block_size: strata_format::dtype::DEFAULT_BLOCK,
+            compress: None,
         };
         let mut archs: Vec<_> = SHAPE_NAMES
             .iter()

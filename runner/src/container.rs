@@ -5,11 +5,13 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use strata_format::compress::{Decoder, Frames};
 use strata_format::header::TensorEntry;
 use strata_format::verify::check_file;
 use strata_format::{names, DType, FileHeader, Manifest, StageFile, StageKind};
 
 use crate::error::{Result, RunnerError};
+use crate::io::IO_ALIGN;
 
 /// One stage file of the container.
 #[derive(Debug, Clone)]
@@ -24,9 +26,120 @@ pub struct StageInfo {
     pub sha256: String,
     /// The validated header.
     pub header: FileHeader,
+    /// Where the tensors lie once decoded, when some are compressed.
+    pub decoded: Option<DecodedLayout>,
+}
+
+/// The bytes the model computes with for a stage whose file holds compressed
+/// tensors: every tensor decoded, each at a 4096-aligned offset of one buffer.
+#[derive(Debug, Clone)]
+pub struct DecodedLayout {
+    /// The file's tensor table with offsets into the decoded buffer and no compression.
+    pub header: FileHeader,
+    /// Size of the decoded buffer.
+    pub len: u64,
+}
+
+impl DecodedLayout {
+    /// The decoded layout of `header`, or `None` when nothing in it is compressed.
+    pub fn of(header: &FileHeader) -> Option<DecodedLayout> {
+        if header.tensors.iter().all(|t| t.compression.is_none()) {
+            return None;
+        }
+        let mut h = header.clone();
+        let mut cursor = 0u64;
+        for t in &mut h.tensors {
+            t.offset = cursor;
+            t.length = t.encoded_length();
+            t.compression = None;
+            cursor = (cursor + t.length).next_multiple_of(IO_ALIGN as u64);
+        }
+        Some(DecodedLayout {
+            header: h,
+            len: cursor.max(IO_ALIGN as u64),
+        })
+    }
 }
 
 impl StageInfo {
+    /// Size of the bytes the model is handed: the decoded buffer, or the file.
+    pub fn view_len(&self) -> u64 {
+        self.decoded.as_ref().map_or(self.len, |d| d.len)
+    }
+
+    /// Whether some tensor of the file is compressed.
+    pub fn compressed(&self) -> bool {
+        self.decoded.is_some()
+    }
+
+    /// Decodes the whole file's bytes `file` into `out` (the decoded layout).
+    pub fn decode_into(&self, file: &[u8], out: &mut [u8], dec: &mut Decoder) -> Result<()> {
+        let Some(d) = &self.decoded else {
+            return Err(RunnerError::Invalid(format!(
+                "{}: nothing to decode",
+                self.name
+            )));
+        };
+        if out.len() < d.len as usize || file.len() as u64 != self.len {
+            return Err(RunnerError::Invalid(format!(
+                "{}: {} file bytes and a {}-byte buffer for a {}-byte file decoding to {}",
+                self.name,
+                file.len(),
+                out.len(),
+                self.len,
+                d.len
+            )));
+        }
+        for (e, v) in self.header.tensors.iter().zip(&d.header.tensors) {
+            let src = &file[e.offset as usize..(e.offset + e.length) as usize];
+            let dst = &mut out[v.offset as usize..(v.offset + v.length) as usize];
+            if e.compression.is_some() {
+                let fr = Frames::of(e, &self.path)?;
+                dec.decode(e, &fr, 0, fr.count(), src, dst, &self.path)?;
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads tensor `name` from the file and returns its encoded bytes
+    /// (decompressed when stored compressed): for small tensors read once.
+    pub fn read_encoded(&self, name: &str) -> Result<Vec<u8>> {
+        let e = self.entry(name)?;
+        let stored = crate::io::read_small(&self.path, e.offset, e.length as usize)?;
+        if e.compression.is_none() {
+            return Ok(stored);
+        }
+        let mut dec = Decoder::new().map_err(|err| RunnerError::Prefetch(err.to_string()))?;
+        Ok(dec.decode_all(e, &stored, &self.path)?)
+    }
+
+    /// A view of tensor `name` given its encoded bytes (see [`StageInfo::read_encoded`]).
+    pub fn encoded_weight<'a>(&self, bytes: &'a [u8], name: &str) -> Result<Weight<'a>> {
+        let e = self.view_entry(name)?;
+        if bytes.len() as u64 != e.length {
+            return Err(RunnerError::Tensor {
+                file: self.name.clone(),
+                tensor: name.into(),
+                reason: format!("{} bytes, the encoding needs {}", bytes.len(), e.length),
+            });
+        }
+        Weight::new(e, bytes, &self.name)
+    }
+
+    /// A tensor's entry in the bytes the model is handed (decoded layout or file).
+    pub fn view_entry(&self, tensor: &str) -> Result<&TensorEntry> {
+        match &self.decoded {
+            Some(d) => d.header.tensor(tensor).ok_or_else(|| RunnerError::Tensor {
+                file: self.name.clone(),
+                tensor: tensor.into(),
+                reason: "missing".into(),
+            }),
+            None => self.entry(tensor),
+        }
+    }
+
     /// A tensor's header entry, or an error naming the file and tensor.
     pub fn entry(&self, tensor: &str) -> Result<&TensorEntry> {
         self.header
@@ -47,7 +160,7 @@ impl StageInfo {
         r0: usize,
         r1: usize,
     ) -> Result<Weight<'a>> {
-        let e = self.entry(name)?;
+        let e = self.view_entry(name)?;
         let mut w = Weight::new(e, &[], &self.name)?;
         let need = (r1 - r0) * w.row_bytes();
         if r1 > w.rows || r0 > r1 || bytes.len() < need {
@@ -62,10 +175,10 @@ impl StageInfo {
         Ok(w)
     }
 
-    /// A view of tensor `name` inside `data`, the whole file's bytes (or the
-    /// bytes of the file starting at `base`).
+    /// A view of tensor `name` inside `data`, the bytes the model is handed
+    /// (the whole file, or its decoded layout when it holds compressed tensors).
     pub fn weight<'a>(&self, data: &'a [u8], base: u64, name: &str) -> Result<Weight<'a>> {
-        let e = self.entry(name)?;
+        let e = self.view_entry(name)?;
         let start = e
             .offset
             .checked_sub(base)
@@ -205,6 +318,7 @@ impl Container {
                 path,
                 len: entry.bytes,
                 sha256: entry.sha256.clone(),
+                decoded: DecodedLayout::of(&header),
                 header,
             })
         };
@@ -246,6 +360,14 @@ impl Container {
             verify,
             verified: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Encoded bytes of one row of the output head's weight.
+    pub fn head_weight_row_bytes(&self) -> Result<u64> {
+        let (stage, name) = self.head_weight_stage();
+        let e = stage.entry(name)?;
+        let rows = e.shape.first().copied().unwrap_or(1).max(1);
+        Ok(e.encoded_length() / rows)
     }
 
     /// The stage holding the output head's weight, and the tensor's name.

@@ -30,6 +30,8 @@ pub struct EngineOptions {
     pub verify: bool,
     /// `--ctx` (default: min(max_position_embeddings, 4096)).
     pub ctx: Option<usize>,
+    /// `--keep-compressed` (`None`: auto).
+    pub keep_compressed: Option<bool>,
 }
 
 /// I/O counters at one moment.
@@ -39,6 +41,8 @@ pub struct IoSnapshot {
     pub bytes_read: u64,
     /// Seconds compute waited on reads so far.
     pub wait_secs: f64,
+    /// Seconds spent decompressing so far (decode thread and load).
+    pub decode_secs: f64,
 }
 
 /// Everything needed to run a container.
@@ -70,6 +74,7 @@ impl Engine {
                 max_memory: o.max_memory,
                 prefetch: o.prefetch,
                 ctx,
+                keep_compressed: o.keep_compressed,
             },
         )?;
         log::info!("{}", plan.describe());
@@ -98,6 +103,7 @@ impl Engine {
         IoSnapshot {
             bytes_read: s.bytes_read.load(Ordering::Relaxed),
             wait_secs: s.wait_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            decode_secs: s.decode_nanos.load(Ordering::Relaxed) as f64 / 1e9,
         }
     }
 

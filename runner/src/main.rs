@@ -19,6 +19,17 @@ struct Cli {
     command: Command,
 }
 
+/// `--keep-compressed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KeepCompressed {
+    /// Whichever keeps more layers resident.
+    Auto,
+    /// Hold resident layers compressed.
+    Yes,
+    /// Hold resident layers decoded.
+    No,
+}
+
 /// Options shared by the commands that run the model.
 #[derive(Args, Clone)]
 pub struct Common {
@@ -38,6 +49,11 @@ pub struct Common {
     /// Skip the sha256 check of each file on its first read.
     #[arg(long)]
     no_verify: bool,
+    /// For containers made with `prep --compress`: hold resident layers
+    /// compressed and decode them on use (yes), decoded (no), or whichever
+    /// keeps more layers resident (auto).
+    #[arg(long, value_enum, default_value_t = KeepCompressed::Auto)]
+    keep_compressed: KeepCompressed,
     /// Context length (KV cache positions); default min(model maximum, 4096).
     #[arg(long)]
     ctx: Option<usize>,
@@ -57,6 +73,11 @@ impl Common {
             prefetch: self.prefetch.max(1),
             verify: !self.no_verify,
             ctx: self.ctx,
+            keep_compressed: match self.keep_compressed {
+                KeepCompressed::Auto => None,
+                KeepCompressed::Yes => Some(true),
+                KeepCompressed::No => Some(false),
+            },
         }
     }
 

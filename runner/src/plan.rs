@@ -23,6 +23,9 @@ pub struct PlanRequest {
     pub prefetch: usize,
     /// Context length (KV cache positions).
     pub ctx: usize,
+    /// `--keep-compressed`: hold resident layers compressed and decode them on
+    /// use (`None`: when that keeps more layers resident).
+    pub keep_compressed: Option<bool>,
 }
 
 /// The plan printed at start-up and followed by the streamer.
@@ -36,6 +39,10 @@ pub struct MemoryPlan {
     pub buffers: u64,
     /// Size of one streaming unit (the largest streamed read).
     pub unit: u64,
+    /// Size of one decode buffer (0 when nothing is decoded on the way).
+    pub decode_unit: u64,
+    /// Resident layers are held compressed and decoded each time they are used.
+    pub keep_compressed: bool,
     /// Whether the head's weight is resident.
     pub head_resident: bool,
     /// Per layer: resident or streamed.
@@ -65,8 +72,12 @@ pub fn head_weight_bytes(c: &Container) -> Result<u64> {
 pub struct PlanSizes {
     /// Size of each layer file, in order.
     pub layer_bytes: Vec<u64>,
-    /// Bytes of the output head's weight (the embedding matrix when tied).
+    /// Size of each layer once its compressed tensors are decoded (= the file size when none are).
+    pub layer_decoded: Vec<u64>,
+    /// Bytes of the output head's weight (the embedding matrix when tied), as stored.
     pub head_bytes: u64,
+    /// Bytes of the output head's weight decoded.
+    pub head_decoded: u64,
     /// KV cache bytes per context position (f32 keys and values, all layers).
     pub kv_bytes_per_position: u64,
 }
@@ -74,9 +85,12 @@ pub struct PlanSizes {
 impl PlanSizes {
     /// The sizes of an opened container.
     pub fn of_container(c: &Container) -> Result<PlanSizes> {
+        let (stage, name) = c.head_weight_stage();
         Ok(PlanSizes {
             layer_bytes: c.layers.iter().map(|l| l.len).collect(),
+            layer_decoded: c.layers.iter().map(|l| l.view_len()).collect(),
             head_bytes: head_weight_bytes(c)?,
+            head_decoded: stage.entry(name)?.encoded_length(),
             kv_bytes_per_position: kv_cache_bytes(&c.manifest.architecture, 1),
         })
     }
@@ -91,8 +105,10 @@ impl PlanSizes {
         let head_bytes = shapes::head_weight_bytes(arch, stages)
             .ok_or_else(|| RunnerError::Invalid("the layout holds no output head weight".into()))?;
         Ok(PlanSizes {
+            layer_decoded: layer_bytes.clone(),
             layer_bytes,
             head_bytes,
+            head_decoded: head_bytes,
             kv_bytes_per_position: kv_cache_bytes(arch, 1),
         })
     }
@@ -109,20 +125,55 @@ impl PlanSizes {
         max_layer.max(MIN_UNIT).min(self.head_bytes.max(max_layer))
     }
 
-    /// Bytes of every layer and the head weight together.
+    /// Bytes of every layer and the head weight together, as stored.
     pub fn total(&self) -> u64 {
         self.head_bytes + self.layer_bytes.iter().sum::<u64>()
     }
 
-    /// The smallest `--max-memory` with which streaming works: KV cache,
-    /// runtime allowance and `(prefetch + 1)` units of read buffers.
-    pub fn streaming_minimum(&self, ctx: usize, prefetch: usize) -> u64 {
-        self.kv_cache(ctx) + OVERHEAD + (prefetch as u64 + 1) * self.unit()
+    /// Bytes of every layer and the head weight together, decoded.
+    pub fn total_decoded(&self) -> u64 {
+        self.head_decoded + self.layer_decoded.iter().sum::<u64>()
     }
 
-    /// The smallest `--max-memory` that keeps every layer and the head resident.
+    /// Whether some layer or the head holds compressed tensors.
+    pub fn compressed(&self) -> bool {
+        self.head_decoded != self.head_bytes || self.layer_decoded != self.layer_bytes
+    }
+
+    /// Size of a decode buffer: the largest decoded layer, or a head chunk
+    /// (at most one read unit); 0 for a container with nothing compressed.
+    pub fn decode_unit(&self) -> u64 {
+        if !self.compressed() {
+            return 0;
+        }
+        self.layer_decoded
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(self.unit())
+    }
+
+    /// Buffers of the streaming pipeline: `(prefetch + 1)` read units; with
+    /// compressed stages, two read units and `(prefetch + 1)` decode buffers.
+    pub fn buffers(&self, prefetch: usize) -> u64 {
+        let n = prefetch as u64 + 1;
+        if self.compressed() {
+            2 * self.unit() + n * self.decode_unit()
+        } else {
+            n * self.unit()
+        }
+    }
+
+    /// The smallest `--max-memory` with which streaming works: KV cache,
+    /// runtime allowance and the pipeline's buffers.
+    pub fn streaming_minimum(&self, ctx: usize, prefetch: usize) -> u64 {
+        self.kv_cache(ctx) + OVERHEAD + self.buffers(prefetch)
+    }
+
+    /// The smallest `--max-memory` that keeps every layer and the head resident (decoded).
     pub fn all_resident(&self, ctx: usize) -> u64 {
-        self.kv_cache(ctx) + OVERHEAD + self.total()
+        self.kv_cache(ctx) + OVERHEAD + self.total_decoded()
     }
 
     /// The smallest budget a plan accepts: streaming, or all resident when
@@ -151,6 +202,8 @@ impl MemoryPlan {
             kv_cache,
             buffers: 0,
             unit,
+            decode_unit: sizes.decode_unit(),
+            keep_compressed: false,
             head_resident: false,
             resident_layers: vec![false; n],
             resident_bytes: 0,
@@ -159,7 +212,7 @@ impl MemoryPlan {
         };
         let budget = match req.max_memory {
             Some(0) => {
-                plan.buffers = (req.prefetch as u64 + 1) * unit;
+                plan.buffers = sizes.buffers(req.prefetch);
                 plan.streamed_bytes = sizes.total();
                 return Ok(plan);
             }
@@ -182,14 +235,14 @@ impl MemoryPlan {
                 ),
             });
         };
-        let total = sizes.total();
-        if total <= room {
+        let total = sizes.total_decoded();
+        if total <= room && req.keep_compressed != Some(true) {
             plan.head_resident = true;
             plan.resident_layers = vec![true; n];
             plan.resident_bytes = total;
             return Ok(plan);
         }
-        let buffers = (req.prefetch as u64 + 1) * unit;
+        let buffers = sizes.buffers(req.prefetch);
         let Some(mut left) = room.checked_sub(buffers) else {
             return Err(RunnerError::Memory {
                 budget: human(budget),
@@ -204,28 +257,56 @@ impl MemoryPlan {
             });
         };
         plan.buffers = buffers;
-        if head_bytes <= left {
+        let head_decoded = sizes.head_decoded;
+        if head_decoded <= left {
             plan.head_resident = true;
-            left -= head_bytes;
-            plan.resident_bytes += head_bytes;
+            left -= head_decoded;
+            plan.resident_bytes += head_decoded;
         } else {
             plan.streamed_bytes += head_bytes;
         }
-        for (i, &b) in layer_bytes.iter().enumerate() {
-            if b <= left {
-                plan.resident_layers[i] = true;
-                left -= b;
-                plan.resident_bytes += b;
+        // Resident layers cost their decoded size, or their stored size when
+        // held compressed; holding them compressed is chosen (unless the user
+        // says otherwise) when it keeps more layers resident: every layer is
+        // then decoded on use, on the decode thread, and fewer are read.
+        let fit = |costs: &[u64], mut left: u64| -> Vec<bool> {
+            costs
+                .iter()
+                .map(|&b| {
+                    let ok = b <= left;
+                    if ok {
+                        left -= b;
+                    }
+                    ok
+                })
+                .collect()
+        };
+        let decoded = fit(&sizes.layer_decoded, left);
+        let stored = fit(layer_bytes, left);
+        let count = |v: &[bool]| v.iter().filter(|&&r| r).count();
+        plan.keep_compressed = sizes.compressed()
+            && req
+                .keep_compressed
+                .unwrap_or(count(&stored) > count(&decoded));
+        let (resident, costs) = if plan.keep_compressed {
+            (stored, layer_bytes)
+        } else {
+            (decoded, &sizes.layer_decoded)
+        };
+        for (i, &r) in resident.iter().enumerate() {
+            if r {
+                plan.resident_bytes += costs[i];
             } else {
-                plan.streamed_bytes += b;
+                plan.streamed_bytes += layer_bytes[i];
             }
         }
+        plan.resident_layers = resident;
         Ok(plan)
     }
 
-    /// Whether anything streams.
+    /// Whether anything streams (or is decoded on use).
     pub fn streams(&self) -> bool {
-        !self.head_resident || self.resident_layers.iter().any(|r| !r)
+        self.keep_compressed || !self.head_resident || self.resident_layers.iter().any(|r| !r)
     }
 
     /// One-paragraph description, as printed at info level.
@@ -237,14 +318,32 @@ impl MemoryPlan {
             .budget
             .map_or("0 (keep nothing resident)".to_string(), human);
         format!(
-            "memory plan: budget {budget}; KV cache {}; read buffers {} ({} ahead + 1 × {}); resident {} (head {}, layers {}); streamed {} per token",
+            "memory plan: budget {budget}; KV cache {}; {}; resident {} (head {}, layers {}{}); streamed {} per token",
             human(self.kv_cache),
-            human(self.buffers),
-            self.prefetch,
-            human(self.unit),
+            if self.decode_unit > 0 {
+                format!(
+                    "buffers {} (2 reads × {} + {} ahead + 1 decoded × {})",
+                    human(self.buffers),
+                    human(self.unit),
+                    self.prefetch,
+                    human(self.decode_unit)
+                )
+            } else {
+                format!(
+                    "read buffers {} ({} ahead + 1 × {})",
+                    human(self.buffers),
+                    self.prefetch,
+                    human(self.unit)
+                )
+            },
             human(self.resident_bytes),
             if self.head_resident { "yes" } else { "no" },
             ranges(&resident),
+            if self.keep_compressed {
+                ", held compressed"
+            } else {
+                ""
+            },
             human(self.streamed_bytes),
         )
     }
@@ -284,7 +383,9 @@ mod tests {
     fn sizes() -> PlanSizes {
         PlanSizes {
             layer_bytes: vec![100 << 20; 10],
+            layer_decoded: vec![100 << 20; 10],
             head_bytes: 50 << 20,
+            head_decoded: 50 << 20,
             kv_bytes_per_position: 1 << 20,
         }
     }
@@ -294,6 +395,7 @@ mod tests {
             max_memory: Some(max_memory),
             prefetch: 2,
             ctx: 16,
+            keep_compressed: None,
         }
     }
 
@@ -317,12 +419,46 @@ mod tests {
     fn a_model_smaller_than_its_buffers_runs_resident() {
         let s = PlanSizes {
             layer_bytes: vec![1 << 20; 2],
+            layer_decoded: vec![1 << 20; 2],
             head_bytes: 1 << 20,
+            head_decoded: 1 << 20,
             kv_bytes_per_position: 0,
         };
         let small = s.smallest_budget(16, 2);
         assert_eq!(small, s.all_resident(16));
         assert!(!MemoryPlan::for_sizes(&s, req(small)).unwrap().streams());
+    }
+
+    #[test]
+    fn compressed_layers_are_held_compressed_when_more_fit() {
+        let s = PlanSizes {
+            layer_bytes: vec![70 << 20; 10],
+            layer_decoded: vec![100 << 20; 10],
+            head_bytes: 35 << 20,
+            head_decoded: 50 << 20,
+            kv_bytes_per_position: 1 << 20,
+        };
+        assert_eq!(s.decode_unit(), 100 << 20);
+        assert_eq!(s.buffers(2), 2 * (70 << 20) + 3 * (100 << 20));
+        // Room for 4 decoded layers after head and buffers: 5 stored ones fit.
+        let budget = (16 << 20) + OVERHEAD + s.buffers(2) + (50 << 20) + (400 << 20);
+        let auto = MemoryPlan::for_sizes(&s, req(budget)).unwrap();
+        assert!(auto.keep_compressed);
+        assert_eq!(auto.resident_layers.iter().filter(|&&r| r).count(), 5);
+        assert_eq!(auto.streamed_bytes, 5 * (70 << 20));
+        let never = MemoryPlan::for_sizes(
+            &s,
+            PlanRequest {
+                keep_compressed: Some(false),
+                ..req(budget)
+            },
+        )
+        .unwrap();
+        assert!(!never.keep_compressed);
+        assert_eq!(never.resident_layers.iter().filter(|&&r| r).count(), 4);
+        // Everything fits decoded: nothing is held compressed.
+        let all = MemoryPlan::for_sizes(&s, req(s.all_resident(16))).unwrap();
+        assert!(!all.streams() && !all.keep_compressed);
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! by a prefetch thread that runs `--prefetch` units ahead of compute and
 //! carries on across token boundaries, into a fixed pool of reused buffers.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
+
+use strata_format::compress::{Decoder, Frames};
 
 use crate::container::{Container, StageInfo, Weight};
 use crate::error::{Result, RunnerError};
@@ -22,12 +25,19 @@ pub struct IoStats {
     pub read_nanos: AtomicU64,
     /// Nanoseconds compute waited for the disk.
     pub wait_nanos: AtomicU64,
+    /// Nanoseconds spent decompressing (on the decode thread, or at load).
+    pub decode_nanos: AtomicU64,
 }
 
 impl IoStats {
     fn add_read(&self, bytes: u64, started: Instant) {
         self.bytes_read.fetch_add(bytes, Ordering::Relaxed);
         self.read_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn add_decode(&self, started: Instant) {
+        self.decode_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 }
@@ -41,12 +51,35 @@ enum UnitKind {
     Head(usize),
 }
 
+/// What the decode thread does with a unit's bytes before the model sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decode {
+    /// Nothing: handed over as read (copied into a decode buffer when the
+    /// pipeline has a decode stage).
+    Nothing,
+    /// A whole stage file, decoded to its layout ([`crate::container::DecodedLayout`]).
+    Stage,
+    /// Frames `f0..f1` of the head weight, whose stored bytes start `skip`
+    /// bytes into the span read.
+    Frames { f0: usize, f1: usize, skip: usize },
+}
+
+/// Where a unit's bytes come from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Read from the file.
+    Disk(Span),
+    /// A layer held resident in its compressed form.
+    Held(usize),
+}
+
 #[derive(Debug, Clone)]
 struct Unit {
     kind: UnitKind,
     stage: StageInfo,
-    span: Span,
+    source: Source,
     whole_file: bool,
+    decode: Decode,
 }
 
 /// Rows `r0..r1` of the head weight and the aligned span that holds them.
@@ -55,23 +88,31 @@ struct HeadChunk {
     r0: usize,
     r1: usize,
     span: Span,
-    /// Offset of row `r0` inside the span.
-    skip: usize,
+    /// How the chunk's bytes are decoded.
+    decode: Decode,
+    /// Offset of row `r0` in the bytes the model is handed.
+    view_skip: usize,
+}
+
+/// A resident layer: ready to compute with, or held compressed.
+enum Resident {
+    Ready(UnitBytes),
+    Compressed,
 }
 
 struct Prefetcher {
     ready: Option<Receiver<Result<(UnitKind, UnitBytes)>>>,
     free: Option<Sender<Option<AlignedBuf>>>,
-    handle: Option<JoinHandle<()>>,
+    handles: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Prefetcher {
     fn drop(&mut self) {
-        // Closing both channels makes the thread's next send or receive fail,
-        // so it exits after at most the read in progress.
+        // Closing both channels makes the threads' next send or receive fail,
+        // so they exit after at most the read or decode in progress.
         self.free.take();
         self.ready.take();
-        if let Some(h) = self.handle.take() {
+        for h in self.handles.drain(..) {
             let _ = h.join();
         }
     }
@@ -81,7 +122,7 @@ impl Drop for Prefetcher {
 pub struct Streamer {
     container: Arc<Container>,
     backend: Arc<Backend>,
-    resident_layers: Vec<Option<UnitBytes>>,
+    resident_layers: Vec<Option<Resident>>,
     head_chunks: Vec<HeadChunk>,
     resident_head: Option<UnitBytes>,
     prefetcher: Option<Prefetcher>,
@@ -106,27 +147,32 @@ fn span_for(start: u64, len: u64, file_len: u64) -> (Span, usize) {
     )
 }
 
-impl Streamer {
-    /// Loads the resident stages (verifying them), checks the partially-read
-    /// files, and starts the prefetch thread for the streamed ones.
-    pub fn new(container: Arc<Container>, backend: Backend, plan: &MemoryPlan) -> Result<Streamer> {
-        let backend = Arc::new(backend);
-        let stats = Arc::new(IoStats::default());
-        // Files read in parts are verified as a whole, once, up front.
-        container.check_from_disk(&container.embed)?;
-        container.check_from_disk(&container.head)?;
+fn alloc(bytes: u64, what: &str) -> Result<AlignedBuf> {
+    AlignedBuf::new(bytes as usize).ok_or_else(|| RunnerError::Memory {
+        budget: crate::units::human(bytes),
+        reason: format!("cannot allocate {what}"),
+    })
+}
 
-        let (hstage, hname) = container.head_weight_stage();
-        let hentry = hstage.entry(hname)?.clone();
-        let rows = hentry.shape.first().copied().unwrap_or(1) as usize;
-        let row_bytes = (hentry.length as usize) / rows.max(1);
+fn new_decoder() -> Result<Decoder> {
+    Decoder::new().map_err(|e| RunnerError::Prefetch(format!("zstd decoder: {e}")))
+}
+
+/// The head weight's chunks: rows per chunk bounded by the read unit (or the
+/// whole weight when resident), whole frames when the weight is compressed.
+fn head_chunks(c: &Container, plan: &MemoryPlan) -> Result<Vec<HeadChunk>> {
+    let (hstage, hname) = c.head_weight_stage();
+    let hentry = hstage.entry(hname)?.clone();
+    let rows = hentry.shape.first().copied().unwrap_or(1) as usize;
+    let row_bytes = (hentry.encoded_length() as usize) / rows.max(1);
+    let fit = ((plan.unit as usize).saturating_sub(2 * IO_ALIGN) / row_bytes.max(1)).max(1);
+    if hentry.compression.is_none() {
         let per_chunk = if plan.head_resident {
             rows.max(1)
         } else {
-            ((plan.unit as usize).saturating_sub(2 * IO_ALIGN) / row_bytes.max(1))
-                .clamp(1, rows.max(1))
+            fit.min(rows.max(1))
         };
-        let head_chunks: Vec<HeadChunk> = (0..rows)
+        return Ok((0..rows)
             .step_by(per_chunk)
             .map(|r0| {
                 let r1 = (r0 + per_chunk).min(rows);
@@ -135,27 +181,129 @@ impl Streamer {
                     ((r1 - r0) * row_bytes) as u64,
                     hstage.len,
                 );
-                HeadChunk { r0, r1, span, skip }
+                HeadChunk {
+                    r0,
+                    r1,
+                    span,
+                    decode: Decode::Nothing,
+                    view_skip: skip,
+                }
             })
-            .collect();
+            .collect());
+    }
+    let fr = Frames::of(&hentry, &hstage.path)?;
+    let frame_rows = fr.frame_rows() as usize;
+    let per_chunk = if plan.head_resident {
+        fr.count()
+    } else {
+        (fit / frame_rows).max(1)
+    };
+    Ok((0..fr.count())
+        .step_by(per_chunk)
+        .map(|f0| {
+            let f1 = (f0 + per_chunk).min(fr.count());
+            let (r0, r1) = fr.rows_of(f0, f1);
+            let sr = fr.stored_range(f0, f1);
+            let (span, skip) = span_for(hentry.offset + sr.start, sr.end - sr.start, hstage.len);
+            HeadChunk {
+                r0: r0 as usize,
+                r1: r1 as usize,
+                span,
+                decode: Decode::Frames { f0, f1, skip },
+                view_skip: 0,
+            }
+        })
+        .collect())
+}
+
+/// Decodes one unit's bytes `src` into `out` as `unit.decode` says; returns the length.
+fn decode_unit(
+    container: &Container,
+    unit: &Unit,
+    src: &[u8],
+    out: &mut AlignedBuf,
+    dec: &mut Decoder,
+) -> Result<usize> {
+    match unit.decode {
+        Decode::Nothing => {
+            let dst = out.as_mut_full().get_mut(..src.len()).ok_or_else(|| {
+                RunnerError::Prefetch(format!("{}: decode buffer too small", unit.stage.name))
+            })?;
+            dst.copy_from_slice(src);
+            Ok(src.len())
+        }
+        Decode::Stage => {
+            unit.stage.decode_into(src, out.as_mut_full(), dec)?;
+            Ok(unit.stage.view_len() as usize)
+        }
+        Decode::Frames { f0, f1, skip } => {
+            let (stage, name) = container.head_weight_stage();
+            let e = stage.entry(name)?;
+            let fr = Frames::of(e, &stage.path)?;
+            let sr = fr.stored_range(f0, f1);
+            let (r0, r1) = fr.rows_of(f0, f1);
+            let n = ((r1 - r0) * fr.row_bytes()) as usize;
+            let stored = src
+                .get(skip..skip + (sr.end - sr.start) as usize)
+                .ok_or_else(|| RunnerError::Prefetch(format!("{}: short head read", stage.name)))?;
+            let dst = out.as_mut_full().get_mut(..n).ok_or_else(|| {
+                RunnerError::Prefetch(format!("{}: decode buffer too small", stage.name))
+            })?;
+            dec.decode(e, &fr, f0, f1, stored, dst, &stage.path)?;
+            Ok(n)
+        }
+    }
+}
+
+impl Streamer {
+    /// Loads the resident stages (verifying them, decoding what is held
+    /// decoded), checks the partially-read files, and starts the prefetch
+    /// thread (and the decode thread, when something is decoded on the way)
+    /// for the streamed ones.
+    pub fn new(container: Arc<Container>, backend: Backend, plan: &MemoryPlan) -> Result<Streamer> {
+        let backend = Arc::new(backend);
+        let stats = Arc::new(IoStats::default());
+        // Files read in parts are verified as a whole, once, up front.
+        container.check_from_disk(&container.embed)?;
+        container.check_from_disk(&container.head)?;
+
+        let (hstage, _) = container.head_weight_stage();
+        let head_chunks = head_chunks(&container, plan)?;
+        let mut dec = new_decoder()?;
 
         let mut resident_layers = Vec::with_capacity(container.layers.len());
+        let mut held = Vec::with_capacity(container.layers.len());
         for (i, l) in container.layers.iter().enumerate() {
-            if plan.resident_layers[i] {
-                let started = Instant::now();
-                let (bytes, _) = backend.read(
-                    &l.path,
-                    Span {
-                        offset: 0,
-                        len: l.len,
-                    },
-                    None,
-                )?;
-                stats.add_read(l.len, started);
-                container.check_whole(l, bytes.bytes())?;
-                resident_layers.push(Some(bytes));
-            } else {
+            if !plan.resident_layers[i] {
                 resident_layers.push(None);
+                held.push(None);
+                continue;
+            }
+            let started = Instant::now();
+            let (bytes, _) = backend.read(
+                &l.path,
+                Span {
+                    offset: 0,
+                    len: l.len,
+                },
+                None,
+            )?;
+            stats.add_read(l.len, started);
+            container.check_whole(l, bytes.bytes())?;
+            if !l.compressed() {
+                resident_layers.push(Some(Resident::Ready(bytes)));
+                held.push(None);
+            } else if plan.keep_compressed {
+                resident_layers.push(Some(Resident::Compressed));
+                held.push(Some(bytes));
+            } else {
+                let mut out = alloc(l.view_len(), "a decoded layer")?;
+                let started = Instant::now();
+                l.decode_into(bytes.bytes(), out.as_mut_full(), &mut dec)?;
+                out.set_len(l.view_len() as usize);
+                stats.add_decode(started);
+                resident_layers.push(Some(Resident::Ready(UnitBytes::Owned(out))));
+                held.push(None);
             }
         }
         let resident_head = if plan.head_resident {
@@ -163,32 +311,60 @@ impl Streamer {
             let started = Instant::now();
             let (bytes, _) = backend.read(&hstage.path, c.span, None)?;
             stats.add_read(c.span.len, started);
-            Some(bytes)
+            if c.decode == Decode::Nothing {
+                Some(bytes)
+            } else {
+                let unit = Unit {
+                    kind: UnitKind::Head(0),
+                    stage: hstage.clone(),
+                    source: Source::Disk(c.span),
+                    whole_file: false,
+                    decode: c.decode,
+                };
+                let rows = (c.r1 - c.r0) as u64;
+                let row_bytes = container.head_weight_row_bytes()?;
+                let mut out = alloc(rows * row_bytes, "the decoded head")?;
+                let started = Instant::now();
+                let n = decode_unit(&container, &unit, bytes.bytes(), &mut out, &mut dec)?;
+                out.set_len(n);
+                stats.add_decode(started);
+                Some(UnitBytes::Owned(out))
+            }
         } else {
             None
         };
 
         let mut units = Vec::new();
         for (i, l) in container.layers.iter().enumerate() {
-            if !plan.resident_layers[i] {
-                units.push(Unit {
-                    kind: UnitKind::Layer(i),
-                    stage: l.clone(),
-                    span: Span {
-                        offset: 0,
-                        len: l.len,
-                    },
-                    whole_file: true,
-                });
-            }
+            let decode = if l.compressed() {
+                Decode::Stage
+            } else {
+                Decode::Nothing
+            };
+            let source = match &resident_layers[i] {
+                None => Source::Disk(Span {
+                    offset: 0,
+                    len: l.len,
+                }),
+                Some(Resident::Compressed) => Source::Held(i),
+                Some(Resident::Ready(_)) => continue,
+            };
+            units.push(Unit {
+                kind: UnitKind::Layer(i),
+                stage: l.clone(),
+                source,
+                whole_file: true,
+                decode,
+            });
         }
         if !plan.head_resident {
             for (k, c) in head_chunks.iter().enumerate() {
                 units.push(Unit {
                     kind: UnitKind::Head(k),
                     stage: hstage.clone(),
-                    span: c.span,
+                    source: Source::Disk(c.span),
                     whole_file: false,
+                    decode: c.decode,
                 });
             }
         }
@@ -196,12 +372,14 @@ impl Streamer {
             None
         } else {
             Some(start_prefetcher(
-                container.clone(),
-                backend.clone(),
-                stats.clone(),
-                units,
-                plan.prefetch,
-                plan.unit,
+                Pipeline {
+                    container: container.clone(),
+                    backend: backend.clone(),
+                    stats: stats.clone(),
+                    units,
+                    held: Arc::new(held),
+                },
+                plan,
             )?)
         };
         Ok(Streamer {
@@ -274,7 +452,7 @@ impl Streamer {
     ) -> Result<R> {
         let container = self.container.clone();
         let stage = &container.layers[i];
-        if let Some(b) = &self.resident_layers[i] {
+        if let Some(Resident::Ready(b)) = &self.resident_layers[i] {
             return f(stage, b.bytes());
         }
         let bytes = self.next_unit(UnitKind::Layer(i))?;
@@ -293,7 +471,7 @@ impl Streamer {
         for k in 0..self.head_chunks.len() {
             let c = self.head_chunks[k];
             let mut view = |bytes: &[u8]| -> Result<()> {
-                let rows = stage.weight_rows(&bytes[c.skip..], name, c.r0, c.r1)?;
+                let rows = stage.weight_rows(&bytes[c.view_skip..], name, c.r0, c.r1)?;
                 f(c.r0, rows)
             };
             if let Some(b) = &self.resident_head {
@@ -309,14 +487,21 @@ impl Streamer {
     }
 
     /// Reads embedding rows for `ids` from the embeddings file (or the
-    /// resident head when it is the tied embedding matrix).
+    /// resident head when it is the tied embedding matrix). Rows of a
+    /// compressed matrix are read and decoded one frame at a time.
     pub fn embedding_rows(&self, ids: &[u32]) -> Result<Vec<Vec<u8>>> {
         let c = &self.container;
         let e = c.embed.entry(strata_format::names::EMBED_TOKENS)?;
         let vocab = e.shape.first().copied().unwrap_or(0);
-        let row_bytes = (e.length / vocab.max(1)) as usize;
+        let row_bytes = (e.encoded_length() / vocab.max(1)) as usize;
         let tied_resident =
             c.manifest.architecture.tie_word_embeddings && self.resident_head.is_some();
+        let frames = match (&e.compression, tied_resident) {
+            (Some(_), false) => Some(Frames::of(e, &c.embed.path)?),
+            _ => None,
+        };
+        let mut dec = None;
+        let mut decoded: HashMap<usize, Vec<u8>> = HashMap::new();
         ids.iter()
             .map(|&id| {
                 if u64::from(id) >= vocab {
@@ -331,68 +516,196 @@ impl Streamer {
                         .as_ref()
                         .map(|b| b.bytes())
                         .unwrap_or(&[]);
-                    let skip = self.head_chunks[0].skip;
+                    let skip = self.head_chunks[0].view_skip;
                     return Ok(b[skip + start..skip + start + row_bytes].to_vec());
                 }
-                let started = Instant::now();
-                let v = read_small(&c.embed.path, e.offset + start as u64, row_bytes)?;
-                self.stats.add_read(row_bytes as u64, started);
-                Ok(v)
+                let Some(fr) = &frames else {
+                    let started = Instant::now();
+                    let v = read_small(&c.embed.path, e.offset + start as u64, row_bytes)?;
+                    self.stats.add_read(row_bytes as u64, started);
+                    return Ok(v);
+                };
+                let f = fr.frame_of_row(u64::from(id));
+                let rows = match decoded.entry(f) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let sr = fr.stored_range(f, f + 1);
+                        let started = Instant::now();
+                        let stored = read_small(
+                            &c.embed.path,
+                            e.offset + sr.start,
+                            (sr.end - sr.start) as usize,
+                        )?;
+                        self.stats.add_read(sr.end - sr.start, started);
+                        let (r0, r1) = fr.rows_of(f, f + 1);
+                        let mut out = vec![0u8; ((r1 - r0) * fr.row_bytes()) as usize];
+                        let started = Instant::now();
+                        let d = match &mut dec {
+                            Some(d) => d,
+                            None => dec.insert(new_decoder()?),
+                        };
+                        d.decode(e, fr, f, f + 1, &stored, &mut out, &c.embed.path)?;
+                        self.stats.add_decode(started);
+                        v.insert(out)
+                    }
+                };
+                let at = (u64::from(id) - fr.rows_of(f, f + 1).0) as usize * row_bytes;
+                Ok(rows[at..at + row_bytes].to_vec())
             })
             .collect()
     }
 }
 
-fn start_prefetcher(
+/// What the prefetch (and decode) threads work from.
+struct Pipeline {
     container: Arc<Container>,
     backend: Arc<Backend>,
     stats: Arc<IoStats>,
     units: Vec<Unit>,
-    depth: usize,
-    unit_bytes: u64,
-) -> Result<Prefetcher> {
-    let depth = depth.max(1);
+    /// Layers held resident compressed, by index.
+    held: Arc<Vec<Option<UnitBytes>>>,
+}
+
+/// A unit on its way from the reader to the decode thread.
+type Read = (usize, Option<UnitBytes>);
+
+fn start_prefetcher(p: Pipeline, plan: &MemoryPlan) -> Result<Prefetcher> {
+    let depth = plan.prefetch.max(1);
     let (ready_tx, ready_rx) = sync_channel::<Result<(UnitKind, UnitBytes)>>(depth);
     let (free_tx, free_rx) = channel::<Option<AlignedBuf>>();
-    // depth units may wait in the queue, one is being read and one computed.
-    for _ in 0..depth + 1 {
-        let buf = if backend.maps() {
-            None
+    let decoding = p
+        .units
+        .iter()
+        .any(|u| u.decode != Decode::Nothing || matches!(u.source, Source::Held(_)));
+    let read_buf = |backend: &Backend| -> Result<Option<AlignedBuf>> {
+        if backend.maps() {
+            Ok(None)
         } else {
-            Some(
-                AlignedBuf::new(unit_bytes as usize).ok_or_else(|| RunnerError::Memory {
-                    budget: crate::units::human(unit_bytes),
-                    reason: "cannot allocate a read buffer".into(),
-                })?,
-            )
-        };
-        let _ = free_tx.send(buf);
+            alloc(plan.unit, "a read buffer").map(Some)
+        }
+    };
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map_err(|e| RunnerError::Prefetch(e.to_string()))
+    };
+    if !decoding {
+        // depth units may wait in the queue, one is being read and one computed.
+        for _ in 0..depth + 1 {
+            let _ = free_tx.send(read_buf(&p.backend)?);
+        }
+        let handle = spawn(
+            "strata-prefetch",
+            Box::new(move || {
+                for unit in p.units.iter().cycle() {
+                    let Ok(buf) = free_rx.recv() else { return };
+                    let res = read_unit(&p, unit, buf).map(|b| (unit.kind, b));
+                    let failed = res.is_err();
+                    if ready_tx.send(res).is_err() || failed {
+                        return;
+                    }
+                }
+            }),
+        )?;
+        return Ok(Prefetcher {
+            ready: Some(ready_rx),
+            free: Some(free_tx),
+            handles: vec![handle],
+        });
     }
-    let handle = std::thread::Builder::new()
-        .name("strata-prefetch".into())
-        .spawn(move || {
-            for unit in units.iter().cycle() {
-                let Ok(buf) = free_rx.recv() else { return };
-                let started = Instant::now();
-                let res = backend
-                    .read(&unit.stage.path, unit.span, buf)
-                    .and_then(|(bytes, _)| {
-                        stats.add_read(unit.span.len, started);
-                        if unit.whole_file {
-                            container.check_whole(&unit.stage, bytes.bytes())?;
+    // Reader -> decode thread -> model. Two read buffers (one being read, one
+    // being decoded); depth + 1 decode buffers (queued, being decoded or computed).
+    for _ in 0..depth + 1 {
+        let _ = free_tx.send(Some(alloc(plan.decode_unit, "a decode buffer")?));
+    }
+    let (read_free_tx, read_free_rx) = channel::<Option<AlignedBuf>>();
+    for _ in 0..2 {
+        let _ = read_free_tx.send(read_buf(&p.backend)?);
+    }
+    let (mid_tx, mid_rx) = sync_channel::<Result<Read>>(1);
+    let p = Arc::new(p);
+    let reader = {
+        let p = p.clone();
+        spawn(
+            "strata-prefetch",
+            Box::new(move || {
+                for (i, unit) in p.units.iter().enumerate().cycle() {
+                    let res = match unit.source {
+                        Source::Held(_) => Ok((i, None)),
+                        Source::Disk(_) => {
+                            let Ok(buf) = read_free_rx.recv() else { return };
+                            read_unit(&p, unit, buf).map(|b| (i, Some(b)))
                         }
-                        Ok((unit.kind, bytes))
-                    });
+                    };
+                    let failed = res.is_err();
+                    if mid_tx.send(res).is_err() || failed {
+                        return;
+                    }
+                }
+            }),
+        )?
+    };
+    let decoder = spawn(
+        "strata-decode",
+        Box::new(move || {
+            let mut dec = match new_decoder() {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            while let Ok(msg) = mid_rx.recv() {
+                let res = msg.and_then(|(i, read)| {
+                    let unit = &p.units[i];
+                    let Ok(Some(mut out)) = free_rx.recv() else {
+                        return Err(RunnerError::Prefetch("the model stopped".into()));
+                    };
+                    let started = Instant::now();
+                    let src = match (&read, unit.source) {
+                        (Some(b), _) => b.bytes(),
+                        (None, Source::Held(l)) => {
+                            p.held[l].as_ref().map_or(&[][..], |b| b.bytes())
+                        }
+                        (None, Source::Disk(_)) => &[][..],
+                    };
+                    let n = decode_unit(&p.container, unit, src, &mut out, &mut dec)?;
+                    out.set_len(n);
+                    p.stats.add_decode(started);
+                    if let Some(UnitBytes::Owned(b)) = read {
+                        let _ = read_free_tx.send(Some(b));
+                    } else if read.is_some() {
+                        let _ = read_free_tx.send(None);
+                    }
+                    Ok((unit.kind, UnitBytes::Owned(out)))
+                });
                 let failed = res.is_err();
                 if ready_tx.send(res).is_err() || failed {
                     return;
                 }
             }
-        })
-        .map_err(|e| RunnerError::Prefetch(e.to_string()))?;
+        }),
+    )?;
     Ok(Prefetcher {
         ready: Some(ready_rx),
         free: Some(free_tx),
-        handle: Some(handle),
+        handles: vec![reader, decoder],
     })
+}
+
+/// Reads one unit from disk into `buf` (or maps it), counting and checking it.
+fn read_unit(p: &Pipeline, unit: &Unit, buf: Option<AlignedBuf>) -> Result<UnitBytes> {
+    let Source::Disk(span) = unit.source else {
+        return Err(RunnerError::Prefetch(
+            "a held unit has nothing to read".into(),
+        ));
+    };
+    let started = Instant::now();
+    let (bytes, _) = p.backend.read(&unit.stage.path, span, buf)?;
+    p.stats.add_read(span.len, started);
+    if unit.whole_file {
+        p.container.check_whole(&unit.stage, bytes.bytes())?;
+    }
+    Ok(bytes)
 }

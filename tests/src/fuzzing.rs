@@ -51,6 +51,14 @@ pub fn stage_header(data: &[u8]) {
         let end = t.offset.checked_add(t.length).expect("validated range");
         assert!(end <= data.len() as u64, "tensor {} past the end", t.name);
         cursor = end;
+        // Compressed bytes: decoded, or a named error; never a panic.
+        if t.compression.is_some() && t.encoded_length() <= 1 << 24 {
+            let stored = &data[t.offset as usize..end as usize];
+            let mut dec = strata_format::compress::Decoder::new().expect("a zstd context");
+            if let Ok(v) = dec.decode_all(t, stored, path) {
+                assert_eq!(v.len() as u64, t.encoded_length());
+            }
+        }
     }
 }
 

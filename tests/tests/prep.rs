@@ -514,10 +514,22 @@ fn count_stage_files(dir: &Path) -> usize {
 /// Starts prep and kills it with SIGKILL once `stage_files` stage files
 /// exist (0: after `early`). Returns whether the kill landed before prep exited.
 fn kill_at(src: &Path, out: &Path, stage_files: usize, early: Duration) -> bool {
+    kill_at_with(src, out, &[], stage_files, early)
+}
+
+/// [`kill_at`] with extra prep arguments.
+fn kill_at_with(
+    src: &Path,
+    out: &Path,
+    args: &[&str],
+    stage_files: usize,
+    early: Duration,
+) -> bool {
     let mut child = prep()
         .arg(src)
         .arg("--out")
         .arg(out)
+        .args(args)
         .arg("--quiet")
         .spawn()
         .expect("spawn prep");
@@ -577,6 +589,33 @@ fn kill_9_and_resume_is_byte_identical() {
         hash_dir(&out),
         hash_dir(reference),
         "resumed container is byte-identical"
+    );
+}
+
+#[test]
+fn compressed_conversion_resumes_byte_identical() {
+    let model = smollm2_dir();
+    let tmp = tmpdir();
+    let args = ["--quant", "bf16", "--compress", "zstd"];
+    let whole = tmp.path().join("whole");
+    convert_ok(&model, &whole, &args);
+    let out = tmp.path().join("out");
+    assert!(
+        kill_at_with(&model, &out, &args, 12, Duration::ZERO),
+        "prep finished before the kill after 12 files"
+    );
+    assert!(!out.join("manifest.json").exists());
+    // A different --compress is another job: refused, nothing touched.
+    assert_fails(
+        &convert(&model, &out, &["--quant", "bf16", "--compress", "zstd:9"]),
+        &["interrupted conversion"],
+    );
+    let s = convert_ok(&model, &out, &args);
+    assert!(s["stages_reused"].as_u64().unwrap() >= 11, "{s}");
+    assert_eq!(
+        stage_hashes(&out),
+        stage_hashes(&whole),
+        "resumed compressed container is byte-identical"
     );
 }
 

@@ -74,6 +74,7 @@ pub fn run(a: PlanArgs) -> Result<i32> {
             max_memory: a.max_memory,
             prefetch,
             ctx,
+            keep_compressed: None,
         },
     );
     let n = sizes.layer_bytes.len();
@@ -127,7 +128,7 @@ pub fn run(a: PlanArgs) -> Result<i32> {
     println!("runtime:          {} allowance", human(OVERHEAD));
     println!(
         "read buffers:     {} ({prefetch} ahead + 1, {} each)",
-        human((prefetch as u64 + 1) * sizes.unit()),
+        human(sizes.buffers(prefetch)),
         human(sizes.unit())
     );
     if prefetch != 1 {

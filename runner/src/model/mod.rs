@@ -137,11 +137,10 @@ impl Model {
     /// A model for container `c` with a KV cache of `ctx` positions.
     pub fn new(c: &Arc<Container>, ctx: usize) -> Result<Model> {
         check_shapes(c)?;
-        let e = c.head.entry(FINAL_NORM)?;
-        let bytes = crate::io::read_small(&c.head.path, e.offset, e.length as usize)?;
+        let bytes = c.head.read_encoded(FINAL_NORM)?;
         let final_norm = c
             .head
-            .weight(&bytes, e.offset, FINAL_NORM)?
+            .encoded_weight(&bytes, FINAL_NORM)?
             .to_f32(&c.head.name, FINAL_NORM)?;
         let arch = c.manifest.architecture.clone();
         let mut m = Model {
