@@ -352,10 +352,12 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
     let activation = match act {
         "silu" | "swish" => Activation::Silu,
         "gelu_pytorch_tanh" | "gelu_new" => Activation::GeluTanh,
-        other => return Err(c.err(format!(
+        other => {
+            return Err(c.err(format!(
             "{} {other:?} is not supported for {} (supported: silu, gelu_pytorch_tanh, gelu_new)",
             fam.act_key, fam.class
-        ))),
+        )))
+        }
     };
     let norm_eps = c.f64("rms_norm_eps")?.unwrap_or(DEFAULT_NORM_EPS);
     let max_pos = c
