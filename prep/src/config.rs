@@ -1044,6 +1044,12 @@ mod tests {
     }
 
     #[test]
+    fn every_family_is_listed_as_supported() {
+        let classes: Vec<&str> = FAMILIES.iter().map(|f| f.class).collect();
+        assert_eq!(classes, SUPPORTED_CLASSES);
+    }
+
+    #[test]
     fn errors() {
         let mut v = llama();
         v["architectures"] = json!(["GPT2LMHeadModel"]);

@@ -226,12 +226,12 @@ impl Model {
         batch: &[(usize, &[u32])],
         want: Want,
     ) -> Result<Vec<Logits>> {
-        let mut spans = Vec::with_capacity(batch.len());
-        let mut all_ids = Vec::new();
         for &(seq, ids) in batch {
-            let count = self.seqs.len();
-            let state = self.seqs.get_mut(seq).ok_or_else(|| {
-                RunnerError::Invalid(format!("sequence {seq} is outside the batch of {count}"))
+            let state = self.seqs.get(seq).ok_or_else(|| {
+                RunnerError::Invalid(format!(
+                    "sequence {seq} is outside the batch of {}",
+                    self.seqs.len()
+                ))
             })?;
             if ids.is_empty() {
                 return Err(RunnerError::Invalid("no tokens to process".into()));
@@ -244,6 +244,11 @@ impl Model {
                     self.ctx
                 )));
             }
+        }
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut all_ids = Vec::new();
+        for &(seq, ids) in batch {
+            let state = &mut self.seqs[seq];
             let long = self.rope.uses_long(state.pos + ids.len());
             let row = all_ids.len();
             let mut skip = 0;
