@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Write tiny random Llama-family checkpoints and their transformers reference outputs.
+"""Write tiny random checkpoints (Llama family, Gemma 2, Phi-3) and their transformers reference outputs.
 
 Output: tests/fixtures/tiny/<variant>/{config.json, model.safetensors, generation_config.json, golden.json}
 (relative to the repository root, or to OUT_DIR if given).
 
-    scripts/make-tiny-fixtures.py [OUT_DIR]      # run with the reference venv's python, see below
+    scripts/make-tiny-fixtures.py [--only VARIANT,VARIANT] [OUT_DIR]   # run with the reference venv's python
 
 Reference venv (outside the repository; it is about 5.6 GB because PyPI's torch pulls the CUDA wheels,
 which are not needed here; a CPU-only torch from the PyTorch index works too if you can reach it):
@@ -32,8 +32,13 @@ What the script does, per variant:
 5. Seed search: tries seeds base, base+1, ... and keeps the first whose top1-top2 logit margin is at least
    MIN_MARGIN at every position and every greedy step, and whose greedy output is not one repeated token, so
    that argmax comparisons in the Rust tests are never near ties. The seed used goes into golden.json.
-6. For mistral, checks empirically that eager attention applies the window (logits vs sliding_window=None)
-   and that the mask it receives is exactly "query i attends key j iff 0 <= i - j < sliding_window".
+6. For mistral, phi3 and gemma2, checks empirically that eager attention applies the window (logits vs no window)
+   and that the mask each sliding layer receives is exactly "query i attends key j iff 0 <= i - j < sliding_window"
+   (gemma2: layer 0 slides, layer 1 is plainly causal).
+7. gemma2: checks the embedding scale transformers multiplies by (sqrt(hidden) as a float32 tensor cast to the
+   weight dtype, float32 here) and that both soft-caps change the logits. phi3-longrope: also records the logits of
+   the first 8 ids (a sequence of original_max_position_embeddings = 8 positions: short factors), checks that the
+   long factors matter, and records the attention factor transformers derived.
 Everything is deterministic: torch runs with 1 thread, and json is written with sorted keys and no timestamps.
 """
 
@@ -54,7 +59,12 @@ torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "tests", "fixtures", "tiny")
+ARGS = sys.argv[1:]
+ONLY = None
+if ARGS[:1] == ["--only"]:
+    ONLY = ARGS[1].split(",")
+    ARGS = ARGS[2:]
+OUT = ARGS[0] if ARGS else os.path.join(REPO, "tests", "fixtures", "tiny")
 
 IDS = [1, 17, 42, 99, 3, 150, 77, 8, 123, 64, 159, 31]  # 12 fixed token ids < vocab (159 = vocab-1)
 N_PROMPT = 5
@@ -85,6 +95,12 @@ BASE = {
 
 LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
          "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "pretraining_tp": 1}
+# pad_token_id: Phi3Config's default (32000) is outside the tiny vocabulary (nn.Embedding refuses it).
+PHI3 = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "attention_dropout": 0.0, "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0, "pad_token_id": 0}
+# Gemma 2's real caps (50, 30) never bite on logits this small; these do (checked in golden.json).
+GEMMA2_ATTN_CAP = 5.0
+GEMMA2_FINAL_CAP = 3.0
 
 # name -> (seed, config overrides, description)
 VARIANTS = {
@@ -111,6 +127,28 @@ VARIANTS = {
                      "attention_dropout": 0.0},
               "Qwen3: per-head RMSNorm on q and k (q_norm/k_norm), explicit head_dim, no biases; "
               "sliding_window 4 present but use_sliding_window false (must be ignored)"),
+    "gemma2": (8000, {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "hidden_size": 72,
+                      "head_dim": 16, "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
+                      "rms_norm_eps": 1e-06, "query_pre_attn_scalar": 24, "sliding_window": 4,
+                      "attn_logit_softcapping": GEMMA2_ATTN_CAP, "final_logit_softcapping": GEMMA2_FINAL_CAP,
+                      "tie_word_embeddings": True, "attention_bias": False, "attention_dropout": 0.0,
+                      "pad_token_id": 0},
+               "Gemma2ForCausalLM: (1+w) RMSNorms, post-attention and pre/post-feed-forward norms, GeGLU (tanh), "
+               "embeddings times sqrt(72), query_pre_attn_scalar 24 (not head_dim 16), attention and final soft-caps "
+               "small enough to bite, sliding window 4 on layer 0 only (default layer_types), tied head, "
+               "hidden 72 != 4 heads x 16"),
+    "phi3": (9000, {**PHI3, "original_max_position_embeddings": 256, "sliding_window": 7},
+             "Phi3ForCausalLM: fused qkv_proj and gate_up_proj, no rope scaling, sliding_window 7 on every layer "
+             "(Phi-3-mini-4k has 2047)"),
+    "phi3-longrope": (10000, {**PHI3, "max_position_embeddings": 64, "original_max_position_embeddings": 8,
+                              "partial_rotary_factor": 0.75,
+                              "rope_scaling": {"type": "longrope",
+                                               "short_factor": [1.0, 1.05, 1.1, 1.25, 1.5, 2.0],
+                                               "long_factor": [1.0, 1.5, 2.5, 4.0, 7.0, 12.0]}},
+                      "Phi3ForCausalLM with longrope (Phi-4-mini style: partial_rotary_factor 0.75, 12 of 16 dims "
+                      "rotate): original_max_position_embeddings 8, max 64 (attention factor sqrt(1 + ln 8 / ln 8)); "
+                      "the 12-id pass uses the long factors, the first 8 ids and the 5-id prompt the short ones, and "
+                      "greedy crosses from short to long"),
 }
 
 # config.json is written with sorted keys, as transformers' save_pretrained does.
@@ -134,11 +172,22 @@ def tensor_specs(cfg):
     inter = cfg["intermediate_size"]
     v = cfg["vocab_size"]
     mt = cfg["model_type"]
+    norm = "norm_gemma" if mt == "gemma2" else "norm"  # Gemma stores w of (1 + w)
     specs = [("model.embed_tokens.weight", (v, h), "embed")]
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
+        if mt == "phi3":
+            specs += [
+                (p + "input_layernorm.weight", (h,), "norm"),
+                (p + "self_attn.qkv_proj.weight", ((nh + 2 * nkv) * hd, h), "proj_qkv"),
+                (p + "self_attn.o_proj.weight", (h, nh * hd), "proj"),
+                (p + "post_attention_layernorm.weight", (h,), "norm"),
+                (p + "mlp.gate_up_proj.weight", (2 * inter, h), "proj"),
+                (p + "mlp.down_proj.weight", (h, inter), "proj"),
+            ]
+            continue
         specs += [
-            (p + "input_layernorm.weight", (h,), "norm"),
+            (p + "input_layernorm.weight", (h,), norm),
             (p + "self_attn.q_proj.weight", (nh * hd, h), "proj_qk"),
             (p + "self_attn.k_proj.weight", (nkv * hd, h), "proj_qk"),
             (p + "self_attn.v_proj.weight", (nkv * hd, h), "proj"),
@@ -154,14 +203,25 @@ def tensor_specs(cfg):
                 (p + "self_attn.q_norm.weight", (hd,), "norm"),
                 (p + "self_attn.k_norm.weight", (hd,), "norm"),
             ]
+        if mt == "gemma2":  # post_attention_layernorm normalizes the attention output
+            specs += [
+                (p + "self_attn.o_proj.weight", (h, nh * hd), "proj"),
+                (p + "post_attention_layernorm.weight", (h,), "norm_gemma_post"),
+                (p + "pre_feedforward_layernorm.weight", (h,), norm),
+            ]
+        else:
+            specs += [
+                (p + "self_attn.o_proj.weight", (h, nh * hd), "proj"),
+                (p + "post_attention_layernorm.weight", (h,), norm),
+            ]
         specs += [
-            (p + "self_attn.o_proj.weight", (h, nh * hd), "proj"),
-            (p + "post_attention_layernorm.weight", (h,), "norm"),
             (p + "mlp.gate_proj.weight", (inter, h), "proj"),
             (p + "mlp.up_proj.weight", (inter, h), "proj"),
             (p + "mlp.down_proj.weight", (h, inter), "proj"),
         ]
-    specs.append(("model.norm.weight", (h,), "norm"))
+        if mt == "gemma2":
+            specs.append((p + "post_feedforward_layernorm.weight", (h,), "norm_gemma_post"))
+    specs.append(("model.norm.weight", (h,), norm))
     if not cfg["tie_word_embeddings"]:
         specs.append(("lm_head.weight", (v, h), "head"))
     return specs
@@ -170,10 +230,16 @@ def tensor_specs(cfg):
 def make_weights(cfg, seed):
     g = torch.Generator().manual_seed(seed)
     out = {}
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    qk_rows = (cfg["num_attention_heads"] + cfg["num_key_value_heads"]) * hd
     for name, shape, kind in tensor_specs(cfg):
         x = torch.randn(shape, generator=g, dtype=torch.float32)
-        if kind == "embed":
-            x = x * 0.3
+        if kind == "proj_qkv":  # fused q, k, v: scaled as the separate projections are
+            x = torch.cat([x[:qk_rows] * 0.25, x[qk_rows:] * 0.15])
+        elif kind == "embed":
+            # gemma2 multiplies by sqrt(72) and ties the head: at 0.3 the input embedding dominates the residual
+            # stream and the model echoes its input token
+            x = x * (0.12 if cfg["model_type"] == "gemma2" else 0.3)
         elif kind == "proj_qk":
             x = x * 0.25  # large enough that attention is far from uniform
         elif kind == "proj":
@@ -182,6 +248,12 @@ def make_weights(cfg, seed):
             x = x * 0.2
         elif kind == "norm":
             x = 1.0 + 0.1 * x
+        elif kind == "norm_gemma":
+            x = 0.1 * x
+        elif kind == "norm_gemma_post":
+            # (1 + w) about 3: the blocks' outputs outweigh the input embedding in the residual stream; with the
+            # tied head the model would otherwise echo its input token
+            x = 2.0 + 0.2 * x
         elif kind == "bias":
             x = 0.2 * x
         else:
@@ -210,11 +282,35 @@ def check_loaded(model, weights, cfg, name):
     hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     attn = model.model.layers[0].self_attn
     assert attn.head_dim == hd, (attn.head_dim, hd)
-    assert attn.q_proj.out_features == cfg["num_attention_heads"] * hd
+    if cfg["model_type"] == "phi3":
+        assert attn.qkv_proj.out_features == (cfg["num_attention_heads"] + 2 * cfg["num_key_value_heads"]) * hd
+    else:
+        assert attn.q_proj.out_features == cfg["num_attention_heads"] * hd
     rp = c.rope_parameters
-    want_type = (cfg.get("rope_scaling") or {}).get("rope_type", "default")
+    scaling = cfg.get("rope_scaling") or {}
+    want_type = scaling.get("rope_type", scaling.get("type", "default"))
     assert rp["rope_type"] == want_type, rp
     assert rp["rope_theta"] == cfg["rope_theta"], rp
+    if cfg["model_type"] == "gemma2":
+        assert c.layer_types == ["sliding_attention", "full_attention"], c.layer_types
+        assert c.sliding_window == cfg["sliding_window"]
+        assert attn.scaling == cfg["query_pre_attn_scalar"] ** -0.5
+        assert (c.attn_logit_softcapping, c.final_logit_softcapping) == (GEMMA2_ATTN_CAP, GEMMA2_FINAL_CAP)
+        assert c.hidden_activation == "gelu_pytorch_tanh"
+        emb = model.model.embed_tokens
+        # the multiplier is sqrt(hidden) as a float32 tensor, cast to the weight dtype (float32 here)
+        assert emb.embed_scale.dtype == torch.float32
+        assert torch.equal(emb.embed_scale.to(emb.weight.dtype), torch.tensor(cfg["hidden_size"] ** 0.5))
+    if cfg["model_type"] == "phi3":
+        assert c.sliding_window == cfg.get("sliding_window"), c.sliding_window
+        assert c.original_max_position_embeddings == cfg["original_max_position_embeddings"]
+        rot = model.model.rotary_emb
+        rotary = int(hd * cfg.get("partial_rotary_factor", 1.0))
+        assert rot.inv_freq.shape == (rotary // 2,), rot.inv_freq.shape
+        if want_type == "longrope":
+            f = cfg["max_position_embeddings"] / cfg["original_max_position_embeddings"]
+            want = math.sqrt(1 + math.log(f) / math.log(cfg["original_max_position_embeddings"]))
+            assert rot.attention_scaling == want, (rot.attention_scaling, want)
     if cfg["model_type"] in ("qwen2", "qwen3"):
         assert c.sliding_window is None, c.sliding_window
         assert all(t == "full_attention" for t in c.layer_types), c.layer_types
@@ -264,20 +360,32 @@ def greedy(model, prompt):
     return new, seq[len(prompt):], margins
 
 
-def mistral_window_checks(folder, model, logits, w):
-    """Empirical checks that eager attention applies the window, and what the window means."""
-    # 1. logits with the window removed: positions < w must match, later ones must differ
+def load(folder, **config_changes):
     cfg = AutoConfig.from_pretrained(folder)
-    cfg.sliding_window = None
-    nowin = AutoModelForCausalLM.from_pretrained(folder, config=cfg, dtype=torch.float32,
-                                                 attn_implementation="eager").eval()
+    for k, v in config_changes.items():
+        setattr(cfg, k, v)
+    return AutoModelForCausalLM.from_pretrained(folder, config=cfg, dtype=torch.float32,
+                                                attn_implementation="eager").eval()
+
+
+def window_checks(folder, model, logits, cfg):
+    """Empirical checks that eager attention applies the window, and what the window means."""
+    w = cfg["sliding_window"]
+    mt = cfg["model_type"]
+    # 1. logits with the window removed (gemma2 cannot run without one: every layer made full instead):
+    #    positions < w must match, later ones must differ
+    if mt == "gemma2":
+        nowin = load(folder, layer_types=["full_attention"] * cfg["num_hidden_layers"])
+    else:
+        nowin = load(folder, sliding_window=None)
     with torch.no_grad():
         l2 = nowin(torch.tensor([IDS])).logits[0]
     diff = (logits - l2).abs().max(dim=-1).values
     assert float(diff[:w].max()) == 0.0, diff
     assert bool((diff[w:] > 1e-3).all()), diff
-    # 2. the mask that eager attention actually receives
-    import transformers.models.mistral.modeling_mistral as mm
+    # 2. the mask that eager attention actually receives, layer by layer
+    import importlib
+    mm = importlib.import_module(f"transformers.models.{mt}.modeling_{mt}")
     orig = mm.eager_attention_forward
     masks = []
 
@@ -291,15 +399,64 @@ def mistral_window_checks(folder, model, logits, w):
             model(torch.tensor([IDS]))
     finally:
         mm.eager_attention_forward = orig
-    assert masks, "eager_attention_forward was not called"
-    allowed = (masks[0][0, 0] == 0)  # additive mask: 0 = attend, -inf/min = masked
+    assert len(masks) == cfg["num_hidden_layers"], "eager_attention_forward was not called once per layer"
     n = len(IDS)
-    rule = torch.tensor([[0 <= i - j < w for j in range(n)] for i in range(n)])
-    assert torch.equal(allowed, rule), f"mask is not 0 <= i-j < {w}:\n{allowed.int()}"
-    return {
+    window_rule = torch.tensor([[0 <= i - j < w for j in range(n)] for i in range(n)])
+    causal_rule = torch.tensor([[0 <= i - j for j in range(n)] for i in range(n)])
+    sliding = [i for i in range(cfg["num_hidden_layers"]) if mt != "gemma2" or i % 2 == 0]
+    for layer, mask in enumerate(masks):
+        allowed = (mask[0, 0] == 0)  # additive mask: 0 = attend, -inf/min = masked
+        rule = window_rule if layer in sliding else causal_rule
+        assert torch.equal(allowed, rule), f"layer {layer} mask is not the expected rule:\n{allowed.int()}"
+    out = {
         "max_abs_logit_diff_vs_no_window_by_position": r(diff.tolist()),
         "mask_rule": f"query i attends key j iff 0 <= i - j < sliding_window ({w}): each query sees {w} keys "
                      f"including itself",
+    }
+    if mt == "gemma2":
+        out["sliding_layers"] = sliding
+        out["mask_rule"] += " (sliding layers only; the others are plainly causal)"
+    return out
+
+
+def softcap_checks(folder, logits):
+    """gemma2: each soft-cap changes the logits (caps removed one at a time)."""
+    out = {}
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        with torch.no_grad():
+            l2 = load(folder, **{key: None})(torch.tensor([IDS])).logits[0]
+        d = float((logits - l2).abs().max())
+        assert d > 0.1, (key, d)
+        out[f"max_abs_logit_diff_without_{key}"] = round(d, DECIMALS)
+    assert float(logits.abs().max()) < GEMMA2_FINAL_CAP
+    return out
+
+
+def longrope_checks(folder, model, logits, cfg):
+    """phi3-longrope: logits of a sequence that uses the short factors, and proof that the long ones matter."""
+    orig = cfg["original_max_position_embeddings"]
+    short_ids = IDS[:orig]
+    with torch.no_grad():
+        short = model(torch.tensor([short_ids])).logits[0]
+        # the 12-id pass again with long_factor := short_factor: every position after the first differs
+        rope = dict(cfg["rope_scaling"], long_factor=cfg["rope_scaling"]["short_factor"])
+        same = load(folder, rope_parameters={**model.config.rope_parameters, **rope, "rope_type": "longrope"})
+        l2 = same(torch.tensor([IDS])).logits[0]
+    diff = (logits - l2).abs().max(dim=-1).values
+    assert float(diff[0]) == 0.0 and bool((diff[1:] > 1e-3).all()), diff
+    # the short-factor pass is the prefix of neither: position 0 matches, later ones do not
+    d_prefix = (short - logits[:orig]).abs().max(dim=-1).values
+    assert bool((d_prefix[1:] > 1e-3).all()), d_prefix
+    top2 = torch.topk(short, 2, dim=-1).values
+    return {
+        "short_ids": short_ids,
+        "short_logits": [r(row) for row in short.tolist()],
+        "short_logits_top1_minus_top2": r((top2[:, 0] - top2[:, 1]).tolist()),
+        "attention_factor": model.model.rotary_emb.attention_scaling,
+        "max_abs_logit_diff_if_long_factor_were_short_factor_by_position": r(diff.tolist()),
+        "notes": "a forward pass over a sequence longer than original_max_position_embeddings uses long_factor for "
+                 "every position; transformers' Phi-3 generate() drops the cache and recomputes the whole sequence "
+                 "when it first grows past that length, so cached greedy equals uncached greedy",
     }
 
 
@@ -315,7 +472,12 @@ def write_folder(folder, cfg, weights):
 def main():
     os.makedirs(OUT, exist_ok=True)
     summary = {}
+    unknown = set(ONLY or []) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
     for name, (base_seed, overrides, desc) in VARIANTS.items():
+        if ONLY is not None and name not in ONLY:
+            continue
         folder = os.path.join(OUT, name)
         os.makedirs(folder, exist_ok=True)
         cfg = make_config(overrides)
@@ -333,6 +495,9 @@ def main():
             assert new == uncached, f"{name}: cached greedy {new} != uncached {uncached}"
             top2 = torch.topk(logits, 2, dim=-1).values
             pos_margins = (top2[:, 0] - top2[:, 1]).tolist()
+            if name == "phi3-longrope":  # the short-factor pass is compared by value, its argmax too
+                extra = longrope_checks(folder, model, logits, cfg)
+                pos_margins += extra["short_logits_top1_minus_top2"]
             if min(margins + pos_margins) >= MIN_MARGIN and len(set(new)) > 2:
                 break
             print(f"{name}: seed {seed} rejected (min margin {min(margins + pos_margins):.4f}, "
@@ -368,8 +533,15 @@ def main():
                 "with the KV cache, do_sample false, eos ignored; recomputed without cache and equal",
             ],
         }
-        if name == "mistral":
-            golden["sliding_window_check"] = mistral_window_checks(folder, model, logits, cfg["sliding_window"])
+        if cfg["model_type"] in ("mistral", "phi3", "gemma2") and cfg.get("sliding_window"):
+            golden["sliding_window_check"] = window_checks(folder, model, logits, cfg)
+        if name == "gemma2":
+            golden["softcap_check"] = softcap_checks(folder, logits)
+            golden["notes"][1] = ("embeddings[i] = embed_tokens row of ids[i] times sqrt(hidden_size) (float32); "
+                                  "layer_outputs[l][i] = residual stream after decoder layer l at position i "
+                                  "(before the final norm)")
+        if name == "phi3-longrope":
+            golden["longrope"] = extra
         with open(os.path.join(folder, "golden.json"), "w") as f:
             f.write(json.dumps(golden, sort_keys=True, separators=(",", ":")) + "\n")
         lg = logits

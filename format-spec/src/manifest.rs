@@ -91,6 +91,11 @@ pub struct Architecture {
     /// Whether queries and keys are RMS-normalized per head (`attn.q_norm`, `attn.k_norm`).
     #[serde(default)]
     pub qk_norm: bool,
+    /// Whether the outputs of the attention and feed-forward blocks are
+    /// RMS-normalized before they join the residual stream (`attn_post_norm`,
+    /// `mlp_post_norm`; Gemma 2).
+    #[serde(default)]
+    pub post_norms: bool,
     /// Sliding attention window in tokens, if any (see [`Architecture::sliding_window_layers`]).
     #[serde(default)]
     pub sliding_window: Option<u64>,
@@ -145,6 +150,21 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         /// Context length of the original training.
         original_max_position_embeddings: u64,
+    },
+    /// LongRoPE (Phi-3's `longrope`, alias `su`): per-frequency divisors,
+    /// `short_factor` while a sequence is at most
+    /// `original_max_position_embeddings` long and `long_factor` beyond, and
+    /// cos/sin multiplied by `attention_factor`.
+    #[serde(rename = "longrope")]
+    LongRope {
+        /// Divisor of each inverse frequency for short sequences (`rotary_dim / 2` values).
+        short_factor: Vec<f64>,
+        /// Divisor of each inverse frequency for long sequences (`rotary_dim / 2` values).
+        long_factor: Vec<f64>,
+        /// Sequence length up to which `short_factor` applies.
+        original_max_position_embeddings: u64,
+        /// Multiplier of the rotary cos and sin.
+        attention_factor: f64,
     },
 }
 
@@ -417,6 +437,35 @@ impl Manifest {
                         format!(
                             "rope.scaling: high_freq_factor {high_freq_factor} must exceed low_freq_factor {low_freq_factor}, and original_max_position_embeddings {original_max_position_embeddings} must be at least 1"
                         ),
+                    ));
+                }
+            }
+            Some(RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            }) => {
+                finite_pos("rope.scaling.attention_factor", *attention_factor)?;
+                let pairs = a.rope.rotary_dim / 2;
+                for (name, list) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                    if list.len() as u64 != pairs {
+                        return Err(bad(
+                            path,
+                            format!(
+                                "rope.scaling.{name} has {} values for {pairs} rotary frequencies",
+                                list.len()
+                            ),
+                        ));
+                    }
+                    for &v in list {
+                        finite_pos(&format!("rope.scaling.{name}"), v)?;
+                    }
+                }
+                if *original_max_position_embeddings == 0 {
+                    return Err(bad(
+                        path,
+                        "rope.scaling.original_max_position_embeddings must be at least 1".into(),
                     ));
                 }
             }

@@ -38,8 +38,14 @@ pub const ATTN_O_BIAS: &str = "attn.o.bias";
 pub const ATTN_Q_NORM: &str = "attn.q_norm";
 /// Per-head key RMS norm weight `[head_dim]`.
 pub const ATTN_K_NORM: &str = "attn.k_norm";
+/// Norm of the attention block's output before it joins the residual stream
+/// `[hidden]` (when the architecture has `post_norms`).
+pub const ATTN_POST_NORM: &str = "attn_post_norm";
 /// Norm before the feed-forward block `[hidden]`.
 pub const MLP_NORM: &str = "mlp_norm";
+/// Norm of the feed-forward block's output before it joins the residual
+/// stream `[hidden]` (when the architecture has `post_norms`).
+pub const MLP_POST_NORM: &str = "mlp_post_norm";
 /// Gate projection `[intermediate, hidden]`.
 pub const MLP_GATE: &str = "mlp.gate";
 /// Up projection `[intermediate, hidden]`.

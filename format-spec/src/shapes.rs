@@ -137,6 +137,7 @@ impl Shape {
                 attention_out_bias: false,
                 mlp_bias: false,
                 qk_norm: false,
+                post_norms: false,
                 sliding_window: None,
                 sliding_window_layers: None,
                 moe: None,
@@ -239,6 +240,9 @@ pub fn stage_layouts(arch: &Architecture, q: &Quantization) -> Vec<StageLayout> 
             t.push(spec(names::ATTN_Q_NORM, f32_, vec![arch.head_dim]));
             t.push(spec(names::ATTN_K_NORM, f32_, vec![arch.head_dim]));
         }
+        if arch.post_norms {
+            t.push(spec(names::ATTN_POST_NORM, f32_, vec![h]));
+        }
         t.push(spec(names::MLP_NORM, f32_, vec![h]));
         t.push(spec(names::MLP_GATE, lin, vec![inter, h]));
         t.push(spec(names::MLP_UP, lin, vec![inter, h]));
@@ -247,6 +251,9 @@ pub fn stage_layouts(arch: &Architecture, q: &Quantization) -> Vec<StageLayout> 
             t.push(spec("mlp.gate.bias", f32_, vec![inter]));
             t.push(spec("mlp.up.bias", f32_, vec![inter]));
             t.push(spec("mlp.down.bias", f32_, vec![h]));
+        }
+        if arch.post_norms {
+            t.push(spec(names::MLP_POST_NORM, f32_, vec![h]));
         }
         stages.push(StageLayout {
             file: names::layer_file(i),
@@ -324,10 +331,14 @@ mod tests {
         a.mlp_bias = true;
         a.tie_word_embeddings = false;
         let q = Shape::named("tiny").unwrap().quantization;
+        let plain = stage_layouts(&a, &q);
+        assert!(plain[1].tensor(names::ATTN_POST_NORM).is_none());
+        a.post_norms = true;
         let stages = stage_layouts(&a, &q);
         let names: Vec<&str> = stages[1].tensors.iter().map(|t| t.name.as_str()).collect();
         assert!(names.contains(&names::ATTN_Q_BIAS) && names.contains(&names::ATTN_K_NORM));
         assert!(names.contains(&"mlp.down.bias"));
+        assert!(names.contains(&names::ATTN_POST_NORM) && names.contains(&names::MLP_POST_NORM));
         assert!(stages.last().unwrap().tensor(names::HEAD).is_some());
         assert_eq!(stages[1].tensor(names::ATTN_NORM).unwrap().block_size, None);
         assert_eq!(

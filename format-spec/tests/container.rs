@@ -115,6 +115,7 @@ fn tiny_container(dir: &Path) -> Manifest {
             attention_out_bias: false,
             mlp_bias: false,
             qk_norm: false,
+            post_norms: false,
             sliding_window: None,
             sliding_window_layers: None,
             moe: None,
@@ -437,6 +438,52 @@ fn manifest_refuses_values_that_would_poison_the_maths() {
         (
             "rope.scaling.low_freq_factor",
             Box::new(move |m| m.architecture.rope.scaling = Some(llama3(8.0, 0.0, 4.0, 8192))),
+        ),
+        (
+            "rope.scaling.short_factor",
+            Box::new(|m| {
+                m.architecture.rope.scaling = Some(RopeScaling::LongRope {
+                    short_factor: vec![1.0; 7],
+                    long_factor: vec![2.0; 8],
+                    original_max_position_embeddings: 64,
+                    attention_factor: 1.2,
+                })
+            }),
+        ),
+        (
+            "rope.scaling.long_factor",
+            Box::new(|m| {
+                let mut long = vec![2.0; 8];
+                long[3] = -1.0;
+                m.architecture.rope.scaling = Some(RopeScaling::LongRope {
+                    short_factor: vec![1.0; 8],
+                    long_factor: long,
+                    original_max_position_embeddings: 64,
+                    attention_factor: 1.2,
+                })
+            }),
+        ),
+        (
+            "rope.scaling.attention_factor",
+            Box::new(|m| {
+                m.architecture.rope.scaling = Some(RopeScaling::LongRope {
+                    short_factor: vec![1.0; 8],
+                    long_factor: vec![2.0; 8],
+                    original_max_position_embeddings: 64,
+                    attention_factor: 0.0,
+                })
+            }),
+        ),
+        (
+            "rope.scaling.original_max_position_embeddings",
+            Box::new(|m| {
+                m.architecture.rope.scaling = Some(RopeScaling::LongRope {
+                    short_factor: vec![1.0; 8],
+                    long_factor: vec![2.0; 8],
+                    original_max_position_embeddings: 0,
+                    attention_factor: 1.0,
+                })
+            }),
         ),
         (
             "sliding_window",

@@ -26,62 +26,111 @@ struct Family {
     mlp_bias_key: bool,
     qk_norm: bool,
     window: WindowRule,
+    /// The key naming the feed-forward activation, and its default.
+    act_key: &'static str,
+    act_default: &'static str,
+    /// `tie_word_embeddings` when the key is absent.
+    tie_default: bool,
+    /// Gemma 2's extras: post-block norms, soft-caps, `query_pre_attn_scalar`,
+    /// embeddings scaled by sqrt(hidden) (and `(1 + w)` norms, see `plan`).
+    gemma2: bool,
+    /// Rope types the class's config renames to `longrope`.
+    longrope_aliases: &'static [&'static str],
+    /// Phi-3 keeps `original_max_position_embeddings` at the top level of
+    /// its config, with this default, and it overrides the rope object's.
+    original_max_default: Option<u64>,
 }
 
 /// How a class describes its sliding window.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum WindowRule {
     None,
-    /// `sliding_window` on every layer; absent means 4096, null means none.
-    Mistral,
+    /// `sliding_window` on every layer; absent means `default`, null means none.
+    AllLayers {
+        default: Option<u64>,
+    },
     /// Only with `use_sliding_window`; layers from `layer_types` or `≥ max_window_layers`.
     Qwen,
+    /// Layers from `layer_types`, else every even layer (0, 2, …); absent
+    /// `sliding_window` means 4096, null or 0 is refused.
+    Gemma2,
 }
 
-const FAMILIES: [Family; 4] = [
-    Family {
-        class: "LlamaForCausalLM",
-        family: "llama",
-        head_dim_default: None,
-        max_position_default: 2048,
-        attention_bias_key: true,
-        qkv_bias: false,
-        mlp_bias_key: true,
-        qk_norm: false,
-        window: WindowRule::None,
-    },
+/// The fields most classes share; each entry of [`FAMILIES`] changes some.
+const LLAMA: Family = Family {
+    class: "LlamaForCausalLM",
+    family: "llama",
+    head_dim_default: None,
+    max_position_default: 2048,
+    attention_bias_key: true,
+    qkv_bias: false,
+    mlp_bias_key: true,
+    qk_norm: false,
+    window: WindowRule::None,
+    act_key: "hidden_act",
+    act_default: "silu",
+    tie_default: false,
+    gemma2: false,
+    longrope_aliases: &[],
+    original_max_default: None,
+};
+
+const FAMILIES: [Family; 6] = [
+    LLAMA,
     Family {
         class: "MistralForCausalLM",
         family: "mistral",
-        head_dim_default: None,
         max_position_default: 4096 * 32,
         attention_bias_key: false,
-        qkv_bias: false,
         mlp_bias_key: false,
-        qk_norm: false,
-        window: WindowRule::Mistral,
+        window: WindowRule::AllLayers {
+            default: Some(DEFAULT_WINDOW),
+        },
+        ..LLAMA
     },
     Family {
         class: "Qwen2ForCausalLM",
         family: "qwen2",
-        head_dim_default: None,
         max_position_default: 32768,
         attention_bias_key: false,
         qkv_bias: true,
         mlp_bias_key: false,
-        qk_norm: false,
         window: WindowRule::Qwen,
+        ..LLAMA
     },
     Family {
         class: "Qwen3ForCausalLM",
         family: "qwen3",
         head_dim_default: Some(128),
         max_position_default: 32768,
-        attention_bias_key: true,
-        qkv_bias: false,
         mlp_bias_key: false,
         qk_norm: true,
         window: WindowRule::Qwen,
+        ..LLAMA
+    },
+    Family {
+        class: "Gemma2ForCausalLM",
+        family: "gemma2",
+        head_dim_default: Some(256),
+        max_position_default: 8192,
+        mlp_bias_key: false,
+        window: WindowRule::Gemma2,
+        act_key: "hidden_activation",
+        act_default: "gelu_pytorch_tanh",
+        tie_default: true,
+        gemma2: true,
+        ..LLAMA
+    },
+    Family {
+        class: "Phi3ForCausalLM",
+        family: "phi3",
+        max_position_default: 4096,
+        attention_bias_key: false,
+        mlp_bias_key: false,
+        window: WindowRule::AllLayers { default: None },
+        longrope_aliases: &["su", "yarn"],
+        original_max_default: Some(4096),
+        ..LLAMA
     },
 ];
 
@@ -97,6 +146,11 @@ const DEFAULT_ROPE_THETA: f64 = 10000.0;
 const DEFAULT_WINDOW: u64 = 4096;
 /// transformers' default `max_window_layers` of Qwen configs.
 const DEFAULT_MAX_WINDOW_LAYERS: u64 = 28;
+/// Gemma 2's defaults: attention-score and final-logit soft-caps, and the
+/// `query_pre_attn_scalar` whose inverse square root scales scores.
+const GEMMA2_ATTN_SOFTCAP: f64 = 50.0;
+const GEMMA2_FINAL_SOFTCAP: f64 = 30.0;
+const GEMMA2_QUERY_PRE_ATTN_SCALAR: f64 = 256.0;
 
 /// Typed access to a JSON object with errors naming the file and key.
 #[derive(Clone, Copy)]
@@ -139,6 +193,34 @@ impl<'a> Cfg<'a> {
                 .as_f64()
                 .map(Some)
                 .ok_or_else(|| self.err(format!("`{key}` must be a number, found {v}"))),
+        }
+    }
+
+    /// A number whose absence means `default` and whose JSON null means none.
+    fn f64_or_null(&self, key: &str, default: f64) -> Result<Option<f64>> {
+        match self.map.get(key) {
+            None => Ok(Some(default)),
+            Some(Value::Null) => Ok(None),
+            Some(_) => self.f64(key),
+        }
+    }
+
+    /// A list of numbers.
+    fn f64_list(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_f64().ok_or_else(|| {
+                        self.err(format!(
+                            "`{key}` must be a list of numbers, found {v} in it"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<f64>>>()
+                .map(Some),
+            Some(v) => Err(self.err(format!("`{key}` must be a list of numbers, found {v}"))),
         }
     }
 
@@ -266,22 +348,23 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
             "`head_dim` = {head_dim} is outside 1..={MAX_WIDTH}"
         )));
     }
-    let act = c.str("hidden_act")?.unwrap_or("silu");
+    let act = c.str(fam.act_key)?.unwrap_or(fam.act_default);
     let activation = match act {
         "silu" | "swish" => Activation::Silu,
+        "gelu_pytorch_tanh" | "gelu_new" => Activation::GeluTanh,
         other => {
             return Err(c.err(format!(
-                "hidden_act {other:?} is not supported for {} (only silu)",
-                fam.class
-            )))
+            "{} {other:?} is not supported for {} (supported: silu, gelu_pytorch_tanh, gelu_new)",
+            fam.act_key, fam.class
+        )))
         }
     };
     let norm_eps = c.f64("rms_norm_eps")?.unwrap_or(DEFAULT_NORM_EPS);
     let max_pos = c
         .u64("max_position_embeddings")?
         .unwrap_or(fam.max_position_default);
-    let tie = c.bool("tie_word_embeddings")?.unwrap_or(false);
-    let rope = parse_rope(&c, head_dim)?;
+    let tie = c.bool("tie_word_embeddings")?.unwrap_or(fam.tie_default);
+    let rope = parse_rope(&c, fam, head_dim, max_pos)?;
 
     let attn_bias_flag = if fam.attention_bias_key {
         c.bool("attention_bias")?.unwrap_or(false)
@@ -294,8 +377,7 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         false
     };
     let (sliding_window, sliding_window_layers) = parse_window(&c, fam.window, layers)?;
-
-    Ok(Architecture {
+    let mut arch = Architecture {
         family: fam.family.into(),
         source_class: fam.class.into(),
         hidden_size: hidden,
@@ -314,6 +396,7 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         attention_out_bias: attn_bias_flag,
         mlp_bias,
         qk_norm: fam.qk_norm,
+        post_norms: false,
         sliding_window,
         sliding_window_layers,
         moe: None,
@@ -321,12 +404,37 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         final_logit_softcap: None,
         attention_scale: None,
         embedding_multiplier: None,
-    })
+    };
+    if fam.gemma2 {
+        if c.bool("use_bidirectional_attention")?.unwrap_or(false) {
+            return Err(c.err(
+                "`use_bidirectional_attention` is true: the model is not causal, and this runner only computes causal decoders"
+                    .into(),
+            ));
+        }
+        let scalar = c
+            .f64("query_pre_attn_scalar")?
+            .unwrap_or(GEMMA2_QUERY_PRE_ATTN_SCALAR);
+        if !(scalar.is_finite() && scalar > 0.0) {
+            return Err(c.err(format!(
+                "`query_pre_attn_scalar` = {scalar} must be finite and positive"
+            )));
+        }
+        arch.post_norms = true;
+        arch.attention_scale = Some(scalar.powf(-0.5));
+        arch.attn_logit_softcap = c.f64_or_null("attn_logit_softcapping", GEMMA2_ATTN_SOFTCAP)?;
+        arch.final_logit_softcap =
+            c.f64_or_null("final_logit_softcapping", GEMMA2_FINAL_SOFTCAP)?;
+        // transformers multiplies by sqrt(hidden) cast to the compute dtype;
+        // in float32 that is f32(sqrt(hidden)), which a runner gets from this f64.
+        arch.embedding_multiplier = Some((hidden as f64).sqrt());
+    }
+    Ok(arch)
 }
 
 /// RoPE from the classic keys (`rope_theta`, `rope_scaling`) or from
 /// transformers 5's `rope_parameters`.
-fn parse_rope(c: &Cfg, head_dim: u64) -> Result<Rope> {
+fn parse_rope(c: &Cfg, fam: &Family, head_dim: u64, max_pos: u64) -> Result<Rope> {
     let params = c.object("rope_parameters")?;
     if let Some(p) = &params {
         let nested = p.get("rope_type").is_none()
@@ -355,6 +463,19 @@ fn parse_rope(c: &Cfg, head_dim: u64) -> Result<Rope> {
         .map(|p| p.f64("partial_rotary_factor"))
         .transpose()?
         .flatten();
+    let partial = match partial_src {
+        Some(f) => f,
+        None => c.f64("partial_rotary_factor")?.unwrap_or(1.0),
+    };
+    if !(partial > 0.0 && partial <= 1.0) {
+        return Err(c.err(format!("partial_rotary_factor {partial} must be in (0, 1]")));
+    }
+    let rotary_dim = (head_dim as f64 * partial) as u64;
+    if rotary_dim == 0 || rotary_dim % 2 != 0 {
+        return Err(c.err(format!(
+            "head_dim {head_dim} × partial_rotary_factor {partial} gives {rotary_dim} rotary dimensions (must be even and positive)"
+        )));
+    }
     let scaling = match &scaling_src {
         None => None,
         Some(s) => {
@@ -362,11 +483,15 @@ fn parse_rope(c: &Cfg, head_dim: u64) -> Result<Rope> {
                 Some(k) => Some(k),
                 None => s.str("type")?,
             };
+            let kind = match kind.unwrap_or("default") {
+                k if fam.longrope_aliases.contains(&k) => "longrope",
+                k => k,
+            };
             let factor = |s: &Cfg| -> Result<f64> {
                 s.f64("factor")?
                     .ok_or_else(|| c.err("rope scaling needs a `factor`".into()))
             };
-            match kind.unwrap_or("default") {
+            match kind {
                 "default" => None,
                 "linear" => Some(RopeScaling::Linear { factor: factor(s)? }),
                 "llama3" => Some(RopeScaling::Llama3 {
@@ -386,27 +511,19 @@ fn parse_rope(c: &Cfg, head_dim: u64) -> Result<Rope> {
                             )
                         })?,
                 }),
+                "longrope" => Some(parse_longrope(c, s, fam, rotary_dim, max_pos)?),
                 other => {
                     return Err(c.err(format!(
-                        "rope scaling type {other:?} is not supported (supported: default, linear, llama3)"
+                        "rope scaling type {other:?} is not supported (supported: default, linear, llama3, longrope{})",
+                        fam.longrope_aliases
+                            .iter()
+                            .map(|a| format!(", {a} (= longrope)"))
+                            .collect::<String>()
                     )))
                 }
             }
         }
     };
-    let partial = match partial_src {
-        Some(f) => f,
-        None => c.f64("partial_rotary_factor")?.unwrap_or(1.0),
-    };
-    if !(partial > 0.0 && partial <= 1.0) {
-        return Err(c.err(format!("partial_rotary_factor {partial} must be in (0, 1]")));
-    }
-    let rotary_dim = (head_dim as f64 * partial) as u64;
-    if rotary_dim == 0 || rotary_dim % 2 != 0 {
-        return Err(c.err(format!(
-            "head_dim {head_dim} × partial_rotary_factor {partial} gives {rotary_dim} rotary dimensions (must be even and positive)"
-        )));
-    }
     Ok(Rope {
         theta,
         rotary_dim,
@@ -414,67 +531,151 @@ fn parse_rope(c: &Cfg, head_dim: u64) -> Result<Rope> {
     })
 }
 
+/// LongRoPE as transformers reads it (`_compute_longrope_parameters` and
+/// `standardize_rope_params`): the context length the short factors serve is
+/// the config's top-level `original_max_position_embeddings` when the class
+/// has one (Phi-3, default 4096) or the key is there, else the rope object's,
+/// else `max_position_embeddings`; `factor` defaults to
+/// `max_position_embeddings / original`, and `attention_factor` to
+/// `sqrt(1 + ln(factor) / ln(original))` (1 when `factor ≤ 1`).
+fn parse_longrope(
+    c: &Cfg,
+    s: &Cfg,
+    fam: &Family,
+    rotary_dim: u64,
+    max_pos: u64,
+) -> Result<RopeScaling> {
+    let pairs = rotary_dim / 2;
+    let list = |key: &str| -> Result<Vec<f64>> {
+        let v = s
+            .f64_list(key)?
+            .ok_or_else(|| c.err(format!("longrope rope scaling needs `{key}`")))?;
+        if v.len() as u64 != pairs {
+            return Err(c.err(format!(
+                "longrope `{key}` has {} values, but {rotary_dim} rotary dimensions need {pairs}",
+                v.len()
+            )));
+        }
+        if let Some(bad) = v.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+            return Err(c.err(format!(
+                "longrope `{key}` holds {bad}; every factor must be finite and positive"
+            )));
+        }
+        Ok(v)
+    };
+    let short_factor = list("short_factor")?;
+    let long_factor = list("long_factor")?;
+    let original = match (
+        c.u64("original_max_position_embeddings")?,
+        fam.original_max_default,
+    ) {
+        (Some(o), _) => o,
+        (None, Some(d)) => d,
+        (None, None) => s
+            .u64("original_max_position_embeddings")?
+            .unwrap_or(max_pos),
+    };
+    if original == 0 {
+        return Err(c.err("longrope `original_max_position_embeddings` is 0".into()));
+    }
+    let factor = s.f64("factor")?.unwrap_or(max_pos as f64 / original as f64);
+    let attention_factor = match s.f64("attention_factor")? {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    if !(attention_factor.is_finite() && attention_factor > 0.0) {
+        return Err(c.err(format!(
+            "longrope attention factor {attention_factor} (factor {factor}, original_max_position_embeddings {original}) must be finite and positive"
+        )));
+    }
+    Ok(RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        original_max_position_embeddings: original,
+        attention_factor,
+    })
+}
+
 /// The sliding window and the layers that use it.
 fn parse_window(c: &Cfg, rule: WindowRule, layers: u64) -> Result<(Option<u64>, Option<Vec<u64>>)> {
-    match rule {
-        WindowRule::None => Ok((None, None)),
-        WindowRule::Mistral => {
-            let w = match c.map.get("sliding_window") {
-                None => Some(DEFAULT_WINDOW),
-                Some(Value::Null) => None,
-                Some(_) => c.u64("sliding_window")?,
-            };
-            Ok((w.filter(|&w| w > 0), None))
-        }
+    // `sliding_window`: absent means `default`, null or 0 means none.
+    let window = |default: Option<u64>| -> Result<Option<u64>> {
+        let w = match c.map.get("sliding_window") {
+            None => default,
+            Some(Value::Null) => None,
+            Some(_) => c.u64("sliding_window")?,
+        };
+        Ok(w.filter(|&w| w > 0))
+    };
+    let sliding: Vec<u64> = match rule {
+        WindowRule::None => return Ok((None, None)),
+        WindowRule::AllLayers { default } => return Ok((window(default)?, None)),
         WindowRule::Qwen => {
             if !c.bool("use_sliding_window")?.unwrap_or(false) {
                 return Ok((None, None));
             }
-            let w = match c.map.get("sliding_window") {
-                None => Some(DEFAULT_WINDOW),
-                Some(Value::Null) => None,
-                Some(_) => c.u64("sliding_window")?,
-            };
-            let Some(w) = w.filter(|&w| w > 0) else {
-                return Ok((None, None));
-            };
-            let sliding: Vec<u64> = match c.get("layer_types") {
-                Some(Value::Array(types)) => {
-                    if types.len() as u64 != layers {
-                        return Err(c.err(format!(
-                            "`layer_types` has {} entries for {layers} layers",
-                            types.len()
-                        )));
-                    }
-                    let mut out = Vec::new();
-                    for (i, t) in types.iter().enumerate() {
-                        match t.as_str() {
-                            Some("sliding_attention") => out.push(i as u64),
-                            Some("full_attention") => {}
-                            _ => {
-                                return Err(c.err(format!(
-                                    "`layer_types[{i}]` = {t} is not sliding_attention or full_attention"
-                                )))
-                            }
-                        }
-                    }
-                    out
-                }
-                Some(v) => return Err(c.err(format!("`layer_types` must be a list, found {v}"))),
+            match layer_types(c, layers)? {
+                Some(l) => l,
                 None => {
                     let first = c
                         .u64("max_window_layers")?
                         .unwrap_or(DEFAULT_MAX_WINDOW_LAYERS);
                     (first..layers).collect()
                 }
-            };
-            Ok(match sliding.len() as u64 {
-                0 => (None, None),
-                n if n == layers => (Some(w), None),
-                _ => (Some(w), Some(sliding)),
-            })
+            }
+        }
+        WindowRule::Gemma2 => {
+            // transformers builds the sliding mask for every Gemma 2 model and
+            // fails without a window.
+            if window(Some(DEFAULT_WINDOW))?.is_none() {
+                return Err(c.err(
+                    "`sliding_window` must be a positive integer for Gemma 2 (transformers cannot run it without one)"
+                        .into(),
+                ));
+            }
+            match layer_types(c, layers)? {
+                Some(l) => l,
+                None => (0..layers).step_by(2).collect(),
+            }
+        }
+    };
+    let Some(w) = window(Some(DEFAULT_WINDOW))? else {
+        return Ok((None, None));
+    };
+    Ok(match sliding.len() as u64 {
+        0 => (None, None),
+        n if n == layers => (Some(w), None),
+        _ => (Some(w), Some(sliding)),
+    })
+}
+
+/// The layers `layer_types` marks `sliding_attention`, if the key is there.
+fn layer_types(c: &Cfg, layers: u64) -> Result<Option<Vec<u64>>> {
+    let types = match c.get("layer_types") {
+        None => return Ok(None),
+        Some(Value::Array(types)) => types,
+        Some(v) => return Err(c.err(format!("`layer_types` must be a list, found {v}"))),
+    };
+    if types.len() as u64 != layers {
+        return Err(c.err(format!(
+            "`layer_types` has {} entries for {layers} layers",
+            types.len()
+        )));
+    }
+    let mut out = Vec::new();
+    for (i, t) in types.iter().enumerate() {
+        match t.as_str() {
+            Some("sliding_attention") => out.push(i as u64),
+            Some("full_attention") => {}
+            _ => {
+                return Err(c.err(format!(
+                    "`layer_types[{i}]` = {t} is not sliding_attention or full_attention"
+                )))
+            }
         }
     }
+    Ok(Some(out))
 }
 
 /// Special token ids for the manifest.
@@ -646,15 +847,216 @@ mod tests {
         assert_eq!((a.sliding_window, a.head_dim), (Some(5), 16));
     }
 
+    fn gemma2() -> Value {
+        json!({"architectures": ["Gemma2ForCausalLM"], "hidden_size": 72, "num_hidden_layers": 3,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+               "intermediate_size": 128, "vocab_size": 160, "query_pre_attn_scalar": 24,
+               "sliding_window": 4, "hidden_act": "silu"})
+    }
+
+    #[test]
+    fn gemma2_extras_and_defaults() {
+        let a = arch(gemma2()).unwrap();
+        assert_eq!(
+            (a.family.as_str(), a.activation),
+            ("gemma2", Activation::GeluTanh)
+        );
+        assert!(a.tie_word_embeddings && a.post_norms && !a.attention_bias && !a.qk_norm);
+        assert_eq!(a.attention_scale, Some(24f64.powf(-0.5)));
+        assert_eq!(a.attn_logit_softcap, Some(50.0));
+        assert_eq!(a.final_logit_softcap, Some(30.0));
+        assert_eq!(a.embedding_multiplier, Some(72f64.sqrt()));
+        // Layers 0 and 2 slide, as transformers' default `layer_types` says.
+        assert_eq!(a.sliding_window, Some(4));
+        assert_eq!(a.sliding_window_layers, Some(vec![0, 2]));
+        assert_eq!(
+            (a.head_dim, a.norm_eps, a.max_position_embeddings),
+            (16, 1e-6, 8192)
+        );
+
+        let mut v = gemma2();
+        v["attn_logit_softcapping"] = Value::Null;
+        v["final_logit_softcapping"] = json!(5.0);
+        v["layer_types"] = json!(["full_attention", "sliding_attention", "full_attention"]);
+        v["tie_word_embeddings"] = json!(false);
+        v.as_object_mut().unwrap().remove("head_dim");
+        v.as_object_mut().unwrap().remove("sliding_window");
+        let a = arch(v).unwrap();
+        assert_eq!(
+            (a.attn_logit_softcap, a.final_logit_softcap),
+            (None, Some(5.0))
+        );
+        assert_eq!(a.sliding_window, Some(4096));
+        assert_eq!(a.sliding_window_layers, Some(vec![1]));
+        assert_eq!((a.head_dim, a.tie_word_embeddings), (256, false));
+
+        for bad in [Value::Null, json!(0)] {
+            let mut v = gemma2();
+            v["sliding_window"] = bad;
+            assert!(arch(v).unwrap_err().to_string().contains("sliding_window"));
+        }
+        let mut v = gemma2();
+        v["hidden_activation"] = json!("gelu");
+        let e = arch(v).unwrap_err().to_string();
+        assert!(
+            e.contains("hidden_activation") && e.contains("\"gelu\""),
+            "{e}"
+        );
+        let mut v = gemma2();
+        v["use_bidirectional_attention"] = json!(true);
+        assert!(arch(v).unwrap_err().to_string().contains("causal"));
+        let mut v = gemma2();
+        v["query_pre_attn_scalar"] = json!(0);
+        assert!(arch(v)
+            .unwrap_err()
+            .to_string()
+            .contains("query_pre_attn_scalar"));
+    }
+
+    fn phi3() -> Value {
+        json!({"architectures": ["Phi3ForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
+               "vocab_size": 160, "max_position_embeddings": 64,
+               "original_max_position_embeddings": 8, "rope_theta": 10000.0,
+               "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7],
+                                "long_factor": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]}})
+    }
+
+    fn longrope(a: &Architecture) -> (Vec<f64>, Vec<f64>, u64, f64) {
+        match &a.rope.scaling {
+            Some(RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            }) => (
+                short_factor.clone(),
+                long_factor.clone(),
+                *original_max_position_embeddings,
+                *attention_factor,
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn phi3_longrope_as_transformers_reads_it() {
+        let a = arch(phi3()).unwrap();
+        assert_eq!(
+            (a.family.as_str(), a.activation),
+            ("phi3", Activation::Silu)
+        );
+        assert!(!a.tie_word_embeddings && !a.post_norms && !a.attention_bias);
+        assert_eq!((a.sliding_window, a.rope.rotary_dim), (None, 16));
+        let (short, long, original, attention) = longrope(&a);
+        assert_eq!((short[7], long[7], original), (1.7, 8.0, 8));
+        // factor 64 / 8: sqrt(1 + ln 8 / ln 8)
+        assert!((attention - 2f64.sqrt()).abs() < 1e-15);
+
+        // `su` and (for Phi-3 only) `yarn` are transformers' aliases of longrope.
+        for alias in ["su", "yarn"] {
+            let mut v = phi3();
+            v["rope_scaling"]["type"] = json!(alias);
+            assert_eq!(longrope(&arch(v).unwrap()).2, 8);
+        }
+        let mut v = phi3();
+        v["architectures"] = json!(["LlamaForCausalLM"]);
+        v["rope_scaling"]["type"] = json!("su");
+        assert!(arch(v).unwrap_err().to_string().contains("\"su\""));
+
+        // The top-level original_max_position_embeddings wins; Phi-3's default is 4096.
+        let mut v = phi3();
+        v["rope_scaling"]["original_max_position_embeddings"] = json!(16);
+        assert_eq!(longrope(&arch(v.clone()).unwrap()).2, 8);
+        v.as_object_mut()
+            .unwrap()
+            .remove("original_max_position_embeddings");
+        assert_eq!(longrope(&arch(v.clone()).unwrap()), {
+            let (s, l, _, _) = longrope(&arch(phi3()).unwrap());
+            (s, l, 4096, 1.0)
+        });
+        // Other classes: the rope object's value, else max_position_embeddings.
+        v["architectures"] = json!(["LlamaForCausalLM"]);
+        assert_eq!(longrope(&arch(v.clone()).unwrap()).2, 16);
+        v["rope_scaling"]
+            .as_object_mut()
+            .unwrap()
+            .remove("original_max_position_embeddings");
+        assert_eq!(longrope(&arch(v).unwrap()).2, 64);
+
+        let mut v = phi3();
+        v["rope_scaling"]["attention_factor"] = json!(1.25);
+        assert_eq!(longrope(&arch(v.clone()).unwrap()).3, 1.25);
+        v["rope_scaling"]["factor"] = json!(4.0);
+        v["rope_scaling"]
+            .as_object_mut()
+            .unwrap()
+            .remove("attention_factor");
+        let want = (1.0 + 4f64.ln() / 8f64.ln()).sqrt();
+        assert_eq!(longrope(&arch(v).unwrap()).3, want);
+
+        // transformers 5's rope_parameters layout, with partial rotary (Phi-4-mini style).
+        let mut v = phi3();
+        v.as_object_mut().unwrap().remove("rope_scaling");
+        v["rope_parameters"] = json!({"rope_type": "longrope", "rope_theta": 250000.0,
+            "partial_rotary_factor": 0.75, "short_factor": vec![1.0; 6], "long_factor": vec![2.0; 6],
+            "original_max_position_embeddings": 8});
+        let a = arch(v).unwrap();
+        assert_eq!((a.rope.theta, a.rope.rotary_dim), (250000.0, 12));
+        assert_eq!(longrope(&a).1, vec![2.0; 6]);
+
+        let mut v = phi3();
+        v["rope_scaling"]["short_factor"] = json!([1.0, 1.0]);
+        let e = arch(v).unwrap_err().to_string();
+        assert!(e.contains("short_factor") && e.contains("need 8"), "{e}");
+        let mut v = phi3();
+        v["rope_scaling"]["long_factor"][2] = json!(0.0);
+        assert!(arch(v).unwrap_err().to_string().contains("long_factor"));
+        let mut v = phi3();
+        v["rope_scaling"]
+            .as_object_mut()
+            .unwrap()
+            .remove("long_factor");
+        assert!(arch(v)
+            .unwrap_err()
+            .to_string()
+            .contains("needs `long_factor`"));
+        let mut v = phi3();
+        v["rope_scaling"]["short_factor"] = json!("1.0");
+        assert!(arch(v).unwrap_err().to_string().contains("list of numbers"));
+        let mut v = phi3();
+        v["rope_scaling"]["type"] = json!("dynamic");
+        let e = arch(v).unwrap_err().to_string();
+        assert!(e.contains("\"dynamic\"") && e.contains("longrope"), "{e}");
+    }
+
+    #[test]
+    fn phi3_plain_and_window() {
+        let mut v = phi3();
+        v.as_object_mut().unwrap().remove("rope_scaling");
+        v["sliding_window"] = json!(7);
+        let a = arch(v.clone()).unwrap();
+        assert_eq!(a.rope.scaling, None);
+        assert_eq!((a.sliding_window, a.sliding_window_layers), (Some(7), None));
+        v["rope_scaling"] = Value::Null;
+        v.as_object_mut().unwrap().remove("sliding_window");
+        assert_eq!(arch(v).unwrap().sliding_window, None);
+    }
+
+    #[test]
+    fn every_family_is_listed_as_supported() {
+        let classes: Vec<&str> = FAMILIES.iter().map(|f| f.class).collect();
+        assert_eq!(classes, SUPPORTED_CLASSES);
+    }
+
     #[test]
     fn errors() {
         let mut v = llama();
         v["architectures"] = json!(["GPT2LMHeadModel"]);
         let e = arch(v).unwrap_err().to_string();
-        assert!(
-            e.contains("GPT2LMHeadModel") && e.contains("Qwen3ForCausalLM"),
-            "{e}"
-        );
+        for class in SUPPORTED_CLASSES {
+            assert!(e.contains("GPT2LMHeadModel") && e.contains(class), "{e}");
+        }
         let mut v = llama();
         v.as_object_mut().unwrap().remove("hidden_size");
         assert!(arch(v).unwrap_err().to_string().contains("hidden_size"));

@@ -29,7 +29,7 @@ use crate::error::{human_bytes, PrepError, Result};
 use crate::hashing::ShardHasher;
 use crate::hub::HubSettings;
 use crate::job::{JobFile, JobIdentity, OutDir, StageRecord, JOB_NAME};
-use crate::plan::{plan, Class, Classifier, PlannedTensor, QuantPolicy, Stage};
+use crate::plan::{plan, Class, Classifier, Derive, PlannedTensor, QuantPolicy, Stage};
 use crate::progress::Reporter;
 use crate::safetensors::{convert_slice, Shard, TensorInfo};
 use crate::source::{Origin, Source, WeightLayout, CONFIG, GENERATION_CONFIG, TOKENIZER_FILES};
@@ -344,14 +344,19 @@ pub fn run(opts: &Options, rep: &mut Reporter) -> Result<Summary> {
             .collect(),
     );
 
-    let total_in: u64 = work
+    let total_in: u64 = stages
         .iter()
-        .filter_map(|w| match w {
-            Work::Write(locs) => Some(locs),
+        .zip(&work)
+        .filter_map(|(stage, w)| match w {
+            Work::Write(locs) => Some(stage.tensors.iter().zip(locs)),
             Work::Reuse(_) => None,
         })
         .flatten()
-        .map(|&(s, t)| shards[s].as_ref().map_or(0, |sh| sh.tensors()[t].len))
+        .map(|(pt, &(s, t))| {
+            shards[s]
+                .as_ref()
+                .map_or(0, |sh| pt.source_bytes(sh.tensors()[t].len))
+        })
         .sum();
     rep.start(total_in);
     let (mut stages_written, mut stages_reused, mut bytes_out) = (0usize, 0usize, 0u64);
@@ -681,7 +686,7 @@ fn locate(
         let shard_name = &layout.shards[s];
         for (t, info) in shard.tensors().iter().enumerate() {
             match classifier.classify(&info.name) {
-                Class::Used { stage, tensor } => {
+                Class::Used(targets) => {
                     if layout.index.is_some()
                         && layout.weight_map.get(&info.name) != Some(shard_name)
                     {
@@ -694,17 +699,19 @@ fn locate(
                                 .map_or("nothing".to_string(), |n| n.clone())
                         )));
                     }
-                    if let Some((other, _)) = located[stage][tensor] {
-                        return Err(PrepError::Safetensors {
-                            path: shard.path().to_path_buf(),
-                            reason: format!(
-                                "tensor `{}` is also in {}",
-                                info.name, layout.shards[other]
-                            ),
-                        });
+                    for (stage, tensor) in targets {
+                        if let Some((other, _)) = located[stage][tensor] {
+                            return Err(PrepError::Safetensors {
+                                path: shard.path().to_path_buf(),
+                                reason: format!(
+                                    "tensor `{}` is also in {}",
+                                    info.name, layout.shards[other]
+                                ),
+                            });
+                        }
+                        check_tensor(&stages[stage], &stages[stage].tensors[tensor], info, shard)?;
+                        located[stage][tensor] = Some((s, t));
                     }
-                    check_tensor(&stages[stage], &stages[stage].tensors[tensor], info, shard)?;
-                    located[stage][tensor] = Some((s, t));
                 }
                 Class::Ignored(why) => {
                     log::debug!("ignoring {} in {shard_name}: {why}", info.name);
@@ -746,11 +753,11 @@ fn check_tensor(stage: &Stage, pt: &PlannedTensor, info: &TensorInfo, shard: &Sh
             info.dtype
         )));
     }
-    if info.shape != pt.spec.shape {
+    let want = pt.source_shape();
+    if info.shape != want {
         return Err(err(format!(
-            "shape {:?}, but config.json implies {:?} for {} `{}`",
+            "shape {:?}, but config.json implies {want:?} for {} `{}`",
             info.shape,
-            pt.spec.shape,
             stage.label(),
             pt.spec.name
         )));
@@ -1182,8 +1189,9 @@ fn shift(e: CodecError, base: usize) -> CodecError {
 }
 
 /// Converts one tensor in chunks of whole rows (bounded memory): each chunk
-/// is decoded to f32 and encoded in parallel groups of rows, written in
-/// order, and its source pages are then released.
+/// is decoded to f32 (and derived, see [`Derive`]) and encoded in parallel
+/// groups of rows, written in order, and its source pages are then released.
+/// A tensor split from a fused one reads only its own rows of the source.
 fn convert_tensor(
     w: &mut impl TensorSink,
     stage: &Stage,
@@ -1198,11 +1206,18 @@ fn convert_tensor(
         reason: format!("dtype {} is not supported", info.dtype),
     })?;
     let spec = &pt.spec;
+    let plus_one = pt.derive == Derive::PlusOne;
+    let derive = |f: &mut [f32]| {
+        if plus_one {
+            f.iter_mut().for_each(|v| *v += 1.0);
+        }
+    };
     let (rows, cols) = codec::rows_cols(&spec.shape).unwrap_or((1, 1));
     let data = shard.data(info);
     if rows == 0 || cols == 0 || spec.shape.is_empty() {
         let mut f = vec![0f32; data.len() / dtype.size()];
         convert_slice(dtype, data, &mut f);
+        derive(&mut f);
         let bytes = crate::quant::encode(spec.dtype, &f, &spec.shape, spec.block_size)
             .map_err(|e| encode_error(stage, pt, shard, info, e))?;
         w.put(&spec.name, &bytes)?;
@@ -1210,13 +1225,15 @@ fn convert_tensor(
         return Ok(());
     }
     let row_src = cols * dtype.size();
+    let first_row = pt.first_row();
     let group_rows = (GROUP_F32_BYTES / (cols * 4)).max(1);
     let chunk_rows = ((CHUNK_F32_BYTES / (cols * 4)) / group_rows).max(1) * group_rows;
     let single_row = spec.shape.len() == 1;
     let mut r0 = 0;
     while r0 < rows {
         let n = chunk_rows.min(rows - r0);
-        let src = &data[r0 * row_src..(r0 + n) * row_src];
+        let at = (first_row + r0) * row_src;
+        let src = &data[at..at + n * row_src];
         let parts: Vec<Vec<u8>> = src
             .par_chunks(group_rows * row_src)
             .enumerate()
@@ -1224,6 +1241,7 @@ fn convert_tensor(
                 let g_rows = bytes.len() / row_src;
                 let mut f = vec![0f32; g_rows * cols];
                 convert_slice(dtype, bytes, &mut f);
+                derive(&mut f);
                 let shape = if single_row {
                     spec.shape.clone()
                 } else {
@@ -1237,7 +1255,7 @@ fn convert_tensor(
         for p in &parts {
             w.put(&spec.name, p)?;
         }
-        shard.release(info.start + (r0 * row_src) as u64, src.len() as u64);
+        shard.release(info.start + at as u64, src.len() as u64);
         rep.advance(src.len() as u64);
         r0 += n;
     }

@@ -65,6 +65,25 @@ impl QuantPolicy {
     }
 }
 
+/// How a stored tensor's values derive from its source tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derive {
+    /// The source tensor as it is.
+    Whole,
+    /// Rows `first..first + rows` of a fused source tensor of `source_rows`
+    /// rows (Phi-3's `qkv_proj` and `gate_up_proj`); `rows` is the stored
+    /// tensor's first dimension.
+    Rows {
+        /// First source row.
+        first: u64,
+        /// Rows of the whole source tensor.
+        source_rows: u64,
+    },
+    /// `1 + w` (Gemma's RMSNorm weights, stored so that the norm is the
+    /// plain `x / rms × w'` of SPEC.md §5.2).
+    PlusOne,
+}
+
 /// One tensor of a stage and where it comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedTensor {
@@ -72,6 +91,60 @@ pub struct PlannedTensor {
     pub spec: TensorSpec,
     /// Its Hugging Face name in the checkpoint.
     pub source: String,
+    /// How the stored values derive from the source tensor.
+    pub derive: Derive,
+}
+
+impl PlannedTensor {
+    /// The shape the source tensor must have.
+    pub fn source_shape(&self) -> Vec<u64> {
+        let mut shape = self.spec.shape.clone();
+        if let (Derive::Rows { source_rows, .. }, Some(rows)) = (self.derive, shape.first_mut()) {
+            *rows = source_rows;
+        }
+        shape
+    }
+
+    /// The first source row this tensor reads (0 unless split from a fused tensor).
+    pub fn first_row(&self) -> usize {
+        match self.derive {
+            Derive::Rows { first, .. } => first as usize,
+            Derive::Whole | Derive::PlusOne => 0,
+        }
+    }
+
+    /// Bytes this tensor reads from a source tensor of `source_len` bytes.
+    pub fn source_bytes(&self, source_len: u64) -> u64 {
+        match (self.derive, self.spec.shape.first()) {
+            (Derive::Rows { source_rows, .. }, Some(&rows)) if source_rows > 0 => {
+                source_len / source_rows * rows
+            }
+            _ => source_len,
+        }
+    }
+}
+
+/// How a family names and packs its tensors in a Hugging Face checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Llama's names, one tensor per projection.
+    Llama,
+    /// Gemma 2: `(1 + w)` norms and four norms per layer
+    /// (`input_layernorm`, `post_attention_layernorm`,
+    /// `pre_feedforward_layernorm`, `post_feedforward_layernorm`).
+    Gemma2,
+    /// Phi-3: fused `self_attn.qkv_proj` and `mlp.gate_up_proj`.
+    Phi3,
+}
+
+impl Layout {
+    fn of(arch: &Architecture) -> Layout {
+        match arch.source_class.as_str() {
+            "Gemma2ForCausalLM" => Layout::Gemma2,
+            "Phi3ForCausalLM" => Layout::Phi3,
+            _ => Layout::Llama,
+        }
+    }
 }
 
 /// One stage file of the container.
@@ -115,12 +188,19 @@ impl Stage {
 
 /// The whole container's stages: embed, layers in order, head.
 pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
+    let layout = Layout::of(arch);
     let h = arch.hidden_size;
     let attn_out = arch.num_attention_heads * arch.head_dim;
     let kv_out = arch.num_kv_heads * arch.head_dim;
     let inter = arch.intermediate_size;
     let lin = q.weights;
     let f32_ = DType::F32;
+    let norm = if layout == Layout::Gemma2 {
+        Derive::PlusOne
+    } else {
+        Derive::Whole
+    };
+    let whole = Derive::Whole;
     let mut stages = Vec::with_capacity(arch.num_layers as usize + 2);
     stages.push(Stage {
         file: names::EMBED_FILE.into(),
@@ -133,60 +213,83 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
                 vec![arch.vocab_size, h],
             ),
             source: "model.embed_tokens.weight".into(),
+            derive: whole,
         }],
     });
     for i in 0..arch.num_layers {
         let p = format!("model.layers.{i}.");
-        let mut t: Vec<(&str, DType, Vec<u64>, String)> = vec![
-            (
-                names::ATTN_NORM,
-                f32_,
-                vec![h],
-                "input_layernorm.weight".into(),
-            ),
-            (
-                names::ATTN_Q,
-                lin,
-                vec![attn_out, h],
-                "self_attn.q_proj.weight".into(),
-            ),
-            (
-                names::ATTN_K,
-                lin,
-                vec![kv_out, h],
-                "self_attn.k_proj.weight".into(),
-            ),
-            (
+        // (name, dtype, shape, source name, derivation)
+        let mut t: Vec<(&str, DType, Vec<u64>, &str, Derive)> = vec![(
+            names::ATTN_NORM,
+            f32_,
+            vec![h],
+            "input_layernorm.weight",
+            norm,
+        )];
+        if layout == Layout::Phi3 {
+            let qkv = "self_attn.qkv_proj.weight";
+            let source_rows = attn_out + 2 * kv_out;
+            let rows = |first| Derive::Rows { first, source_rows };
+            t.push((names::ATTN_Q, lin, vec![attn_out, h], qkv, rows(0)));
+            t.push((names::ATTN_K, lin, vec![kv_out, h], qkv, rows(attn_out)));
+            t.push((
                 names::ATTN_V,
                 lin,
                 vec![kv_out, h],
-                "self_attn.v_proj.weight".into(),
-            ),
-            (
-                names::ATTN_O,
+                qkv,
+                rows(attn_out + kv_out),
+            ));
+        } else {
+            t.push((
+                names::ATTN_Q,
                 lin,
-                vec![h, attn_out],
-                "self_attn.o_proj.weight".into(),
-            ),
-        ];
+                vec![attn_out, h],
+                "self_attn.q_proj.weight",
+                whole,
+            ));
+            t.push((
+                names::ATTN_K,
+                lin,
+                vec![kv_out, h],
+                "self_attn.k_proj.weight",
+                whole,
+            ));
+            t.push((
+                names::ATTN_V,
+                lin,
+                vec![kv_out, h],
+                "self_attn.v_proj.weight",
+                whole,
+            ));
+        }
+        t.push((
+            names::ATTN_O,
+            lin,
+            vec![h, attn_out],
+            "self_attn.o_proj.weight",
+            whole,
+        ));
         if arch.attention_bias {
             t.push((
                 names::ATTN_Q_BIAS,
                 f32_,
                 vec![attn_out],
-                "self_attn.q_proj.bias".into(),
+                "self_attn.q_proj.bias",
+                whole,
             ));
             t.push((
                 names::ATTN_K_BIAS,
                 f32_,
                 vec![kv_out],
-                "self_attn.k_proj.bias".into(),
+                "self_attn.k_proj.bias",
+                whole,
             ));
             t.push((
                 names::ATTN_V_BIAS,
                 f32_,
                 vec![kv_out],
-                "self_attn.v_proj.bias".into(),
+                "self_attn.v_proj.bias",
+                whole,
             ));
         }
         if arch.attention_out_bias {
@@ -194,7 +297,8 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
                 names::ATTN_O_BIAS,
                 f32_,
                 vec![h],
-                "self_attn.o_proj.bias".into(),
+                "self_attn.o_proj.bias",
+                whole,
             ));
         }
         if arch.qk_norm {
@@ -202,48 +306,82 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
                 names::ATTN_Q_NORM,
                 f32_,
                 vec![arch.head_dim],
-                "self_attn.q_norm.weight".into(),
+                "self_attn.q_norm.weight",
+                norm,
             ));
             t.push((
                 names::ATTN_K_NORM,
                 f32_,
                 vec![arch.head_dim],
-                "self_attn.k_norm.weight".into(),
+                "self_attn.k_norm.weight",
+                norm,
             ));
         }
-        t.push((
-            names::MLP_NORM,
-            f32_,
-            vec![h],
-            "post_attention_layernorm.weight".into(),
-        ));
-        t.push((
-            names::MLP_GATE,
-            lin,
-            vec![inter, h],
-            "mlp.gate_proj.weight".into(),
-        ));
-        t.push((
-            names::MLP_UP,
-            lin,
-            vec![inter, h],
-            "mlp.up_proj.weight".into(),
-        ));
+        // Gemma 2's `post_attention_layernorm` normalizes the attention
+        // output; Llama's is the norm before the feed-forward block.
+        let mlp_norm_source = if arch.post_norms {
+            t.push((
+                names::ATTN_POST_NORM,
+                f32_,
+                vec![h],
+                "post_attention_layernorm.weight",
+                norm,
+            ));
+            "pre_feedforward_layernorm.weight"
+        } else {
+            "post_attention_layernorm.weight"
+        };
+        t.push((names::MLP_NORM, f32_, vec![h], mlp_norm_source, norm));
+        if layout == Layout::Phi3 {
+            let gate_up = "mlp.gate_up_proj.weight";
+            let rows = |first| Derive::Rows {
+                first,
+                source_rows: 2 * inter,
+            };
+            t.push((names::MLP_GATE, lin, vec![inter, h], gate_up, rows(0)));
+            t.push((names::MLP_UP, lin, vec![inter, h], gate_up, rows(inter)));
+        } else {
+            t.push((
+                names::MLP_GATE,
+                lin,
+                vec![inter, h],
+                "mlp.gate_proj.weight",
+                whole,
+            ));
+            t.push((
+                names::MLP_UP,
+                lin,
+                vec![inter, h],
+                "mlp.up_proj.weight",
+                whole,
+            ));
+        }
         t.push((
             names::MLP_DOWN,
             lin,
             vec![h, inter],
-            "mlp.down_proj.weight".into(),
+            "mlp.down_proj.weight",
+            whole,
         ));
         if arch.mlp_bias {
             t.push((
                 "mlp.gate.bias",
                 f32_,
                 vec![inter],
-                "mlp.gate_proj.bias".into(),
+                "mlp.gate_proj.bias",
+                whole,
             ));
-            t.push(("mlp.up.bias", f32_, vec![inter], "mlp.up_proj.bias".into()));
-            t.push(("mlp.down.bias", f32_, vec![h], "mlp.down_proj.bias".into()));
+            t.push(("mlp.up.bias", f32_, vec![inter], "mlp.up_proj.bias", whole));
+            t.push(("mlp.down.bias", f32_, vec![h], "mlp.down_proj.bias", whole));
+        }
+        if arch.post_norms {
+            t.push((
+                names::MLP_POST_NORM,
+                f32_,
+                vec![h],
+                "post_feedforward_layernorm.weight",
+                norm,
+            ));
         }
         stages.push(Stage {
             file: names::layer_file(i),
@@ -251,9 +389,10 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
             layer: Some(i as u32),
             tensors: t
                 .into_iter()
-                .map(|(name, dtype, shape, src)| PlannedTensor {
+                .map(|(name, dtype, shape, src, derive)| PlannedTensor {
                     spec: q.spec(name, dtype, shape),
                     source: format!("{p}{src}"),
+                    derive,
                 })
                 .collect(),
         });
@@ -261,11 +400,13 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
     let mut head = vec![PlannedTensor {
         spec: q.spec(names::FINAL_NORM, f32_, vec![h]),
         source: "model.norm.weight".into(),
+        derive: norm,
     }];
     if !arch.tie_word_embeddings {
         head.push(PlannedTensor {
             spec: q.spec(names::HEAD, q.embeddings(), vec![arch.vocab_size, h]),
             source: "lm_head.weight".into(),
+            derive: whole,
         });
     }
     stages.push(Stage {
@@ -280,13 +421,9 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
 /// How a source tensor name relates to the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Class {
-    /// Converted into `stages[stage].tensors[tensor]`.
-    Used {
-        /// Stage index.
-        stage: usize,
-        /// Tensor index within the stage.
-        tensor: usize,
-    },
+    /// Converted into each `(stage, tensor)` listed (several for a fused
+    /// projection that is split).
+    Used(Vec<(usize, usize)>),
     /// Deliberately not converted (the reason is shown at debug level).
     Ignored(&'static str),
     /// Not described by the architecture: converting would silently drop it.
@@ -295,7 +432,7 @@ pub enum Class {
 
 /// Classifies source tensor names against a plan.
 pub struct Classifier {
-    used: HashMap<String, (usize, usize)>,
+    used: HashMap<String, Vec<(usize, usize)>>,
     tied: bool,
     layers: u64,
 }
@@ -303,10 +440,10 @@ pub struct Classifier {
 impl Classifier {
     /// Indexes the source names of `stages`.
     pub fn new(stages: &[Stage], arch: &Architecture) -> Classifier {
-        let mut used = HashMap::new();
+        let mut used: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
         for (s, stage) in stages.iter().enumerate() {
             for (t, pt) in stage.tensors.iter().enumerate() {
-                used.insert(pt.source.clone(), (s, t));
+                used.entry(pt.source.clone()).or_default().push((s, t));
             }
         }
         Classifier {
@@ -318,8 +455,8 @@ impl Classifier {
 
     /// Classifies one source tensor name.
     pub fn classify(&self, name: &str) -> Class {
-        if let Some(&(stage, tensor)) = self.used.get(name) {
-            return Class::Used { stage, tensor };
+        if let Some(targets) = self.used.get(name) {
+            return Class::Used(targets.clone());
         }
         if name.ends_with("rotary_emb.inv_freq") {
             return Class::Ignored("rotary inverse frequencies are recomputed from the config");
@@ -370,6 +507,7 @@ pub(crate) mod tests {
             attention_out_bias: false,
             mlp_bias: false,
             qk_norm: false,
+            post_norms: false,
             sliding_window: None,
             sliding_window_layers: None,
             moe: None,
@@ -462,13 +600,7 @@ pub(crate) mod tests {
         let s = plan(&a, &NF4);
         assert_eq!(s[3].tensors.len(), 1);
         let c = Classifier::new(&s, &a);
-        assert_eq!(
-            c.classify("model.norm.weight"),
-            Class::Used {
-                stage: 3,
-                tensor: 0
-            }
-        );
+        assert_eq!(c.classify("model.norm.weight"), Class::Used(vec![(3, 0)]));
         assert!(matches!(c.classify("lm_head.weight"), Class::Ignored(_)));
         assert!(matches!(
             c.classify("model.layers.0.self_attn.rotary_emb.inv_freq"),
@@ -483,6 +615,85 @@ pub(crate) mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(c.classify("vision.tower"), Class::Unexpected(_)));
+    }
+
+    #[test]
+    fn phi3_splits_fused_projections_by_rows() {
+        let mut a = tiny_arch();
+        a.source_class = "Phi3ForCausalLM".into();
+        let s = plan(&a, &NF4);
+        let layer = &s[2];
+        let find = |name: &str| layer.tensors.iter().find(|t| t.spec.name == name).unwrap();
+        let qkv = "model.layers.1.self_attn.qkv_proj.weight";
+        // 5 query heads and 1 KV head of 16: q rows 0..80, k 80..96, v 96..112.
+        for (name, first, rows) in [("attn.q", 0, 80), ("attn.k", 80, 16), ("attn.v", 96, 16)] {
+            let t = find(name);
+            assert_eq!(t.source, qkv);
+            assert_eq!(t.first_row(), first);
+            assert_eq!(t.spec.shape, vec![rows, 80]);
+            assert_eq!(t.source_shape(), vec![112, 80]);
+            assert_eq!(t.source_bytes(112 * 80 * 2), rows * 80 * 2);
+        }
+        for (name, first) in [("mlp.gate", 0), ("mlp.up", 128)] {
+            let t = find(name);
+            assert_eq!(t.source, "model.layers.1.mlp.gate_up_proj.weight");
+            assert_eq!((t.first_row(), t.source_shape()), (first, vec![256, 80]));
+        }
+        assert_eq!(find("mlp.down").derive, Derive::Whole);
+        let c = Classifier::new(&s, &a);
+        assert_eq!(c.classify(qkv), Class::Used(vec![(2, 1), (2, 2), (2, 3)]));
+        assert!(matches!(
+            c.classify("model.layers.1.self_attn.q_proj.weight"),
+            Class::Unexpected(_)
+        ));
+    }
+
+    #[test]
+    fn gemma2_norms_are_offset_and_post_norms_named() {
+        let mut a = tiny_arch();
+        a.source_class = "Gemma2ForCausalLM".into();
+        a.post_norms = true;
+        let s = plan(&a, &NF4);
+        let layer: Vec<(&str, &str, Derive)> = s[1]
+            .tensors
+            .iter()
+            .map(|t| (t.spec.name.as_str(), t.source.as_str(), t.derive))
+            .collect();
+        let p = "model.layers.0.";
+        let norms = [
+            ("attn_norm", "input_layernorm.weight"),
+            ("attn_post_norm", "post_attention_layernorm.weight"),
+            ("mlp_norm", "pre_feedforward_layernorm.weight"),
+            ("mlp_post_norm", "post_feedforward_layernorm.weight"),
+        ];
+        for (name, src) in norms {
+            let src = format!("{p}{src}");
+            assert!(
+                layer.contains(&(name, src.as_str(), Derive::PlusOne)),
+                "{name}: {layer:?}"
+            );
+        }
+        assert_eq!(layer.len(), 11);
+        assert!(layer
+            .iter()
+            .filter(|t| !t.0.contains("norm"))
+            .all(|t| t.2 == Derive::Whole));
+        assert_eq!(s[3].tensors[0].derive, Derive::PlusOne);
+        assert_eq!(s[0].tensors[0].derive, Derive::Whole);
+        // Llama's post_attention_layernorm is the norm before the MLP, as is.
+        let llama = plan(&tiny_arch(), &NF4);
+        let mlp_norm = llama[1]
+            .tensors
+            .iter()
+            .find(|t| t.spec.name == "mlp_norm")
+            .unwrap();
+        assert_eq!(
+            (mlp_norm.source.as_str(), mlp_norm.derive),
+            (
+                "model.layers.0.post_attention_layernorm.weight",
+                Derive::Whole
+            )
+        );
     }
 
     #[test]

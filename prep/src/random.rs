@@ -644,6 +644,7 @@ mod tests {
         odd.attention_out_bias = true;
         odd.qk_norm = true;
         odd.mlp_bias = true;
+        odd.post_norms = true;
         odd.tie_word_embeddings = !odd.tie_word_embeddings;
         archs.push(odd);
         for a in &archs {

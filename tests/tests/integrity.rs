@@ -349,3 +349,67 @@ fn two_runners_read_one_container_at_once() {
     }
     assert!(verify(&llama, false).status.success());
 }
+
+/// A layer file holding a tensor the manifest's architecture does not use
+/// (as a container of a later format version could) is refused, naming the
+/// file and the tensor, even though every checksum matches.
+#[test]
+fn a_tensor_the_architecture_does_not_use_is_refused() {
+    use strata_format::{DType, StageWriter, TensorSpec};
+    let tmp = tmpdir();
+    let dir = tiny_container(tmp.path(), "llama");
+    let path = dir.join("layer.000.strata");
+    let f = StageFile::open(&path).expect("layer 0");
+    let mut specs: Vec<TensorSpec> = f
+        .header()
+        .tensors
+        .iter()
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            block_size: t.block_size,
+            compression: t.compression.clone(),
+        })
+        .collect();
+    let hidden = f.entry("attn_norm").expect("attn_norm").shape.clone();
+    specs.push(TensorSpec {
+        name: "attn_post_norm".into(),
+        dtype: DType::F32,
+        shape: hidden.clone(),
+        block_size: None,
+        compression: None,
+    });
+    let stored: Vec<Vec<u8>> = f
+        .header()
+        .tensors
+        .iter()
+        .map(|t| f.read_stored(&t.name).expect("tensor bytes"))
+        .collect();
+    drop(f);
+    let mut w = StageWriter::create(&path, strata_format::StageKind::Layer, Some(0), &specs)
+        .expect("rewrite layer 0");
+    for (s, b) in specs.iter().zip(&stored) {
+        w.write(&s.name, b).expect("write");
+    }
+    w.write("attn_post_norm", &vec![0u8; 4 * hidden[0] as usize])
+        .expect("write the extra tensor");
+    let written = w.finish().expect("finish");
+    let mpath = dir.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    for e in m["files"].as_array_mut().unwrap() {
+        if e["path"] == "layer.000.strata" {
+            e["bytes"] = written.bytes.into();
+            e["sha256"] = written.sha256.clone().into();
+        }
+    }
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    assert!(verify(&dir, false).status.success(), "checksums match");
+    let out = run(&mut logits_cmd(&dir, &[]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("layer.000.strata") && err.contains("attn_post_norm"),
+        "{err}"
+    );
+}

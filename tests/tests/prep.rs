@@ -763,6 +763,9 @@ fn tiny_variants_convert() {
         ("mistral", "bf16"),
         ("qwen2", "nf4"),
         ("qwen3", "f32"),
+        ("gemma2", "nf4"),
+        ("phi3", "int8"),
+        ("phi3-longrope", "f16"),
     ] {
         let out = tmp.path().join(variant);
         let o = convert(
@@ -780,7 +783,7 @@ fn tiny_variants_convert() {
         let layer = tensor_names(&out.join("layer.001.strata"));
         let head = tensor_names(&out.join("head.strata"));
         match variant {
-            "llama-tied" => assert_eq!(head, ["final_norm"]),
+            "llama-tied" | "gemma2" => assert_eq!(head, ["final_norm"]),
             _ => assert_eq!(head, ["final_norm", "head"]),
         }
         match variant {
@@ -798,6 +801,52 @@ fn tiny_variants_convert() {
                 );
             }
             "mistral" => assert_eq!(a.sliding_window, Some(5)),
+            "gemma2" => {
+                assert!(a.post_norms && a.tie_word_embeddings);
+                assert_eq!(
+                    layer,
+                    [
+                        "attn_norm",
+                        "attn.q",
+                        "attn.k",
+                        "attn.v",
+                        "attn.o",
+                        "attn_post_norm",
+                        "mlp_norm",
+                        "mlp.gate",
+                        "mlp.up",
+                        "mlp.down",
+                        "mlp_post_norm"
+                    ]
+                );
+                assert_eq!(
+                    (a.sliding_window, a.sliding_window_layers.clone()),
+                    (Some(4), Some(vec![0]))
+                );
+                assert_eq!(
+                    (a.attn_logit_softcap, a.final_logit_softcap),
+                    (Some(5.0), Some(3.0))
+                );
+                assert_eq!(a.attention_scale, Some(24f64.powf(-0.5)));
+                assert_eq!(a.embedding_multiplier, Some(72f64.sqrt()));
+                assert_eq!(a.activation, strata_format::manifest::Activation::GeluTanh);
+            }
+            "phi3" => assert_eq!((a.sliding_window, a.rope.scaling.clone()), (Some(7), None)),
+            "phi3-longrope" => {
+                assert_eq!(a.rope.rotary_dim, 12);
+                match &a.rope.scaling {
+                    Some(strata_format::manifest::RopeScaling::LongRope {
+                        short_factor,
+                        long_factor,
+                        original_max_position_embeddings: 8,
+                        attention_factor,
+                    }) => {
+                        assert_eq!((short_factor.len(), long_factor[5]), (6, 12.0));
+                        assert_eq!(*attention_factor, 2f64.sqrt());
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
             "llama3-rope" => assert!(matches!(
                 a.rope.scaling,
                 Some(strata_format::manifest::RopeScaling::Llama3 {
@@ -825,6 +874,72 @@ fn tiny_variants_convert() {
             DType::from_name(quant).unwrap()
         };
         assert_eq!(e.dtype, want, "{variant}");
+    }
+}
+
+/// The f32 values of a stored f32 tensor.
+fn stored_f32(path: &Path, name: &str) -> Vec<f32> {
+    let f = StageFile::open(path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(f.entry(name).unwrap().dtype, DType::F32, "{name}");
+    f.read_stored(name)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn gemma2_norms_and_phi3_fused_projections_derive_exactly_from_their_sources() {
+    let tmp = tmpdir();
+    for variant in ["gemma2", "phi3"] {
+        let src = tiny_fixture(variant);
+        let source = read_st(&src.join("model.safetensors"));
+        let weights = |name: &str| -> Vec<f32> {
+            let t = source.iter().find(|t| t.name == name).unwrap();
+            assert_eq!(t.dtype, "BF16");
+            bf16_to_f32(&t.data)
+        };
+        let out = tmp.path().join(variant);
+        let s = convert_ok(&src, &out, &["--quant", "f32"]);
+        // Every source byte is read once, the fused tensors' rows included.
+        let source_bytes: usize = source.iter().map(|t| t.data.len()).sum();
+        assert_eq!(s["bytes_in"], source_bytes as u64, "{variant}");
+        for layer in 0..2 {
+            let stage = out.join(format!("layer.00{layer}.strata"));
+            let p = format!("model.layers.{layer}.");
+            if variant == "gemma2" {
+                // (1 + w) folded into the f32 weight, exactly as transformers computes it.
+                for (name, hf) in [
+                    ("attn_norm", "input_layernorm"),
+                    ("attn_post_norm", "post_attention_layernorm"),
+                    ("mlp_norm", "pre_feedforward_layernorm"),
+                    ("mlp_post_norm", "post_feedforward_layernorm"),
+                ] {
+                    let want: Vec<f32> = weights(&format!("{p}{hf}.weight"))
+                        .iter()
+                        .map(|w| 1.0 + w)
+                        .collect();
+                    assert_eq!(stored_f32(&stage, name), want, "layer {layer} {name}");
+                }
+            } else {
+                let qkv = weights(&format!("{p}self_attn.qkv_proj.weight"));
+                let gate_up = weights(&format!("{p}mlp.gate_up_proj.weight"));
+                // 4 query heads and 2 KV heads of 16 over hidden 64: rows 0..64, 64..96, 96..128.
+                let row = 64;
+                assert_eq!(stored_f32(&stage, "attn.q"), qkv[..64 * row]);
+                assert_eq!(stored_f32(&stage, "attn.k"), qkv[64 * row..96 * row]);
+                assert_eq!(stored_f32(&stage, "attn.v"), qkv[96 * row..]);
+                assert_eq!(stored_f32(&stage, "mlp.gate"), gate_up[..128 * row]);
+                assert_eq!(stored_f32(&stage, "mlp.up"), gate_up[128 * row..]);
+            }
+        }
+        if variant == "gemma2" {
+            let want: Vec<f32> = weights("model.norm.weight")
+                .iter()
+                .map(|w| 1.0 + w)
+                .collect();
+            assert_eq!(stored_f32(&out.join("head.strata"), "final_norm"), want);
+        }
     }
 }
 
@@ -920,6 +1035,8 @@ fn invalid_checkpoints_get_one_clear_error() {
             "MistralForCausalLM",
             "Qwen2ForCausalLM",
             "Qwen3ForCausalLM",
+            "Gemma2ForCausalLM",
+            "Phi3ForCausalLM",
         ],
     );
 
@@ -940,6 +1057,18 @@ fn invalid_checkpoints_get_one_clear_error() {
     assert_fails(
         &convert(&src, &t.join("o3"), &[]),
         &[k, "shape [64, 32]", "[32, 64]"],
+    );
+
+    // A fused projection whose rows do not add up to what config.json implies.
+    let qkv = "model.layers.1.self_attn.qkv_proj.weight";
+    let src = edited_fixture(&t.join("fused"), "phi3", |ts| {
+        let x = ts.iter_mut().find(|x| x.name == qkv).unwrap();
+        x.shape = vec![120, 64];
+        x.data.truncate(120 * 64 * 2);
+    });
+    assert_fails(
+        &convert(&src, &t.join("o3b"), &[]),
+        &[qkv, "shape [120, 64]", "[128, 64]", "layer 1"],
     );
 
     let extra = "model.layers.0.self_attn.extra_proj.weight";

@@ -201,6 +201,62 @@ fn quantized_perplexity_within_bounds() {
     }
 }
 
+fn ids_of(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| u32::try_from(x.as_u64().expect("id")).expect("u32 id"))
+        .collect()
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    (0..row.len()).fold(0, |b, j| if row[j] > row[b] { j } else { b }) as u32
+}
+
+/// Greedy decoding in process through the runner's KV cache, streaming every
+/// layer (`--max-memory 0`): the prompt in one pass, then one token per pass.
+/// Returns the chosen ids.
+fn cached_greedy(dir: &Path, prompt: &[u32], steps: usize) -> Vec<u32> {
+    use strata_runner::engine::{Engine, EngineOptions};
+    use strata_runner::io::IoChoice;
+    use strata_runner::model::Want;
+    let opts = EngineOptions {
+        max_memory: Some(0),
+        io: IoChoice::Auto,
+        prefetch: 2,
+        verify: true,
+        ctx: None,
+        keep_compressed: None,
+    };
+    let mut engine = Engine::open(dir, &opts).expect("open the container");
+    let mut logits = engine.forward(prompt, Want::Last).expect("prompt pass");
+    let mut ids = Vec::new();
+    for _ in 0..steps {
+        let next = argmax(logits.row(0));
+        ids.push(next);
+        logits = engine.forward(&[next], Want::Last).expect("decode pass");
+    }
+    ids
+}
+
+/// Runs `logits --all-positions` over `ids` and checks every row against
+/// `want` within `tol`; returns the largest difference.
+fn all_positions_within(dir: &Path, ids: &Value, want: &Value, tol: f64, what: &str) -> f64 {
+    let out = run_ok(&mut runner(
+        &["logits", "--ids", &ids_arg(ids), "--all-positions"],
+        dir,
+    ));
+    let rows = logits_rows(&out);
+    assert_eq!(rows.len(), want.as_array().expect("rows").len());
+    let mut worst = 0f64;
+    for (i, row) in rows.iter().enumerate() {
+        let d = max_abs_diff(row, &want[i]);
+        assert!(d < tol, "{what} position {i}: max abs difference {d}");
+        worst = worst.max(d);
+    }
+    worst
+}
+
 #[test]
 fn tiny_architectures_match_transformers() {
     for variant in [
@@ -211,6 +267,9 @@ fn tiny_architectures_match_transformers() {
         "mistral",
         "qwen2",
         "qwen3",
+        "gemma2",
+        "phi3",
+        "phi3-longrope",
     ] {
         let src = tiny_fixture(variant);
         let g: Value =
@@ -222,21 +281,21 @@ fn tiny_architectures_match_transformers() {
                 &format!("tiny-{variant}-{quant}"),
                 &["--quant", quant],
             );
-            let out = run_ok(&mut runner(
-                &["logits", "--ids", &ids_arg(&g["ids"]), "--all-positions"],
-                &dir,
-            ));
-            let rows = logits_rows(&out);
-            assert_eq!(rows.len(), g["logits"].as_array().expect("rows").len());
-            for (i, row) in rows.iter().enumerate() {
-                let d = max_abs_diff(row, &g["logits"][i]);
-                assert!(
-                    d < tol,
-                    "{variant} {quant} position {i}: max abs difference {d}"
+            let what = format!("{variant} {quant}");
+            let d = all_positions_within(&dir, &g["ids"], &g["logits"], tol, &what);
+            eprintln!("{what}: all-position logits within {d:.2e} of transformers");
+            // LongRoPE: a sequence no longer than the original context uses the short factors.
+            if let Some(lr) = g.get("longrope") {
+                let d = all_positions_within(
+                    &dir,
+                    &lr["short_ids"],
+                    &lr["short_logits"],
+                    tol,
+                    &format!("{what} short factors"),
                 );
+                eprintln!("{what}: short-factor logits within {d:.2e} of transformers");
             }
-            // Decoding token by token through the KV cache gives the same logits
-            // as the whole-sequence pass (greedy ids of transformers).
+            // A whole-sequence pass per step gives transformers' greedy ids.
             let mut ids: Vec<u64> = g["greedy"]["ids"]
                 .as_array()
                 .expect("ids")
@@ -256,14 +315,19 @@ fn tiny_architectures_match_transformers() {
                     .join(",");
                 let out = run_ok(&mut runner(&["logits", "--ids", &arg], &dir));
                 let row = &logits_rows(&out)[0];
-                let argmax = (0..row.len()).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+                let best = (0..row.len()).fold(0, |b, j| if row[j] > row[b] { j } else { b });
                 assert_eq!(
-                    argmax as u64,
+                    best as u64,
                     next.as_u64().expect("id"),
                     "{variant} {quant}: greedy after {ids:?}"
                 );
-                ids.push(argmax as u64);
+                ids.push(best as u64);
             }
+            // Decoding token by token through the KV cache gives transformers'
+            // cached greedy ids (generate() with its cache), all 8 of them.
+            let want = ids_of(&g["greedy"]["new_ids"]);
+            let got = cached_greedy(&dir, &ids_of(&g["greedy"]["ids"]), want.len());
+            assert_eq!(got, want, "{what}: KV-cached greedy");
         }
     }
 }

@@ -49,6 +49,18 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         "options:       norm eps {}, activation {:?}, tied embeddings {}, qkv bias {}, qk norm {}, sliding window {:?}, max positions {}",
         ar.norm_eps, ar.activation, ar.tie_word_embeddings, ar.attention_bias, ar.qk_norm, ar.sliding_window, ar.max_position_embeddings
     );
+    if ar.post_norms
+        || ar.sliding_window_layers.is_some()
+        || ar.attention_scale.is_some()
+        || ar.attn_logit_softcap.is_some()
+        || ar.final_logit_softcap.is_some()
+        || ar.embedding_multiplier.is_some()
+    {
+        println!(
+            "extras:        post norms {}, window layers {:?}, attention scale {:?}, soft-caps {:?} / {:?}, embedding multiplier {:?}",
+            ar.post_norms, ar.sliding_window_layers, ar.attention_scale, ar.attn_logit_softcap, ar.final_logit_softcap, ar.embedding_multiplier
+        );
+    }
     println!(
         "quantization:  weights {}, embeddings {}, head {}, block {}",
         q.weights,

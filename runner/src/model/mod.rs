@@ -47,29 +47,35 @@ impl Logits {
     }
 }
 
-/// One sequence's state: its KV cache (per layer) and length.
+/// One sequence's state: its KV cache (per layer), length, token ids, and
+/// whether its cache was computed with LongRoPE's long factors.
 #[derive(Debug, Clone, Default)]
 struct Sequence {
     cache: Vec<KvCache>,
     pos: usize,
+    ids: Vec<u32>,
+    long_rope: bool,
 }
 
 /// The decoder's state: the architecture, rotary tables and one KV cache per
 /// sequence of the batch (one sequence unless [`Model::set_batch`] says otherwise).
 pub struct Model {
     arch: Architecture,
-    inv_freq: Vec<f32>,
+    rope: RopeTables,
     seqs: Vec<Sequence>,
     final_norm: Vec<f32>,
     ctx: usize,
 }
 
-/// The rows of the batch's activation matrix that belong to one sequence.
+/// The rows of the batch's activation matrix that belong to one sequence:
+/// `n` rows from `row`, the first `skip` of them cached positions computed
+/// again (their logits are not returned).
 #[derive(Debug, Clone, Copy)]
 struct Span {
     seq: usize,
     row: usize,
     n: usize,
+    skip: usize,
 }
 
 /// Checks that every stage holds the tensors the architecture needs, with the right shapes.
@@ -86,7 +92,11 @@ pub fn check_shapes(c: &Container) -> Result<()> {
         a.num_kv_heads * a.head_dim,
         a.intermediate_size,
     );
+    // Every tensor a stage holds must be one the maths below uses: a tensor
+    // this runner does not know (a later format's) is refused, never ignored.
+    let used = std::cell::RefCell::new(std::collections::HashSet::<(String, String)>::new());
     let expect = |s: &StageInfo, name: &str, shape: &[u64]| -> Result<()> {
+        used.borrow_mut().insert((s.name.clone(), name.to_string()));
         let e = s.entry(name)?;
         if e.shape != shape {
             return Err(RunnerError::Tensor {
@@ -129,6 +139,28 @@ pub fn check_shapes(c: &Container) -> Result<()> {
             expect(l, "mlp.up.bias", &[im])?;
             expect(l, "mlp.down.bias", &[h])?;
         }
+        if a.post_norms {
+            expect(l, ATTN_POST_NORM, &[h])?;
+            expect(l, MLP_POST_NORM, &[h])?;
+        }
+    }
+    let used = used.into_inner();
+    for s in std::iter::once(&c.embed)
+        .chain(&c.layers)
+        .chain(std::iter::once(&c.head))
+    {
+        if let Some(t) = s
+            .header
+            .tensors
+            .iter()
+            .find(|t| !used.contains(&(s.name.clone(), t.name.clone())))
+        {
+            return Err(RunnerError::Tensor {
+                file: s.name.clone(),
+                tensor: t.name.clone(),
+                reason: "not a tensor of this architecture as the manifest describes it (a newer format, or a manifest that does not match the files)".into(),
+            });
+        }
     }
     Ok(())
 }
@@ -144,7 +176,7 @@ impl Model {
             .to_f32(&c.head.name, FINAL_NORM)?;
         let arch = c.manifest.architecture.clone();
         let mut m = Model {
-            inv_freq: inv_freq(&arch.rope),
+            rope: RopeTables::new(&arch.rope),
             seqs: Vec::new(),
             arch,
             final_norm,
@@ -160,7 +192,7 @@ impl Model {
         self.seqs = vec![
             Sequence {
                 cache: vec![KvCache::default(); layers],
-                pos: 0,
+                ..Sequence::default()
             };
             n.max(1)
         ];
@@ -190,6 +222,7 @@ impl Model {
             c.v.truncate(pos * kd);
         }
         seq.pos = seq.pos.min(pos);
+        seq.ids.truncate(pos);
     }
 
     /// Runs `ids` (appended after the cached positions of the first sequence)
@@ -203,14 +236,17 @@ impl Model {
     /// Runs several sequences at once: each `(sequence, ids)` appends `ids`
     /// to that sequence. Every layer is fetched once and serves all of them;
     /// returns the wanted logits of each entry, in order.
+    ///
+    /// With LongRoPE, a sequence is always computed with the factor set its
+    /// new length calls for: when that differs from the set its cache was
+    /// computed with (it grows past the original context), its cached
+    /// positions are computed again, as transformers' Phi-3 generation does.
     pub fn forward_batch(
         &mut self,
         s: &mut Streamer,
         batch: &[(usize, &[u32])],
         want: Want,
     ) -> Result<Vec<Logits>> {
-        let mut spans = Vec::with_capacity(batch.len());
-        let mut all_ids = Vec::new();
         for &(seq, ids) in batch {
             let state = self.seqs.get(seq).ok_or_else(|| {
                 RunnerError::Invalid(format!(
@@ -229,12 +265,31 @@ impl Model {
                     self.ctx
                 )));
             }
+        }
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut all_ids = Vec::new();
+        for &(seq, ids) in batch {
+            let state = &mut self.seqs[seq];
+            let long = self.rope.uses_long(state.pos + ids.len());
+            let row = all_ids.len();
+            let mut skip = 0;
+            if long != state.long_rope && state.pos > 0 {
+                skip = state.pos;
+                all_ids.extend_from_slice(&state.ids);
+                state.pos = 0;
+                for c in &mut state.cache {
+                    c.k.clear();
+                    c.v.clear();
+                }
+            }
+            state.long_rope = long;
+            all_ids.extend_from_slice(ids);
             spans.push(Span {
                 seq,
-                row: all_ids.len(),
-                n: ids.len(),
+                row,
+                n: skip + ids.len(),
+                skip,
             });
-            all_ids.extend_from_slice(ids);
         }
         let n = all_ids.len();
         let hidden = self.arch.hidden_size as usize;
@@ -264,7 +319,7 @@ impl Model {
         let mut counts = Vec::with_capacity(spans.len());
         for sp in &spans {
             let (first, count) = match want {
-                Want::All => (sp.row, sp.n),
+                Want::All => (sp.row + sp.skip, sp.n - sp.skip),
                 Want::Last => (sp.row + sp.n - 1, 1),
             };
             rows.extend_from_slice(&x[first * hidden..(first + count) * hidden]);
@@ -282,7 +337,10 @@ impl Model {
             soft_cap(&mut data, cap as f32);
         }
         for sp in &spans {
-            self.seqs[sp.seq].pos += sp.n;
+            let seq = &mut self.seqs[sp.seq];
+            seq.pos += sp.n;
+            seq.ids
+                .extend_from_slice(&all_ids[sp.row + sp.skip..sp.row + sp.n]);
         }
         let mut out = Vec::with_capacity(spans.len());
         let mut at = 0;
@@ -351,8 +409,9 @@ impl Model {
             let seq = &mut self.seqs[sp.seq];
             let qs = &mut q[sp.row * qd..(sp.row + sp.n) * qd];
             let ks = &mut k[sp.row * kd..(sp.row + sp.n) * kd];
-            apply_rope(qs, heads, hd, seq.pos, &self.inv_freq);
-            apply_rope(ks, kv_heads, hd, seq.pos, &self.inv_freq);
+            let inv = self.rope.inv(seq.long_rope);
+            apply_rope(qs, heads, hd, seq.pos, inv, self.rope.scale);
+            apply_rope(ks, kv_heads, hd, seq.pos, inv, self.rope.scale);
             let cache = &mut seq.cache[l];
             cache.k.extend_from_slice(ks);
             cache
@@ -361,14 +420,20 @@ impl Model {
             let out = attend(qs, sp.n, seq.pos, cache, shape);
             att[sp.row * qd..(sp.row + sp.n) * qd].copy_from_slice(&out);
         }
-        let o = lin(&att, ATTN_O)?;
+        let mut o = lin(&att, ATTN_O)?;
+        if a.post_norms {
+            rms_norm_in_place(&mut o, &vecf(ATTN_POST_NORM)?, eps, hidden);
+        }
         add_in_place(x, &o);
 
         let h2 = rms_norm(x, &vecf(MLP_NORM)?, eps, hidden);
         let mut g = lin(&h2, MLP_GATE)?;
         let u = lin(&h2, MLP_UP)?;
         gated_activation(&mut g, &u, a.activation);
-        let d = lin(&g, MLP_DOWN)?;
+        let mut d = lin(&g, MLP_DOWN)?;
+        if a.post_norms {
+            rms_norm_in_place(&mut d, &vecf(MLP_POST_NORM)?, eps, hidden);
+        }
         add_in_place(x, &d);
         Ok(())
     }
