@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# llama-cpp.sh python | gguf TYPE -- llama.cpp for the benchmarks, through llama-cpp-python.
+#
+#   python      installs llama-cpp-python (pinned; it compiles llama.cpp: minutes, once) into the venv
+#               ${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}/venv-llama and prints its python
+#   gguf TYPE   prints the path of SmolLM2-135M-Instruct as a TYPE GGUF (Q4_1: the model package's
+#               own file; Q8_0, IQ4_NL, Q4_0: made once from it with llama.cpp's quantizer, whose
+#               requantization dequantizes to f32 first, so these start from exactly the weights
+#               that the safetensors checkpoint (and so every strata container) holds)
+# Env: PYTHON (default python3) to create the venv.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BENCH_DIR="${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}"
+VENV="$BENCH_DIR/venv-llama"
+PACKAGE="llama-cpp-python==0.3.36"
+log() { echo "llama-cpp.sh: $*" >&2; }
+
+venv_python() {
+  if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+    log "installing $PACKAGE into $VENV (compiles llama.cpp: several minutes)"
+    mkdir -p "$BENCH_DIR"
+    rm -rf "$VENV"
+    "${PYTHON:-python3}" -m venv "$VENV"
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/pip" install --quiet "$PACKAGE" >&2
+  fi
+  echo "$VENV/bin/python"
+}
+
+case "${1:-}" in
+  python) venv_python ;;
+  gguf)
+    TYPE="${2:?gguf needs a type: Q4_1, Q8_0, IQ4_NL or Q4_0}"
+    MODEL="$(scripts/fetch-smollm2.sh | tail -n 1)"
+    SRC="$MODEL/SmolLM2-135M-Instruct.Q4_1.gguf"
+    [ -f "$SRC" ] || { log "no $SRC"; exit 1; }
+    if [ "$TYPE" = Q4_1 ]; then echo "$SRC"; exit 0; fi
+    case "$TYPE" in Q8_0|IQ4_NL|Q4_0) ;; *) log "unknown type $TYPE"; exit 2 ;; esac
+    OUT="$BENCH_DIR/smollm2-$TYPE.gguf"
+    if [ ! -s "$OUT" ]; then
+      PY="$(venv_python)"
+      log "quantizing $SRC to $TYPE"
+      "$PY" - "$SRC" "$OUT.tmp" "$TYPE" >&2 <<'PY'
+import ctypes, sys
+import llama_cpp
+src, dst, kind = sys.argv[1:4]
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind}")
+p.allow_requantize = True
+p.nthread = 2
+rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p))
+sys.exit(f"llama_model_quantize returned {rc}" if rc else 0)
+PY
+      mv "$OUT.tmp" "$OUT"
+    fi
+    echo "$OUT"
+    ;;
+  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
