@@ -4,7 +4,7 @@
 #
 # Builds runner, its read_bandwidth example and prep's make_random_container example (release, once);
 # writes (once) a random-weight NF4 container of the named shape (default llama2-7b: 3.7 GB) under
-# ${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}/budget-<shape>-nf4, with SmolLM2's tokenizer. Measures
+# ${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}/budget-<shape>-nf4 (no tokenizer: bench feeds ids). Measures
 # the sequential read limit of the streamed files (page cache dropped): `dd iflag=direct bs=4M`, and
 # the runner's own reader (io_uring, O_DIRECT; best of three passes). Then for budgets 0, 1/4, 1/2,
 # 3/4 of the weights and everything (`runner plan --json`'s all-resident figure), N runs each
@@ -45,10 +45,9 @@ cargo build --release --locked -p strata-runner --bin runner --example read_band
   -p strata-prep --example make_random_container >&2
 RUNNER=target/release/runner
 if ! { [ -f "$DIR/manifest.json" ] && "$RUNNER" verify "$DIR" >/dev/null 2>&1; }; then
-  TOK="$(scripts/fetch-smollm2.sh | tail -n 1)"
   rm -rf "$DIR"
   log "writing the $SHAPE container to $DIR"
-  target/release/examples/make_random_container --shape "$SHAPE" --out "$DIR" --tokenizer-from "$TOK" >&2
+  target/release/examples/make_random_container --shape "$SHAPE" --out "$DIR" >&2
 fi
 
 STREAMED=("$DIR"/layer.*.strata "$DIR"/head.strata)
