@@ -42,7 +42,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use half::f16;
-    use strata_format::codec::{self, nf4::CODES};
+    use strata_format::codec::{self, nf4, nf4::CODES};
     use strata_format::dtype::DType;
 
     /// `(CODES[i] + CODES[i+1]) / 2` in binary32, as SPEC.md §4.4 defines them.
@@ -86,22 +86,27 @@ mod avx2 {
                     &padded[..]
                 };
                 let max = absmax(vals)?;
-                let scale = match dtype {
-                    DType::Nf4 => max,
-                    _ => max / 127.0,
-                };
-                let d = f16::from_f32(scale);
+                let (head, codes) = o.split_at_mut(2);
+                if dtype == DType::Nf4 {
+                    // The reference's scale search, with the codes of each
+                    // candidate computed here (byte-identical to the reference's).
+                    let d = nf4::search_block(vals, max, start, codes, |df, p| {
+                        nf4_codes(vals, df, &mids, p)
+                    })
+                    .ok()?;
+                    head.copy_from_slice(&d.to_le_bytes());
+                    continue;
+                }
+                let d = f16::from_f32(max / 127.0);
                 if !d.is_finite() {
                     return None;
                 }
-                o[..2].copy_from_slice(&d.to_le_bytes());
+                head.copy_from_slice(&d.to_le_bytes());
                 let df = d.to_f32();
-                let codes = &mut o[2..];
-                match (dtype, df > 0.0) {
-                    (DType::Nf4, true) => nf4_codes(vals, df, &mids, codes),
-                    (DType::Nf4, false) => codes.fill(0x77),
-                    (_, true) => int8_codes(vals, df, codes),
-                    (_, false) => codes.fill(0),
+                if df > 0.0 {
+                    int8_codes(vals, df, codes);
+                } else {
+                    codes.fill(0);
                 }
             }
         }
