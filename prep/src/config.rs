@@ -39,6 +39,20 @@ struct Family {
     /// Phi-3 keeps `original_max_position_embeddings` at the top level of
     /// its config, with this default, and it overrides the rope object's.
     original_max_default: Option<u64>,
+    /// Checks and settings of a family published as remote code.
+    remote: Remote,
+}
+
+/// Families whose modeling code ships with the checkpoint (`auto_map`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Remote {
+    None,
+    /// InternLM2: `bias` (default true) puts biases on `wqkv` and `wo`.
+    InternLm2,
+    /// Baichuan 2: RoPE (base 10000, no scaling keys) when the config has
+    /// `max_position_embeddings` (7B), ALiBi when it has only
+    /// `model_max_length` (13B).
+    Baichuan,
 }
 
 /// How a class describes its sliding window.
@@ -73,9 +87,10 @@ const LLAMA: Family = Family {
     gemma2: false,
     longrope_aliases: &[],
     original_max_default: None,
+    remote: Remote::None,
 };
 
-const FAMILIES: [Family; 6] = [
+const FAMILIES: [Family; 8] = [
     LLAMA,
     Family {
         class: "MistralForCausalLM",
@@ -130,6 +145,23 @@ const FAMILIES: [Family; 6] = [
         window: WindowRule::AllLayers { default: None },
         longrope_aliases: &["su", "yarn"],
         original_max_default: Some(4096),
+        ..LLAMA
+    },
+    Family {
+        class: "InternLM2ForCausalLM",
+        family: "internlm2",
+        attention_bias_key: false,
+        mlp_bias_key: false,
+        remote: Remote::InternLm2,
+        ..LLAMA
+    },
+    Family {
+        class: "BaichuanForCausalLM",
+        family: "baichuan",
+        max_position_default: 4096,
+        attention_bias_key: false,
+        mlp_bias_key: false,
+        remote: Remote::Baichuan,
         ..LLAMA
     },
 ];
@@ -428,6 +460,32 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         // transformers multiplies by sqrt(hidden) cast to the compute dtype;
         // in float32 that is f32(sqrt(hidden)), which a runner gets from this f64.
         arch.embedding_multiplier = Some((hidden as f64).sqrt());
+    }
+    match fam.remote {
+        Remote::None => {}
+        Remote::InternLm2 => {
+            if c.bool("bias")?.unwrap_or(true) {
+                return Err(c.err(
+                    "InternLM2 `bias` is true (InternLM2Config's default when the key is absent): biases on `wqkv` and `wo` are not supported (published InternLM2 checkpoints set it to false)"
+                        .into(),
+                ));
+            }
+        }
+        Remote::Baichuan => {
+            if c.get("max_position_embeddings").is_none() {
+                return Err(c.err(
+                    "Baichuan config without `max_position_embeddings`: this is the Baichuan 2 13B layout, whose modeling code uses ALiBi position biases instead of RoPE, and ALiBi is not supported (Baichuan 2 7B, with RoPE, is)"
+                        .into(),
+                ));
+            }
+            // modeling_baichuan.py builds RoPE with base 10000 and reads no
+            // rope keys: any in the config do not apply.
+            arch.rope = Rope {
+                theta: DEFAULT_ROPE_THETA,
+                rotary_dim: head_dim,
+                scaling: None,
+            };
+        }
     }
     Ok(arch)
 }
@@ -1041,6 +1099,54 @@ mod tests {
         v["rope_scaling"] = Value::Null;
         v.as_object_mut().unwrap().remove("sliding_window");
         assert_eq!(arch(v).unwrap().sliding_window, None);
+    }
+
+    fn internlm2() -> Value {
+        json!({"architectures": ["InternLM2ForCausalLM"], "auto_map": {}, "hidden_size": 64,
+               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "intermediate_size": 128, "vocab_size": 160, "bias": false, "rms_norm_eps": 1e-5,
+               "rope_theta": 1000000, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    }
+
+    #[test]
+    fn internlm2_keys_and_bias() {
+        let a = arch(internlm2()).unwrap();
+        assert_eq!(
+            (a.family.as_str(), a.head_dim, a.num_kv_heads),
+            ("internlm2", 16, 2)
+        );
+        assert_eq!((a.rope.theta, a.max_position_embeddings), (1e6, 2048));
+        assert_eq!(a.rope.scaling, Some(RopeScaling::Linear { factor: 2.0 }));
+        assert!(!a.attention_bias && !a.attention_out_bias && !a.tie_word_embeddings);
+        let mut v = internlm2();
+        v.as_object_mut().unwrap().remove("bias");
+        let e = arch(v).unwrap_err().to_string();
+        assert!(e.contains("`bias`") && e.contains("default"), "{e}");
+    }
+
+    fn baichuan2() -> Value {
+        json!({"architectures": ["BaichuanForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 160,
+               "max_position_embeddings": 4096, "model_max_length": 4096})
+    }
+
+    #[test]
+    fn baichuan2_7b_rope_and_13b_alibi_refused() {
+        let a = arch(baichuan2()).unwrap();
+        assert_eq!(
+            (a.family.as_str(), a.num_kv_heads, a.head_dim),
+            ("baichuan", 4, 16)
+        );
+        assert_eq!((a.rope.theta, a.rope.rotary_dim), (10000.0, 16));
+        assert_eq!(a.rope.scaling, None);
+        // The modeling code reads no rope keys.
+        let mut v = baichuan2();
+        v["rope_theta"] = json!(5e5);
+        assert_eq!(arch(v).unwrap().rope.theta, 10000.0);
+        let mut v = baichuan2();
+        v.as_object_mut().unwrap().remove("max_position_embeddings");
+        let e = arch(v).unwrap_err().to_string();
+        assert!(e.contains("ALiBi") && e.contains("13B"), "{e}");
     }
 
     #[test]

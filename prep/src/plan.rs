@@ -70,18 +70,40 @@ impl QuantPolicy {
 pub enum Derive {
     /// The source tensor as it is.
     Whole,
-    /// Rows `first..first + rows` of a fused source tensor of `source_rows`
-    /// rows (Phi-3's `qkv_proj` and `gate_up_proj`); `rows` is the stored
-    /// tensor's first dimension.
+    /// Rows of a fused source tensor of `source_rows` rows, taken in blocks:
+    /// stored row `r` is source row `first + (r / block) × stride + r % block`.
+    /// Phi-3's `qkv_proj` and `gate_up_proj` and Baichuan's `W_pack` are one
+    /// block (`block` = the stored rows); InternLM2's `wqkv` interleaves q, k
+    /// and v per KV group, so each projection is one block per group.
     Rows {
         /// First source row.
         first: u64,
         /// Rows of the whole source tensor.
         source_rows: u64,
+        /// Consecutive source rows per block.
+        block: u64,
+        /// Source rows from the start of one block to the next.
+        stride: u64,
     },
     /// `1 + w` (Gemma's RMSNorm weights, stored so that the norm is the
     /// plain `x / rms × w'` of SPEC.md §5.2).
     PlusOne,
+    /// Each row divided by its L2 norm (Baichuan 2's `NormHead`, which
+    /// transformers normalizes at inference as `F.normalize(w)`).
+    UnitRows,
+}
+
+impl Derive {
+    /// Stored rows `first..first + rows` of a fused source tensor of
+    /// `source_rows` rows, as one block.
+    pub fn rows(first: u64, rows: u64, source_rows: u64) -> Derive {
+        Derive::Rows {
+            first,
+            source_rows,
+            block: rows,
+            stride: source_rows,
+        }
+    }
 }
 
 /// One tensor of a stage and where it comes from.
@@ -105,11 +127,18 @@ impl PlannedTensor {
         shape
     }
 
-    /// The first source row this tensor reads (0 unless split from a fused tensor).
-    pub fn first_row(&self) -> usize {
+    /// The source row of stored row `r`, and how many stored rows from `r`
+    /// on are consecutive source rows.
+    pub fn source_rows_at(&self, r: u64) -> (u64, u64) {
+        let rows = self.spec.shape.first().copied().unwrap_or(1);
         match self.derive {
-            Derive::Rows { first, .. } => first as usize,
-            Derive::Whole | Derive::PlusOne => 0,
+            Derive::Rows {
+                first,
+                block,
+                stride,
+                ..
+            } if block > 0 => (first + r / block * stride + r % block, block - r % block),
+            _ => (r, rows.saturating_sub(r)),
         }
     }
 
@@ -135,6 +164,13 @@ enum Layout {
     Gemma2,
     /// Phi-3: fused `self_attn.qkv_proj` and `mlp.gate_up_proj`.
     Phi3,
+    /// InternLM2 (remote code): `tok_embeddings`, `attention.wqkv` with q, k
+    /// and v interleaved per KV group, `attention.wo`, `feed_forward.w1/w3/w2`
+    /// (gate, up, down), `attention_norm`, `ffn_norm`, `output`.
+    InternLm2,
+    /// Baichuan 2 (remote code): Llama's names but `self_attn.W_pack` (q, k,
+    /// v rows in turn) and a `NormHead` whose rows are unit-normalized.
+    Baichuan,
 }
 
 impl Layout {
@@ -142,9 +178,51 @@ impl Layout {
         match arch.source_class.as_str() {
             "Gemma2ForCausalLM" => Layout::Gemma2,
             "Phi3ForCausalLM" => Layout::Phi3,
+            "InternLM2ForCausalLM" => Layout::InternLm2,
+            "BaichuanForCausalLM" => Layout::Baichuan,
             _ => Layout::Llama,
         }
     }
+
+    /// Source names of the embeddings, the head and, within a layer, the
+    /// attention norm, output projection, feed-forward norm and (unless
+    /// fused) the gate, up and down projections.
+    fn names(self) -> LayoutNames {
+        match self {
+            Layout::InternLm2 => LayoutNames {
+                embed: "model.tok_embeddings.weight",
+                head: "output.weight",
+                attn_norm: "attention_norm.weight",
+                attn_o: "attention.wo.weight",
+                mlp_norm: "ffn_norm.weight",
+                gate: "feed_forward.w1.weight",
+                up: "feed_forward.w3.weight",
+                down: "feed_forward.w2.weight",
+            },
+            _ => LayoutNames {
+                embed: "model.embed_tokens.weight",
+                head: "lm_head.weight",
+                attn_norm: "input_layernorm.weight",
+                attn_o: "self_attn.o_proj.weight",
+                mlp_norm: "post_attention_layernorm.weight",
+                gate: "mlp.gate_proj.weight",
+                up: "mlp.up_proj.weight",
+                down: "mlp.down_proj.weight",
+            },
+        }
+    }
+}
+
+/// Source tensor names that differ between layouts (see [`Layout::names`]).
+struct LayoutNames {
+    embed: &'static str,
+    head: &'static str,
+    attn_norm: &'static str,
+    attn_o: &'static str,
+    mlp_norm: &'static str,
+    gate: &'static str,
+    up: &'static str,
+    down: &'static str,
 }
 
 /// One stage file of the container.
@@ -189,6 +267,7 @@ impl Stage {
 /// The whole container's stages: embed, layers in order, head.
 pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
     let layout = Layout::of(arch);
+    let src = layout.names();
     let h = arch.hidden_size;
     let attn_out = arch.num_attention_heads * arch.head_dim;
     let kv_out = arch.num_kv_heads * arch.head_dim;
@@ -212,32 +291,64 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
                 q.embeddings(),
                 vec![arch.vocab_size, h],
             ),
-            source: "model.embed_tokens.weight".into(),
+            source: src.embed.into(),
             derive: whole,
         }],
     });
     for i in 0..arch.num_layers {
         let p = format!("model.layers.{i}.");
         // (name, dtype, shape, source name, derivation)
-        let mut t: Vec<(&str, DType, Vec<u64>, &str, Derive)> = vec![(
-            names::ATTN_NORM,
-            f32_,
-            vec![h],
-            "input_layernorm.weight",
-            norm,
-        )];
-        if layout == Layout::Phi3 {
-            let qkv = "self_attn.qkv_proj.weight";
-            let source_rows = attn_out + 2 * kv_out;
-            let rows = |first| Derive::Rows { first, source_rows };
-            t.push((names::ATTN_Q, lin, vec![attn_out, h], qkv, rows(0)));
-            t.push((names::ATTN_K, lin, vec![kv_out, h], qkv, rows(attn_out)));
+        let mut t: Vec<(&str, DType, Vec<u64>, &str, Derive)> =
+            vec![(names::ATTN_NORM, f32_, vec![h], src.attn_norm, norm)];
+        let source_rows = attn_out + 2 * kv_out;
+        if let Some(qkv) = match layout {
+            Layout::Phi3 => Some("self_attn.qkv_proj.weight"),
+            Layout::Baichuan => Some("self_attn.W_pack.weight"),
+            _ => None,
+        } {
+            let rows = |first, rows| Derive::rows(first, rows, source_rows);
+            t.push((
+                names::ATTN_Q,
+                lin,
+                vec![attn_out, h],
+                qkv,
+                rows(0, attn_out),
+            ));
+            t.push((
+                names::ATTN_K,
+                lin,
+                vec![kv_out, h],
+                qkv,
+                rows(attn_out, kv_out),
+            ));
             t.push((
                 names::ATTN_V,
                 lin,
                 vec![kv_out, h],
                 qkv,
-                rows(attn_out + kv_out),
+                rows(attn_out + kv_out, kv_out),
+            ));
+        } else if layout == Layout::InternLm2 {
+            // Per KV group: its query heads, then its key head, then its
+            // value head (`b q (h gs d) -> b q h gs d` in modeling_internlm2).
+            let d = arch.head_dim;
+            let q_rows = attn_out / arch.num_kv_heads;
+            let stride = q_rows + 2 * d;
+            let group = |first, block| Derive::Rows {
+                first,
+                source_rows,
+                block,
+                stride,
+            };
+            let qkv = "attention.wqkv.weight";
+            t.push((names::ATTN_Q, lin, vec![attn_out, h], qkv, group(0, q_rows)));
+            t.push((names::ATTN_K, lin, vec![kv_out, h], qkv, group(q_rows, d)));
+            t.push((
+                names::ATTN_V,
+                lin,
+                vec![kv_out, h],
+                qkv,
+                group(q_rows + d, d),
             ));
         } else {
             t.push((
@@ -262,13 +373,7 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
                 whole,
             ));
         }
-        t.push((
-            names::ATTN_O,
-            lin,
-            vec![h, attn_out],
-            "self_attn.o_proj.weight",
-            whole,
-        ));
+        t.push((names::ATTN_O, lin, vec![h, attn_out], src.attn_o, whole));
         if arch.attention_bias {
             t.push((
                 names::ATTN_Q_BIAS,
@@ -329,40 +434,19 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
             ));
             "pre_feedforward_layernorm.weight"
         } else {
-            "post_attention_layernorm.weight"
+            src.mlp_norm
         };
         t.push((names::MLP_NORM, f32_, vec![h], mlp_norm_source, norm));
         if layout == Layout::Phi3 {
             let gate_up = "mlp.gate_up_proj.weight";
-            let rows = |first| Derive::Rows {
-                first,
-                source_rows: 2 * inter,
-            };
+            let rows = |first| Derive::rows(first, inter, 2 * inter);
             t.push((names::MLP_GATE, lin, vec![inter, h], gate_up, rows(0)));
             t.push((names::MLP_UP, lin, vec![inter, h], gate_up, rows(inter)));
         } else {
-            t.push((
-                names::MLP_GATE,
-                lin,
-                vec![inter, h],
-                "mlp.gate_proj.weight",
-                whole,
-            ));
-            t.push((
-                names::MLP_UP,
-                lin,
-                vec![inter, h],
-                "mlp.up_proj.weight",
-                whole,
-            ));
+            t.push((names::MLP_GATE, lin, vec![inter, h], src.gate, whole));
+            t.push((names::MLP_UP, lin, vec![inter, h], src.up, whole));
         }
-        t.push((
-            names::MLP_DOWN,
-            lin,
-            vec![h, inter],
-            "mlp.down_proj.weight",
-            whole,
-        ));
+        t.push((names::MLP_DOWN, lin, vec![h, inter], src.down, whole));
         if arch.mlp_bias {
             t.push((
                 "mlp.gate.bias",
@@ -405,8 +489,12 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
     if !arch.tie_word_embeddings {
         head.push(PlannedTensor {
             spec: q.spec(names::HEAD, q.embeddings(), vec![arch.vocab_size, h]),
-            source: "lm_head.weight".into(),
-            derive: whole,
+            source: src.head.into(),
+            derive: if layout == Layout::Baichuan {
+                Derive::UnitRows
+            } else {
+                whole
+            },
         });
     }
     stages.push(Stage {
@@ -434,6 +522,7 @@ pub enum Class {
 pub struct Classifier {
     used: HashMap<String, Vec<(usize, usize)>>,
     tied: bool,
+    head: &'static str,
     layers: u64,
 }
 
@@ -449,6 +538,7 @@ impl Classifier {
         Classifier {
             used,
             tied: arch.tie_word_embeddings,
+            head: Layout::of(arch).names().head,
             layers: arch.num_layers,
         }
     }
@@ -461,7 +551,7 @@ impl Classifier {
         if name.ends_with("rotary_emb.inv_freq") {
             return Class::Ignored("rotary inverse frequencies are recomputed from the config");
         }
-        if name == "lm_head.weight" && self.tied {
+        if name == self.head && self.tied {
             return Class::Ignored("the config ties the head to the embeddings");
         }
         if let Some(rest) = name.strip_prefix("model.layers.") {
@@ -629,7 +719,7 @@ pub(crate) mod tests {
         for (name, first, rows) in [("attn.q", 0, 80), ("attn.k", 80, 16), ("attn.v", 96, 16)] {
             let t = find(name);
             assert_eq!(t.source, qkv);
-            assert_eq!(t.first_row(), first);
+            assert_eq!(t.source_rows_at(0), (first, rows));
             assert_eq!(t.spec.shape, vec![rows, 80]);
             assert_eq!(t.source_shape(), vec![112, 80]);
             assert_eq!(t.source_bytes(112 * 80 * 2), rows * 80 * 2);
@@ -637,7 +727,10 @@ pub(crate) mod tests {
         for (name, first) in [("mlp.gate", 0), ("mlp.up", 128)] {
             let t = find(name);
             assert_eq!(t.source, "model.layers.1.mlp.gate_up_proj.weight");
-            assert_eq!((t.first_row(), t.source_shape()), (first, vec![256, 80]));
+            assert_eq!(
+                (t.source_rows_at(3), t.source_shape()),
+                ((first + 3, 125), vec![256, 80])
+            );
         }
         assert_eq!(find("mlp.down").derive, Derive::Whole);
         let c = Classifier::new(&s, &a);
@@ -646,6 +739,70 @@ pub(crate) mod tests {
             c.classify("model.layers.1.self_attn.q_proj.weight"),
             Class::Unexpected(_)
         ));
+    }
+
+    #[test]
+    fn internlm2_reads_q_k_v_per_kv_group() {
+        let mut a = tiny_arch();
+        a.source_class = "InternLM2ForCausalLM".into();
+        a.num_attention_heads = 4;
+        a.num_kv_heads = 2;
+        a.hidden_size = 64;
+        let s = plan(&a, &NF4);
+        let layer = &s[1];
+        let find = |name: &str| layer.tensors.iter().find(|t| t.spec.name == name).unwrap();
+        let qkv = "model.layers.0.attention.wqkv.weight";
+        // Two groups of 64 rows: q (32 rows: heads 0, 1), k (16), v (16); then heads 2, 3.
+        let q = find("attn.q");
+        assert_eq!((q.source.as_str(), q.source_shape()), (qkv, vec![128, 64]));
+        assert_eq!(q.source_rows_at(0), (0, 32));
+        assert_eq!(q.source_rows_at(31), (31, 1));
+        assert_eq!(q.source_rows_at(32), (64, 32));
+        assert_eq!(find("attn.k").source_rows_at(0), (32, 16));
+        assert_eq!(find("attn.k").source_rows_at(17), (97, 15));
+        assert_eq!(find("attn.v").source_rows_at(16), (112, 16));
+        assert_eq!(find("attn.v").source_bytes(128 * 64 * 2), 32 * 64 * 2);
+        for (name, src) in [
+            ("attn_norm", "attention_norm"),
+            ("attn.o", "attention.wo"),
+            ("mlp_norm", "ffn_norm"),
+            ("mlp.gate", "feed_forward.w1"),
+            ("mlp.up", "feed_forward.w3"),
+            ("mlp.down", "feed_forward.w2"),
+        ] {
+            assert_eq!(find(name).source, format!("model.layers.0.{src}.weight"));
+        }
+        assert_eq!(s[0].tensors[0].source, "model.tok_embeddings.weight");
+        assert_eq!(s[3].tensors[1].source, "output.weight");
+        let c = Classifier::new(&s, &a);
+        assert_eq!(c.classify(qkv), Class::Used(vec![(1, 1), (1, 2), (1, 3)]));
+    }
+
+    #[test]
+    fn baichuan_splits_w_pack_and_normalizes_the_head() {
+        let mut a = tiny_arch();
+        a.source_class = "BaichuanForCausalLM".into();
+        a.num_kv_heads = 5;
+        let s = plan(&a, &NF4);
+        let find = |name: &str| s[1].tensors.iter().find(|t| t.spec.name == name).unwrap();
+        for (name, first) in [("attn.q", 0), ("attn.k", 80), ("attn.v", 160)] {
+            let t = find(name);
+            assert_eq!(t.source, "model.layers.0.self_attn.W_pack.weight");
+            assert_eq!(
+                (t.source_rows_at(0), t.source_shape()),
+                ((first, 80), vec![240, 80])
+            );
+        }
+        assert_eq!(
+            find("mlp.gate").source,
+            "model.layers.0.mlp.gate_proj.weight"
+        );
+        let head = &s[3].tensors[1];
+        assert_eq!(
+            (head.source.as_str(), head.derive),
+            ("lm_head.weight", Derive::UnitRows)
+        );
+        assert_eq!(s[0].tensors[0].derive, Derive::Whole);
     }
 
     #[test]

@@ -270,6 +270,10 @@ fn tiny_architectures_match_transformers() {
         "gemma2",
         "phi3",
         "phi3-longrope",
+        // Remote-code families: goldens from LlamaForCausalLM on the same
+        // values (weight-level equivalence, scripts/make-remote-code-fixtures.py).
+        "internlm2",
+        "baichuan2",
     ] {
         let src = tiny_fixture(variant);
         let g: Value =
