@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write tiny checkpoints of families published as remote code (InternLM2, Baichuan 2), with reference outputs.
+"""Write tiny checkpoints of families published as remote code (InternLM2, Baichuan 2, Qwen, ChatGLM) with references.
 
 Output: tests/fixtures/tiny/<variant>/{config.json, model.safetensors, generation_config.json, golden.json}
 (relative to the repository root, or to OUT_DIR if given).
@@ -8,9 +8,10 @@ Output: tests/fixtures/tiny/<variant>/{config.json, model.safetensors, generatio
 
 Uses the reference venv of scripts/make-tiny-fixtures.py (same versions) and that script's helpers.
 
-Why a weight-level equivalence and not the families' own code: transformers has no built-in class for InternLM2
-or Baichuan 2; their modeling_*.py files ship with the checkpoints (`auto_map`) and are not in this repository
-or the reference venv. Both are Llama's computation with the weights stored differently, so the reference is:
+Why a weight-level equivalence and not the families' own code: transformers has no built-in class for InternLM2,
+Baichuan 2, Qwen (v1) or ChatGLM; their modeling_*.py files ship with the checkpoints (`auto_map`) and are not in this repository
+or the reference venv. Each computes what a transformers class computes, with the weights stored differently, so
+the reference is (shown for Llama; Qwen uses Qwen2ForCausalLM and ChatGLM GlmForCausalLM the same way):
 
 1. Build a tiny LlamaForCausalLM checkpoint exactly as make-tiny-fixtures.py does (bf16 weights from a seeded
    torch.Generator, seed search for clear argmax margins) and run it with transformers in float32: logits of
@@ -48,6 +49,23 @@ Per family, what the published modeling code does and how the repacking mirrors 
   F.normalize of the bf16 head stored in the Baichuan file; the stored head rows are not unit length (they
   are N(0, 0.2) like every tiny head), so a converter that forgot to normalize would be far off. The 7B layout
   is told from the 13B one (ALiBi instead of RoPE) by `max_position_embeddings`, which only 7B's config has.
+
+- Qwen (v1) (Qwen/Qwen-7B-Chat, modeling_qwen.py): QWenAttention does
+      mixed_x_layer = self.c_attn(hidden_states);  query, key, value = mixed_x_layer.split(self.split_size, dim=2)
+  with split_size = hidden_size (c_attn always has a bias; c_proj has none with no_bias), and QWenMLP does
+      a1 = self.w1(hidden_states);  a2 = self.w2(hidden_states);  output = self.c_proj(a1 * F.silu(a2))
+  so w2 is the gate, w1 the up projection, each with config.intermediate_size // 2 rows. ln_1/ln_2/ln_f are
+  RMSNorm (float32 then cast, times weight), RoPE is rotate_half with base rotary_emb_base. use_dynamic_ntk and
+  use_logn_attn only act on positions beyond seq_length (ntk_alpha 1 and logn factor 1 up to it). transformers'
+  Qwen2ForCausalLM computes exactly this (q/k/v biases, no o bias), so it is the reference, with as many KV
+  heads as heads.
+- ChatGLM 3 / GLM-4 (THUDM/chatglm3-6b, THUDM/glm-4-9b-chat, modeling_chatglm.py): SelfAttention splits
+  query_key_value (with bias) into [heads * d, groups * d, groups * d]; MLP's swiglu is chunk(2) then
+  silu(x[0]) * x[1], so dense_h_to_4h is gate rows, then up rows. RotaryEmbedding(kv_channels // 2) rotates the
+  first half of each head in interleaved pairs (2i, 2i + 1), base 10000 * rope_ratio. transformers'
+  GlmForCausalLM (the port of glm-4-9b-chat; not Glm4ForCausalLM, which is the later GLM-4-0414 with extra
+  norms) has the same split, MLP and interleaved partial rotary; the script checks its rotary against the
+  transcribed ChatGLM one on random vectors, and it is the reference.
 
 golden.json has the format of make-tiny-fixtures.py's, plus `reference` (the Llama config used and the mapping).
 """
@@ -99,7 +117,7 @@ def internlm2_pack(w, cfg):
     return out
 
 
-def internlm2_check(packed, w, cfg):
+def internlm2_check(packed, w, cfg, model):
     """Reads wqkv back as modeling_internlm2.py does (see the module doc) and compares with Llama's q/k/v."""
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     d = cfg["hidden_size"] // nh
@@ -130,7 +148,7 @@ def baichuan_pack(w, cfg):
     return out
 
 
-def baichuan_check(packed, w, cfg):
+def baichuan_check(packed, w, cfg, model):
     """Reads W_pack back as modeling_baichuan.py does (see the module doc) and compares with Llama's q/k/v."""
     h = cfg["hidden_size"]
     x = torch.randn(3, h, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16).float()
@@ -140,6 +158,111 @@ def baichuan_check(packed, w, cfg):
         proj = proj.unflatten(-1, (3, h)).unsqueeze(0).transpose(0, -2).squeeze(-2)
         for j, name in enumerate(["q_proj", "k_proj", "v_proj"]):
             assert torch.equal(proj[j], x @ w[p + f"{name}.weight"].float().T), (i, name)
+
+
+def qwen_pack(w, cfg):
+    """Qwen2 tensors (multi-head) -> Qwen (v1) names: c_attn = q, k, v rows (and biases), w2 = gate, w1 = up."""
+    out = {"transformer.wte.weight": w["model.embed_tokens.weight"], "transformer.ln_f.weight": w["model.norm.weight"],
+           "lm_head.weight": w["lm_head.weight"]}
+    for i in range(cfg["num_hidden_layers"]):
+        p, s = f"model.layers.{i}.", f"transformer.h.{i}."
+        for kind in ["weight", "bias"]:
+            out[s + f"attn.c_attn.{kind}"] = torch.cat(
+                [w[p + f"self_attn.{n}_proj.{kind}"] for n in "qkv"]).contiguous()
+        out[s + "attn.c_proj.weight"] = w[p + "self_attn.o_proj.weight"]
+        out[s + "ln_1.weight"] = w[p + "input_layernorm.weight"]
+        out[s + "ln_2.weight"] = w[p + "post_attention_layernorm.weight"]
+        out[s + "mlp.w2.weight"] = w[p + "mlp.gate_proj.weight"]
+        out[s + "mlp.w1.weight"] = w[p + "mlp.up_proj.weight"]
+        out[s + "mlp.c_proj.weight"] = w[p + "mlp.down_proj.weight"]
+    return out
+
+
+def qwen_check(packed, w, cfg, model):
+    """Reads c_attn and the MLP back as modeling_qwen.py does (see the module doc) and compares with Qwen2's."""
+    h = cfg["hidden_size"]
+    x = torch.randn(3, h, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16).float()
+    for i in range(cfg["num_hidden_layers"]):
+        p, s = f"model.layers.{i}.", f"transformer.h.{i}."
+        mixed = x @ packed[s + "attn.c_attn.weight"].float().T + packed[s + "attn.c_attn.bias"].float()
+        q, k, v = mixed.split(h, dim=-1)  # self.split_size = config.hidden_size
+        for got, n in [(q, "q"), (k, "k"), (v, "v")]:
+            want = x @ w[p + f"self_attn.{n}_proj.weight"].float().T + w[p + f"self_attn.{n}_proj.bias"].float()
+            assert torch.equal(got, want), (i, n)
+        a1 = x @ packed[s + "mlp.w1.weight"].float().T
+        a2 = x @ packed[s + "mlp.w2.weight"].float().T
+        qwen = a1 * torch.nn.functional.silu(a2)  # QWenMLP.forward
+        llama = torch.nn.functional.silu(x @ w[p + "mlp.gate_proj.weight"].float().T) * (
+            x @ w[p + "mlp.up_proj.weight"].float().T)
+        assert torch.equal(qwen, llama), i
+
+
+def glm_reference(w, cfg):
+    """Qwen2-shaped tensors (q/k/v biases) -> GlmForCausalLM's names: gate_up_proj = gate rows, then up rows."""
+    out = {}
+    for k, t in w.items():
+        if k.endswith("mlp.gate_proj.weight"):
+            p = k[: -len("gate_proj.weight")]
+            out[p + "gate_up_proj.weight"] = torch.cat([t, w[p + "up_proj.weight"]]).contiguous()
+        elif not k.endswith("mlp.up_proj.weight"):
+            out[k] = t
+    return out
+
+
+def chatglm_pack(w, cfg):
+    """GlmForCausalLM tensors -> ChatGLM names: query_key_value = q, k, v rows (and biases)."""
+    out = {"transformer.embedding.word_embeddings.weight": w["model.embed_tokens.weight"],
+           "transformer.encoder.final_layernorm.weight": w["model.norm.weight"],
+           "transformer.output_layer.weight": w["lm_head.weight"]}
+    for i in range(cfg["num_hidden_layers"]):
+        p, s = f"model.layers.{i}.", f"transformer.encoder.layers.{i}."
+        for kind in ["weight", "bias"]:
+            out[s + f"self_attention.query_key_value.{kind}"] = torch.cat(
+                [w[p + f"self_attn.{n}_proj.{kind}"] for n in "qkv"]).contiguous()
+        out[s + "self_attention.dense.weight"] = w[p + "self_attn.o_proj.weight"]
+        out[s + "input_layernorm.weight"] = w[p + "input_layernorm.weight"]
+        out[s + "post_attention_layernorm.weight"] = w[p + "post_attention_layernorm.weight"]
+        out[s + "mlp.dense_h_to_4h.weight"] = w[p + "mlp.gate_up_proj.weight"]
+        out[s + "mlp.dense_4h_to_h.weight"] = w[p + "mlp.down_proj.weight"]
+    return out
+
+
+def chatglm_rope(x, rot_dim, base):
+    """modeling_chatglm.py's RotaryEmbedding(kv_channels // 2).forward_impl and apply_rotary_pos_emb, transcribed.
+    x: [seq, heads, head_dim]; rot_dim = head_dim // 2; pairs (2i, 2i + 1) of the first rot_dim dims rotate."""
+    sq = x.shape[0]
+    theta = 1.0 / (base ** (torch.arange(0, rot_dim, 2, dtype=torch.float) / rot_dim))
+    idx_theta = torch.outer(torch.arange(sq, dtype=torch.float), theta).float()
+    cache = torch.stack([torch.cos(idx_theta), torch.sin(idx_theta)], dim=-1)
+    x_rot, x_pass = x[..., :rot_dim], x[..., rot_dim:]
+    xs = x_rot.reshape(sq, -1, rot_dim // 2, 2)
+    c = cache.view(sq, 1, rot_dim // 2, 2)
+    out = torch.stack([xs[..., 0] * c[..., 0] - xs[..., 1] * c[..., 1],
+                       xs[..., 1] * c[..., 0] + xs[..., 0] * c[..., 1]], -1).flatten(2)
+    return torch.cat((out, x_pass), dim=-1)
+
+
+def chatglm_check(packed, w, cfg, model):
+    """query_key_value splits as modeling_chatglm.py's SelfAttention does, dense_h_to_4h is swiglu's chunk(2) (gate
+    first, as GlmMLP), and ChatGLM's rotary (transcribed) equals transformers' Glm rotary on the same vectors."""
+    nh, nkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    x = torch.randn(5, cfg["hidden_size"], generator=torch.Generator().manual_seed(0)).to(torch.bfloat16).float()
+    for i in range(cfg["num_hidden_layers"]):
+        p, s = f"model.layers.{i}.", f"transformer.encoder.layers.{i}."
+        mixed = (x @ packed[s + "self_attention.query_key_value.weight"].float().T
+                 + packed[s + "self_attention.query_key_value.bias"].float())
+        q, k, v = mixed.split([nh * d, nkv * d, nkv * d], dim=-1)
+        for got, n in [(q, "q"), (k, "k"), (v, "v")]:
+            want = x @ w[p + f"self_attn.{n}_proj.weight"].float().T + w[p + f"self_attn.{n}_proj.bias"].float()
+            assert torch.equal(got, want), (i, n)
+    import transformers.models.glm.modeling_glm as mg
+    q = torch.randn(1, nh, 5, d, generator=torch.Generator().manual_seed(1))
+    pos = torch.arange(5)[None]
+    cos, sin = model.model.rotary_emb(q, pos)
+    got, _ = mg.apply_rotary_pos_emb(q, q, cos, sin)
+    want = chatglm_rope(q[0].transpose(0, 1), d // 2, cfg["rope_theta"]).transpose(0, 1)[None]
+    assert (got - want).abs().max() < 1e-5, (got - want).abs().max()
+    assert (want - q).abs().max() > 0.1  # the rotation is not the identity at positions > 0
 
 
 def normhead(model):
@@ -177,6 +300,39 @@ VARIANTS = {
         "with the same values and lm_head = F.normalize(head) in float32"),
 }
 
+VARIANTS["qwen"] = (
+    13000, {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "num_key_value_heads": 4,
+            "rms_norm_eps": 1e-06, "use_sliding_window": False, "attention_dropout": 0.0},
+    {"architectures": ["QWenLMHeadModel"], "model_type": "qwen",
+     "auto_map": {"AutoConfig": "configuration_qwen.QWenConfig",
+                  "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"},
+     "kv_channels": 16, "layer_norm_epsilon": 1e-06, "rotary_emb_base": 10000, "rotary_pct": 1.0,
+     "no_bias": True, "seq_length": 256, "use_dynamic_ntk": True, "use_logn_attn": True, "scale_attn_weights": True,
+     "attn_dropout_prob": 0.0, "emb_dropout_prob": 0.0, "bf16": False, "fp16": False, "fp32": False,
+     "use_flash_attn": "auto", "tokenizer_class": "QWenTokenizer"},
+    qwen_pack, qwen_check, None,
+    "QWenLMHeadModel (remote code): c_attn = q, k, v rows with biases, c_proj, w2 = gate and w1 = up "
+    "(intermediate_size 256 = twice the real 128), ln_1/ln_2, wte/ln_f; use_dynamic_ntk and use_logn_attn on, "
+    "which change nothing up to seq_length; reference: Qwen2ForCausalLM (q/k/v biases, no o bias) with the same "
+    "values and as many KV heads as heads")
+VARIANTS["chatglm"] = (
+    14000, {"architectures": ["GlmForCausalLM"], "model_type": "glm", "head_dim": 16, "partial_rotary_factor": 0.5,
+            "attention_bias": True, "rope_theta": 20000.0, "pad_token_id": 0, "attention_dropout": 0.0},
+    {"architectures": ["ChatGLMModel"], "model_type": "chatglm",
+     "auto_map": {"AutoConfig": "configuration_chatglm.ChatGLMConfig",
+                  "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+                  "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration"},
+     "add_bias_linear": False, "add_qkv_bias": True, "apply_query_key_layer_scaling": True,
+     "apply_residual_connection_post_layernorm": False, "attention_dropout": 0.0, "attention_softmax_in_fp32": True,
+     "bias_dropout_fusion": True, "fp32_residual_connection": False, "hidden_dropout": 0.0,
+     "multi_query_attention": True, "original_rope": True, "post_layer_norm": True, "rmsnorm": True,
+     "rope_ratio": 2.0, "pad_token_id": 0},
+    chatglm_pack, chatglm_check, None,
+    "ChatGLMModel (chatglm3-6b / glm-4-9b-chat remote code): query_key_value = q, k, v rows with biases, 4 heads in "
+    "2 multi-query groups, rotary on half of each head in interleaved pairs, base 10000 x rope_ratio 2, "
+    "dense_h_to_4h = gate then up; reference: transformers' GlmForCausalLM (the port of glm-4-9b-chat: same "
+    "interleaved partial rotary, checked against the transcribed ChatGLM rotary) with the same values")
+
 SHAPE_KEYS = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta",
               "tie_word_embeddings", "bos_token_id", "eos_token_id", "initializer_range", "use_cache",
@@ -187,6 +343,19 @@ def family_config(llama_cfg, fam):
     cfg = {k: llama_cfg[k] for k in SHAPE_KEYS}
     if fam["model_type"] == "baichuan":  # Baichuan configs have neither key; base 10000 is in the code
         del cfg["num_key_value_heads"], cfg["rope_theta"]
+    if fam["model_type"] == "qwen":  # QWenConfig's keys; the MLP matrices have intermediate_size / 2 rows
+        cfg["intermediate_size"] *= 2
+        cfg["layer_norm_epsilon"] = cfg.pop("rms_norm_eps")
+        for k in ["num_key_value_heads", "rope_theta", "hidden_act"]:
+            del cfg[k]
+    if fam["model_type"] == "chatglm":  # ChatGLMConfig's keys
+        for a, b in [("num_hidden_layers", "num_layers"), ("vocab_size", "padded_vocab_size"),
+                     ("intermediate_size", "ffn_hidden_size"), ("rms_norm_eps", "layernorm_epsilon"),
+                     ("num_key_value_heads", "multi_query_group_num"), ("max_position_embeddings", "seq_length")]:
+            cfg[b] = cfg.pop(a)
+        cfg["kv_channels"] = llama_cfg["head_dim"]
+        for k in ["rope_theta", "hidden_act", "initializer_range"]:
+            del cfg[k]
     cfg.update(fam)
     cfg["transformers_version"] = transformers.__version__
     return cfg
@@ -215,7 +384,10 @@ def main():
         with tempfile.TemporaryDirectory() as ref:
             for attempt in range(tiny.MAX_SEED_TRIES):
                 seed = base_seed + attempt
-                weights = tiny.make_weights(llama_cfg, seed)
+                if llama_cfg["model_type"] == "glm":  # Qwen2's shapes (q/k/v biases), gate_up fused as Glm's
+                    weights = glm_reference(tiny.make_weights({**llama_cfg, "model_type": "qwen2"}, seed), llama_cfg)
+                else:
+                    weights = tiny.make_weights(llama_cfg, seed)
                 tiny.write_folder(ref, llama_cfg, weights)
                 model, logits, emb, layers, new, margins = run_reference(ref, weights, llama_cfg, name, after_load)
                 top2 = torch.topk(logits, 2, dim=-1).values
@@ -230,7 +402,7 @@ def main():
             norms = weights["lm_head.weight"].float().norm(dim=-1)
             assert float((norms - 1).abs().min()) > 0.1, norms
         packed = pack(weights, llama_cfg)
-        check(packed, weights, llama_cfg)
+        check(packed, weights, llama_cfg, model)
         assert sum(t.numel() for t in packed.values()) == sum(t.numel() for t in weights.values())
         folder = os.path.join(OUT, name)
         os.makedirs(folder, exist_ok=True)

@@ -1217,12 +1217,12 @@ fn convert_tensor(
                 row.iter_mut().for_each(|v| *v *= scale);
             }
         }
-        Derive::Whole | Derive::Rows { .. } => {}
+        Derive::Whole | Derive::Rows { .. } | Derive::PairsToHalves { .. } => {}
     };
     let data = shard.data(info);
     // A vector split from a fused one (a fused projection's bias) is small:
     // read whole, its elements picked as the rows of `Derive::Rows`.
-    let split_vector = spec.shape.len() == 1 && matches!(pt.derive, Derive::Rows { .. });
+    let split_vector = spec.shape.len() == 1 && pt.derive.source_rows().is_some();
     if rows == 0 || cols == 0 || spec.shape.is_empty() || split_vector {
         let mut f = vec![0f32; data.len() / dtype.size()];
         convert_slice(dtype, data, &mut f);

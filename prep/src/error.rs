@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 /// The architecture classes `prep` converts, as they appear in `config.json`.
-pub const SUPPORTED_CLASSES: [&str; 8] = [
+pub const SUPPORTED_CLASSES: [&str; 11] = [
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
@@ -13,6 +13,9 @@ pub const SUPPORTED_CLASSES: [&str; 8] = [
     "Phi3ForCausalLM",
     "InternLM2ForCausalLM",
     "BaichuanForCausalLM",
+    "QWenLMHeadModel",
+    "ChatGLMModel",
+    "ChatGLMForConditionalGeneration",
 ];
 
 /// Any error of a conversion.

@@ -88,12 +88,38 @@ pub enum Derive {
     /// `1 + w` (Gemma's RMSNorm weights, stored so that the norm is the
     /// plain `x / rms × w'` of SPEC.md §5.2).
     PlusOne,
+    /// Rows `first..` of a fused source tensor of `source_rows` rows, by
+    /// heads of `head_dim` rows whose first `rotary_dim` rows rotate in
+    /// interleaved pairs (ChatGLM): stored as rotate-half order, so stored
+    /// row `j < rotary_dim / 2` of a head is its source row `2j` and row
+    /// `rotary_dim / 2 + j` is `2j + 1`; the other rows keep their place.
+    /// Permuting q and k alike leaves every attention score unchanged.
+    PairsToHalves {
+        /// First source row.
+        first: u64,
+        /// Rows of the whole source tensor.
+        source_rows: u64,
+        /// Rows per head.
+        head_dim: u64,
+        /// Rotating rows at the start of each head.
+        rotary_dim: u64,
+    },
     /// Each row divided by its L2 norm (Baichuan 2's `NormHead`, which
     /// transformers normalizes at inference as `F.normalize(w)`).
     UnitRows,
 }
 
 impl Derive {
+    /// Rows of the fused source tensor, for the derivations that split one.
+    pub fn source_rows(self) -> Option<u64> {
+        match self {
+            Derive::Rows { source_rows, .. } | Derive::PairsToHalves { source_rows, .. } => {
+                Some(source_rows)
+            }
+            Derive::Whole | Derive::PlusOne | Derive::UnitRows => None,
+        }
+    }
+
     /// Stored rows `first..first + rows` of a fused source tensor of
     /// `source_rows` rows, as one block.
     pub fn rows(first: u64, rows: u64, source_rows: u64) -> Derive {
@@ -121,7 +147,7 @@ impl PlannedTensor {
     /// The shape the source tensor must have.
     pub fn source_shape(&self) -> Vec<u64> {
         let mut shape = self.spec.shape.clone();
-        if let (Derive::Rows { source_rows, .. }, Some(rows)) = (self.derive, shape.first_mut()) {
+        if let (Some(source_rows), Some(rows)) = (self.derive.source_rows(), shape.first_mut()) {
             *rows = source_rows;
         }
         shape
@@ -138,6 +164,23 @@ impl PlannedTensor {
                 stride,
                 ..
             } if block > 0 => (first + r / block * stride + r % block, block - r % block),
+            Derive::PairsToHalves {
+                first,
+                head_dim,
+                rotary_dim,
+                ..
+            } if head_dim > 0 => {
+                let (head, j) = (r / head_dim, r % head_dim);
+                let half = rotary_dim / 2;
+                let base = first + head * head_dim;
+                if j < half {
+                    (base + 2 * j, 1)
+                } else if j < rotary_dim {
+                    (base + 2 * (j - half) + 1, 1)
+                } else {
+                    (base + j, head_dim - j)
+                }
+            }
             _ => (r, rows.saturating_sub(r)),
         }
     }
@@ -145,9 +188,10 @@ impl PlannedTensor {
     /// Bytes this tensor reads from a source tensor of `source_len` bytes.
     pub fn source_bytes(&self, source_len: u64) -> u64 {
         match (self.derive, self.spec.shape.first()) {
-            (Derive::Rows { source_rows, .. }, Some(&rows)) if source_rows > 0 => {
-                source_len / source_rows * rows
-            }
+            (
+                Derive::Rows { source_rows, .. } | Derive::PairsToHalves { source_rows, .. },
+                Some(&rows),
+            ) if source_rows > 0 => source_len / source_rows * rows,
             _ => source_len,
         }
     }
@@ -171,6 +215,15 @@ enum Layout {
     /// Baichuan 2 (remote code): Llama's names but `self_attn.W_pack` (q, k,
     /// v rows in turn) and a `NormHead` whose rows are unit-normalized.
     Baichuan,
+    /// Qwen (v1, remote code): `transformer.h.N.`, `ln_1`/`ln_2`, `attn.c_attn`
+    /// (q, k, v rows and biases in turn), `attn.c_proj`, `mlp.w2`/`mlp.w1`/
+    /// `mlp.c_proj` (gate, up, down), `transformer.wte`/`transformer.ln_f`.
+    Qwen,
+    /// ChatGLM 3 / GLM-4 (remote code): `transformer.encoder.layers.N.`,
+    /// `self_attention.query_key_value` (q, k, v rows and biases; q and k
+    /// rotate in interleaved pairs), `self_attention.dense`,
+    /// `mlp.dense_h_to_4h` (gate rows, then up), `mlp.dense_4h_to_h`.
+    ChatGlm,
 }
 
 impl Layout {
@@ -180,6 +233,8 @@ impl Layout {
             "Phi3ForCausalLM" => Layout::Phi3,
             "InternLM2ForCausalLM" => Layout::InternLm2,
             "BaichuanForCausalLM" => Layout::Baichuan,
+            "QWenLMHeadModel" => Layout::Qwen,
+            "ChatGLMModel" | "ChatGLMForConditionalGeneration" => Layout::ChatGlm,
             _ => Layout::Llama,
         }
     }
@@ -189,7 +244,34 @@ impl Layout {
     /// fused) the gate, up and down projections.
     fn names(self) -> LayoutNames {
         match self {
+            Layout::Qwen => LayoutNames {
+                layer: "transformer.h.",
+                embed: "transformer.wte.weight",
+                final_norm: "transformer.ln_f.weight",
+                head: "lm_head.weight",
+                attn_norm: "ln_1.weight",
+                attn_o: "attn.c_proj.weight",
+                mlp_norm: "ln_2.weight",
+                gate: "mlp.w2.weight",
+                up: "mlp.w1.weight",
+                down: "mlp.c_proj.weight",
+            },
+            Layout::ChatGlm => LayoutNames {
+                layer: "transformer.encoder.layers.",
+                embed: "transformer.embedding.word_embeddings.weight",
+                final_norm: "transformer.encoder.final_layernorm.weight",
+                head: "transformer.output_layer.weight",
+                attn_norm: "input_layernorm.weight",
+                attn_o: "self_attention.dense.weight",
+                mlp_norm: "post_attention_layernorm.weight",
+                // Gate and up are fused in `mlp.dense_h_to_4h` (see `plan`).
+                gate: "",
+                up: "",
+                down: "mlp.dense_4h_to_h.weight",
+            },
             Layout::InternLm2 => LayoutNames {
+                layer: "model.layers.",
+                final_norm: "model.norm.weight",
                 embed: "model.tok_embeddings.weight",
                 head: "output.weight",
                 attn_norm: "attention_norm.weight",
@@ -200,6 +282,8 @@ impl Layout {
                 down: "feed_forward.w2.weight",
             },
             _ => LayoutNames {
+                layer: "model.layers.",
+                final_norm: "model.norm.weight",
                 embed: "model.embed_tokens.weight",
                 head: "lm_head.weight",
                 attn_norm: "input_layernorm.weight",
@@ -215,6 +299,9 @@ impl Layout {
 
 /// Source tensor names that differ between layouts (see [`Layout::names`]).
 struct LayoutNames {
+    /// Layer `i`'s tensors are named `{layer}{i}.…`.
+    layer: &'static str,
+    final_norm: &'static str,
     embed: &'static str,
     head: &'static str,
     attn_norm: &'static str,
@@ -296,106 +383,76 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
         }],
     });
     for i in 0..arch.num_layers {
-        let p = format!("model.layers.{i}.");
+        let p = format!("{}{i}.", src.layer);
         // (name, dtype, shape, source name, derivation)
         let mut t: Vec<(&str, DType, Vec<u64>, &str, Derive)> =
             vec![(names::ATTN_NORM, f32_, vec![h], src.attn_norm, norm)];
+        // q, k and v: (weight source, bias source, derivation) each.
         let source_rows = attn_out + 2 * kv_out;
-        if let Some(qkv) = match layout {
-            Layout::Phi3 => Some("self_attn.qkv_proj.weight"),
-            Layout::Baichuan => Some("self_attn.W_pack.weight"),
-            _ => None,
-        } {
-            let rows = |first, rows| Derive::rows(first, rows, source_rows);
-            t.push((
-                names::ATTN_Q,
-                lin,
-                vec![attn_out, h],
-                qkv,
-                rows(0, attn_out),
-            ));
-            t.push((
-                names::ATTN_K,
-                lin,
-                vec![kv_out, h],
-                qkv,
-                rows(attn_out, kv_out),
-            ));
-            t.push((
-                names::ATTN_V,
-                lin,
-                vec![kv_out, h],
-                qkv,
-                rows(attn_out + kv_out, kv_out),
-            ));
-        } else if layout == Layout::InternLm2 {
-            // Per KV group: its query heads, then its key head, then its
-            // value head (`b q (h gs d) -> b q h gs d` in modeling_internlm2).
-            let d = arch.head_dim;
-            let q_rows = attn_out / arch.num_kv_heads;
-            let stride = q_rows + 2 * d;
-            let group = |first, block| Derive::Rows {
-                first,
-                source_rows,
-                block,
-                stride,
-            };
-            let qkv = "attention.wqkv.weight";
-            t.push((names::ATTN_Q, lin, vec![attn_out, h], qkv, group(0, q_rows)));
-            t.push((names::ATTN_K, lin, vec![kv_out, h], qkv, group(q_rows, d)));
-            t.push((
-                names::ATTN_V,
-                lin,
-                vec![kv_out, h],
-                qkv,
-                group(q_rows + d, d),
-            ));
-        } else {
-            t.push((
-                names::ATTN_Q,
-                lin,
-                vec![attn_out, h],
-                "self_attn.q_proj.weight",
-                whole,
-            ));
-            t.push((
-                names::ATTN_K,
-                lin,
-                vec![kv_out, h],
-                "self_attn.k_proj.weight",
-                whole,
-            ));
-            t.push((
-                names::ATTN_V,
-                lin,
-                vec![kv_out, h],
-                "self_attn.v_proj.weight",
-                whole,
-            ));
-        }
+        let qkv: [(&str, &str, Derive); 3] = match layout {
+            Layout::Phi3 | Layout::Baichuan | Layout::Qwen | Layout::ChatGlm => {
+                let (w, b) = match layout {
+                    Layout::Phi3 => ("self_attn.qkv_proj.weight", "self_attn.qkv_proj.bias"),
+                    Layout::Baichuan => ("self_attn.W_pack.weight", "self_attn.W_pack.bias"),
+                    Layout::Qwen => ("attn.c_attn.weight", "attn.c_attn.bias"),
+                    _ => (
+                        "self_attention.query_key_value.weight",
+                        "self_attention.query_key_value.bias",
+                    ),
+                };
+                let rows = |first, rows| {
+                    if layout == Layout::ChatGlm && first < attn_out + kv_out {
+                        // q and k rotate in interleaved pairs: stored as halves.
+                        Derive::PairsToHalves {
+                            first,
+                            source_rows,
+                            head_dim: arch.head_dim,
+                            rotary_dim: arch.rope.rotary_dim,
+                        }
+                    } else {
+                        Derive::rows(first, rows, source_rows)
+                    }
+                };
+                [
+                    (w, b, rows(0, attn_out)),
+                    (w, b, rows(attn_out, kv_out)),
+                    (w, b, rows(attn_out + kv_out, kv_out)),
+                ]
+            }
+            Layout::InternLm2 => {
+                // Per KV group: its query heads, then its key head, then its
+                // value head (`b q (h gs d) -> b q h gs d` in modeling_internlm2).
+                let d = arch.head_dim;
+                let q_rows = attn_out / arch.num_kv_heads;
+                let stride = q_rows + 2 * d;
+                let group = |first, block| Derive::Rows {
+                    first,
+                    source_rows,
+                    block,
+                    stride,
+                };
+                let (w, b) = ("attention.wqkv.weight", "attention.wqkv.bias");
+                [
+                    (w, b, group(0, q_rows)),
+                    (w, b, group(q_rows, d)),
+                    (w, b, group(q_rows + d, d)),
+                ]
+            }
+            Layout::Llama | Layout::Gemma2 => [
+                ("self_attn.q_proj.weight", "self_attn.q_proj.bias", whole),
+                ("self_attn.k_proj.weight", "self_attn.k_proj.bias", whole),
+                ("self_attn.v_proj.weight", "self_attn.v_proj.bias", whole),
+            ],
+        };
+        let [(qw, qb, qd), (kw, kb, kd), (vw, vb, vd)] = qkv;
+        t.push((names::ATTN_Q, lin, vec![attn_out, h], qw, qd));
+        t.push((names::ATTN_K, lin, vec![kv_out, h], kw, kd));
+        t.push((names::ATTN_V, lin, vec![kv_out, h], vw, vd));
         t.push((names::ATTN_O, lin, vec![h, attn_out], src.attn_o, whole));
         if arch.attention_bias {
-            t.push((
-                names::ATTN_Q_BIAS,
-                f32_,
-                vec![attn_out],
-                "self_attn.q_proj.bias",
-                whole,
-            ));
-            t.push((
-                names::ATTN_K_BIAS,
-                f32_,
-                vec![kv_out],
-                "self_attn.k_proj.bias",
-                whole,
-            ));
-            t.push((
-                names::ATTN_V_BIAS,
-                f32_,
-                vec![kv_out],
-                "self_attn.v_proj.bias",
-                whole,
-            ));
+            t.push((names::ATTN_Q_BIAS, f32_, vec![attn_out], qb, qd));
+            t.push((names::ATTN_K_BIAS, f32_, vec![kv_out], kb, kd));
+            t.push((names::ATTN_V_BIAS, f32_, vec![kv_out], vb, vd));
         }
         if arch.attention_out_bias {
             t.push((
@@ -437,8 +494,11 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
             src.mlp_norm
         };
         t.push((names::MLP_NORM, f32_, vec![h], mlp_norm_source, norm));
-        if layout == Layout::Phi3 {
-            let gate_up = "mlp.gate_up_proj.weight";
+        if let Some(gate_up) = match layout {
+            Layout::Phi3 => Some("mlp.gate_up_proj.weight"),
+            Layout::ChatGlm => Some("mlp.dense_h_to_4h.weight"),
+            _ => None,
+        } {
             let rows = |first| Derive::rows(first, inter, 2 * inter);
             t.push((names::MLP_GATE, lin, vec![inter, h], gate_up, rows(0)));
             t.push((names::MLP_UP, lin, vec![inter, h], gate_up, rows(inter)));
@@ -483,7 +543,7 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
     }
     let mut head = vec![PlannedTensor {
         spec: q.spec(names::FINAL_NORM, f32_, vec![h]),
-        source: "model.norm.weight".into(),
+        source: src.final_norm.into(),
         derive: norm,
     }];
     if !arch.tie_word_embeddings {
@@ -523,6 +583,7 @@ pub struct Classifier {
     used: HashMap<String, Vec<(usize, usize)>>,
     tied: bool,
     head: &'static str,
+    layer_prefix: &'static str,
     layers: u64,
 }
 
@@ -539,6 +600,7 @@ impl Classifier {
             used,
             tied: arch.tie_word_embeddings,
             head: Layout::of(arch).names().head,
+            layer_prefix: Layout::of(arch).names().layer,
             layers: arch.num_layers,
         }
     }
@@ -548,13 +610,13 @@ impl Classifier {
         if let Some(targets) = self.used.get(name) {
             return Class::Used(targets.clone());
         }
-        if name.ends_with("rotary_emb.inv_freq") {
+        if name.ends_with("rotary_emb.inv_freq") || name.ends_with("rotary_pos_emb.inv_freq") {
             return Class::Ignored("rotary inverse frequencies are recomputed from the config");
         }
         if name == self.head && self.tied {
             return Class::Ignored("the config ties the head to the embeddings");
         }
-        if let Some(rest) = name.strip_prefix("model.layers.") {
+        if let Some(rest) = name.strip_prefix(self.layer_prefix) {
             let idx = rest.split('.').next().and_then(|i| i.parse::<u64>().ok());
             return Class::Unexpected(match idx {
                 Some(i) if i >= self.layers => format!(
@@ -803,6 +865,66 @@ pub(crate) mod tests {
             ("lm_head.weight", Derive::UnitRows)
         );
         assert_eq!(s[0].tensors[0].derive, Derive::Whole);
+    }
+
+    #[test]
+    fn chatglm_q_and_k_rows_go_from_pairs_to_halves() {
+        let mut a = tiny_arch();
+        a.source_class = "ChatGLMModel".into();
+        a.attention_bias = true;
+        a.rope.rotary_dim = 8;
+        let s = plan(&a, &NF4);
+        let find = |name: &str| s[2].tensors.iter().find(|t| t.spec.name == name).unwrap();
+        let (q, k, v) = (find("attn.q"), find("attn.k"), find("attn.v"));
+        assert_eq!(
+            q.source,
+            "transformer.encoder.layers.1.self_attention.query_key_value.weight"
+        );
+        assert_eq!(q.source_shape(), vec![112, 80]);
+        // Head 0: rows 0..4 are source 0, 2, 4, 6; rows 4..8 are 1, 3, 5, 7; 8.. in place.
+        let rows: Vec<u64> = (0..9).map(|r| q.source_rows_at(r).0).collect();
+        assert_eq!(rows, [0, 2, 4, 6, 1, 3, 5, 7, 8]);
+        assert_eq!(q.source_rows_at(8), (8, 8));
+        assert_eq!(q.source_rows_at(17), (18, 1));
+        assert_eq!(k.source_rows_at(5), (83, 1));
+        assert_eq!(v.source_rows_at(0), (96, 16));
+        let kb = find("attn.k.bias");
+        assert_eq!(
+            (kb.source_rows_at(4), kb.source_shape()),
+            ((81, 1), vec![112])
+        );
+        assert_eq!(find("mlp.up").source_rows_at(0), (128, 128));
+        assert_eq!(s[3].tensors[1].source, "transformer.output_layer.weight");
+        let c = Classifier::new(&s, &a);
+        assert!(matches!(
+            c.classify("transformer.rotary_pos_emb.inv_freq"),
+            Class::Ignored(_)
+        ));
+        match c.classify("transformer.encoder.layers.9.mlp.dense_4h_to_h.weight") {
+            Class::Unexpected(r) => assert!(r.contains("beyond"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn qwen_names_and_fused_bias() {
+        let mut a = tiny_arch();
+        a.source_class = "QWenLMHeadModel".into();
+        a.attention_bias = true;
+        a.num_kv_heads = 5;
+        let s = plan(&a, &NF4);
+        let find = |name: &str| s[1].tensors.iter().find(|t| t.spec.name == name).unwrap();
+        let vb = find("attn.v.bias");
+        assert_eq!(vb.source, "transformer.h.0.attn.c_attn.bias");
+        assert_eq!(
+            (vb.source_rows_at(0), vb.source_shape()),
+            ((160, 80), vec![240])
+        );
+        assert_eq!(find("mlp.gate").source, "transformer.h.0.mlp.w2.weight");
+        assert_eq!(find("mlp.up").source, "transformer.h.0.mlp.w1.weight");
+        assert_eq!(find("mlp.down").source, "transformer.h.0.mlp.c_proj.weight");
+        assert_eq!(s[0].tensors[0].source, "transformer.wte.weight");
+        assert_eq!(s[3].tensors[0].source, "transformer.ln_f.weight");
     }
 
     #[test]
