@@ -117,6 +117,12 @@ pub struct Architecture {
     /// Multiplier of the embeddings before the first layer; `None` means 1.
     #[serde(default)]
     pub embedding_multiplier: Option<f64>,
+    /// Positions this description holds for: past it the source model's
+    /// maths change in ways the container does not describe (dynamic NTK
+    /// RoPE, log-n query scaling), so a runner refuses a longer context.
+    /// `None` means no such limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_context: Option<u64>,
 }
 
 /// Rotary position embedding settings.
@@ -469,6 +475,9 @@ impl Manifest {
                     ));
                 }
             }
+        }
+        if a.max_context == Some(0) {
+            return Err(bad(path, "architecture.max_context is 0".into()));
         }
         if a.sliding_window == Some(0) {
             return Err(bad(path, "architecture.sliding_window is 0".into()));

@@ -145,6 +145,7 @@ impl Shape {
                 final_logit_softcap: None,
                 attention_scale: None,
                 embedding_multiplier: None,
+                max_context: None,
             },
             quantization: Quantization {
                 weights: DType::Nf4,

@@ -123,6 +123,7 @@ fn tiny_container(dir: &Path) -> Manifest {
             final_logit_softcap: None,
             attention_scale: None,
             embedding_multiplier: None,
+            max_context: None,
         },
         quantization: Quantization {
             weights: DType::Nf4,

@@ -485,6 +485,7 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         final_logit_softcap: None,
         attention_scale: None,
         embedding_multiplier: None,
+        max_context: None,
     };
     if fam.gemma2 {
         if c.bool("use_bidirectional_attention")?.unwrap_or(false) {
@@ -511,13 +512,30 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         arch.embedding_multiplier = Some((hidden as f64).sqrt());
     }
     match fam.remote {
-        Remote::None | Remote::Qwen | Remote::ChatGlm => {}
+        Remote::None | Remote::ChatGlm => {}
+        Remote::Qwen => {
+            // translate_qwen made max_position_embeddings seq_length.
+            if qwen_extrapolates(&c)? {
+                arch.max_context = Some(arch.max_position_embeddings);
+            }
+        }
         Remote::InternLm2 => {
             if c.bool("bias")?.unwrap_or(true) {
                 return Err(c.err(
                     "InternLM2 `bias` is true (InternLM2Config's default when the key is absent): biases on `wqkv` and `wo` are not supported (published InternLM2 checkpoints set it to false)"
                         .into(),
                 ));
+            }
+            let scaling = c.object("rope_scaling")?;
+            let kind = match &scaling {
+                Some(s) => match s.str("type")? {
+                    Some(k) => Some(k),
+                    None => s.str("rope_type")?,
+                },
+                None => None,
+            };
+            if kind == Some("dynamic") {
+                arch.max_context = Some(max_pos);
             }
         }
         Remote::Baichuan => {
@@ -593,15 +611,19 @@ fn translate_qwen(c: &Cfg) -> Result<Map<String, Value>> {
             m.insert(to.into(), v.clone());
         }
     }
-    let extrapolates =
-        c.bool("use_dynamic_ntk")?.unwrap_or(true) || c.bool("use_logn_attn")?.unwrap_or(true);
-    if extrapolates {
+    if qwen_extrapolates(c)? {
         if let Some(seq) = c.u64("seq_length")? {
             let max = c.u64("max_position_embeddings")?.unwrap_or(seq);
             m.insert("max_position_embeddings".into(), seq.min(max).into());
         }
     }
     Ok(m)
+}
+
+/// Whether Qwen's `use_dynamic_ntk` or `use_logn_attn` (both default true)
+/// is on: they change the maths past `seq_length`.
+fn qwen_extrapolates(c: &Cfg) -> Result<bool> {
+    Ok(c.bool("use_dynamic_ntk")?.unwrap_or(true) || c.bool("use_logn_attn")?.unwrap_or(true))
 }
 
 /// ChatGLM's config (`ChatGLMConfig` of its `configuration_chatglm.py`) in
@@ -742,6 +764,10 @@ fn parse_rope(c: &Cfg, fam: &Family, head_dim: u64, max_pos: u64) -> Result<Rope
             };
             match kind {
                 "default" => None,
+                // InternLM2's dynamic NTK changes the base only for sequences
+                // longer than max_position_embeddings: within it, default RoPE,
+                // and the container says so (`max_context`, set by the caller).
+                "dynamic" if fam.remote == Remote::InternLm2 => None,
                 "linear" => Some(RopeScaling::Linear { factor: factor(s)? }),
                 "llama3" => Some(RopeScaling::Llama3 {
                     factor: factor(s)?,
@@ -1309,6 +1335,16 @@ mod tests {
         assert_eq!((a.rope.theta, a.max_position_embeddings), (1e6, 2048));
         assert_eq!(a.rope.scaling, Some(RopeScaling::Linear { factor: 2.0 }));
         assert!(!a.attention_bias && !a.attention_out_bias && !a.tie_word_embeddings);
+        assert_eq!(a.max_context, None);
+        let mut v = internlm2();
+        v["rope_scaling"] = json!({"type": "dynamic", "factor": 2.0});
+        v["max_position_embeddings"] = json!(32768);
+        let a = arch(v).unwrap();
+        assert_eq!((a.rope.scaling, a.max_context), (None, Some(32768)));
+        let mut v = internlm2();
+        v["architectures"] = json!(["LlamaForCausalLM"]);
+        v["rope_scaling"] = json!({"type": "dynamic", "factor": 2.0});
+        assert!(arch(v).unwrap_err().to_string().contains("\"dynamic\""));
         let mut v = internlm2();
         v.as_object_mut().unwrap().remove("bias");
         let e = arch(v).unwrap_err().to_string();
@@ -1358,11 +1394,15 @@ mod tests {
         );
         assert!(a.attention_bias && !a.attention_out_bias && !a.mlp_bias);
         // use_dynamic_ntk / use_logn_attn (default on) change the maths past seq_length.
-        assert_eq!(a.max_position_embeddings, 2048);
+        assert_eq!(
+            (a.max_position_embeddings, a.max_context),
+            (2048, Some(2048))
+        );
         let mut w = v.clone();
         w["use_dynamic_ntk"] = json!(false);
         w["use_logn_attn"] = json!(false);
-        assert_eq!(arch(w).unwrap().max_position_embeddings, 8192);
+        let a = arch(w).unwrap();
+        assert_eq!((a.max_position_embeddings, a.max_context), (8192, None));
         for (key, bad, msg) in [
             ("no_bias", json!(false), "no_bias"),
             ("kv_channels", json!(8), "kv_channels"),

@@ -667,6 +667,7 @@ pub(crate) mod tests {
             final_logit_softcap: None,
             attention_scale: None,
             embedding_multiplier: None,
+            max_context: None,
         }
     }
 

@@ -336,6 +336,23 @@ fn tiny_architectures_match_transformers() {
             let want = ids_of(&g["greedy"]["new_ids"]);
             let got = cached_greedy(&dir, &ids_of(&g["greedy"]["ids"]), want.len());
             assert_eq!(got, want, "{what}: KV-cached greedy");
+            // Qwen's dynamic NTK and log-n scaling act past seq_length (256):
+            // a longer context is refused, not silently computed without them.
+            if variant == "qwen" {
+                let over = run(&mut runner(
+                    &["logits", "--ids", "1,2", "--ctx", "257"],
+                    &dir,
+                ));
+                let err = String::from_utf8_lossy(&over.stderr);
+                assert!(
+                    !over.status.success() && err.contains("past 256 positions"),
+                    "{err}"
+                );
+                run_ok(&mut runner(
+                    &["logits", "--ids", "1,2", "--ctx", "256"],
+                    &dir,
+                ));
+            }
         }
     }
 }

@@ -175,6 +175,12 @@ impl Model {
             .encoded_weight(&bytes, FINAL_NORM)?
             .to_f32(&c.head.name, FINAL_NORM)?;
         let arch = c.manifest.architecture.clone();
+        if let Some(limit) = arch.max_context.filter(|&l| ctx as u64 > l) {
+            return Err(RunnerError::Unsupported(format!(
+                "a context of {ctx} positions: {} changes its maths past {limit} positions (dynamic NTK RoPE or log-n attention scaling), which the container does not describe; use --ctx {limit} or less",
+                arch.source_class
+            )));
+        }
         let mut m = Model {
             rope: RopeTables::new(&arch.rope),
             seqs: Vec::new(),
