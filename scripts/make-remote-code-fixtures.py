@@ -49,6 +49,11 @@ Per family, what the published modeling code does and how the repacking mirrors 
   F.normalize of the bf16 head stored in the Baichuan file; the stored head rows are not unit length (they
   are N(0, 0.2) like every tiny head), so a converter that forgot to normalize would be far off. The 7B layout
   is told from the 13B one (ALiBi instead of RoPE) by `max_position_embeddings`, which only 7B's config has.
+- Baichuan 2 13B (baichuan-inc/Baichuan2-13B-Chat, modeling_baichuan.py): the same tensors, no RoPE, and the
+  attention mask is ALiBi: _gen_alibi_mask adds slope_h * j (key position) to every score, slopes from
+  _get_interleave(n_heads); decoding with a cache takes the mask's last row. No transformers class computes
+  Llama with ALiBi, so the reference is LlamaForCausalLM with its rotary made the identity and its eager
+  attention replaced by that attention, transcribed (alibi_eager below); the rest of the model is transformers'.
 
 - Qwen (v1) (Qwen/Qwen-7B-Chat, modeling_qwen.py): QWenAttention does
       mixed_x_layer = self.c_attn(hidden_states);  query, key, value = mixed_x_layer.split(self.split_size, dim=2)
@@ -72,6 +77,7 @@ golden.json has the format of make-tiny-fixtures.py's, plus `reference` (the Lla
 
 import importlib.util
 import json
+import math
 import os
 import platform
 import sys
@@ -265,6 +271,47 @@ def chatglm_check(packed, w, cfg, model):
     assert (want - q).abs().max() > 0.1  # the rotation is not the identity at positions > 0
 
 
+def _get_interleave(n):
+    """modeling_baichuan.py (13B)'s ALiBi slopes, transcribed."""
+    def _get_interleave_power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        ratio = start
+        return [start * ratio**i for i in range(n)]
+
+    if math.log2(n).is_integer():
+        return _get_interleave_power_of_2(n)
+    closest_power_of_2 = 2 ** math.floor(math.log2(n))
+    return (_get_interleave_power_of_2(closest_power_of_2)
+            + _get_interleave(2 * closest_power_of_2)[0::2][: n - closest_power_of_2])
+
+
+def alibi_eager(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Baichuan 2 13B's attention (modeling_baichuan.py BaichuanAttention.forward with the mask of
+    BaichuanModel.get_alibi_mask / _gen_alibi_mask), transcribed: scores q.k / sqrt(d) plus the mask
+    future(-inf above the diagonal) + slope_h * j (key position j), the last q_len rows of it when decoding
+    with a cache, clamped at finfo.min, softmax in float32."""
+    from transformers.models.llama.modeling_llama import repeat_kv
+    k = repeat_kv(key, module.num_key_value_groups)
+    v = repeat_kv(value, module.num_key_value_groups)
+    attn = torch.matmul(query, k.transpose(2, 3)) * scaling
+    heads, q_len, kv_len = query.shape[1], query.shape[2], k.shape[2]
+    slopes = torch.Tensor(_get_interleave(heads))
+    alibi = slopes.unsqueeze(1).unsqueeze(1) * torch.arange(kv_len).unsqueeze(0).unsqueeze(0).expand(heads, -1, -1)
+    future = torch.triu(torch.full([kv_len, kv_len], float("-inf")), 1)
+    mask = (future.unsqueeze(0) + alibi)[:, -q_len:, :]
+    attn = torch.max(attn + mask.unsqueeze(0), torch.tensor(torch.finfo(attn.dtype).min))
+    attn = torch.nn.functional.softmax(attn, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(attn, v).transpose(1, 2).contiguous(), attn
+
+
+def baichuan13b(model):
+    """NormHead, and the Llama model's attention swapped for Baichuan 13B's: no RoPE, ALiBi scores."""
+    import transformers.models.llama.modeling_llama as ml
+    normhead(model)
+    ml.eager_attention_forward = alibi_eager
+    ml.apply_rotary_pos_emb = lambda q, k, cos, sin, *a, **kw: (q, k)
+
+
 def normhead(model):
     """Baichuan's NormHead in eval mode: lm_head rows divided by their L2 norm (float32, in memory)."""
     with torch.no_grad():
@@ -333,6 +380,15 @@ VARIANTS["chatglm"] = (
     "dense_h_to_4h = gate then up; reference: transformers' GlmForCausalLM (the port of glm-4-9b-chat: same "
     "interleaved partial rotary, checked against the transcribed ChatGLM rotary) with the same values")
 
+VARIANTS["baichuan2-13b"] = (
+    15000, {**LLAMA, "hidden_size": 80, "num_attention_heads": 5, "num_key_value_heads": 5},
+    {**VARIANTS["baichuan2"][2], "_strata_no_max_position": True},
+    baichuan_pack, baichuan_check, baichuan13b,
+    "BaichuanForCausalLM 13B layout (remote code): no max_position_embeddings (only model_max_length), ALiBi "
+    "instead of RoPE with 5 heads (slopes 2^-2, 2^-4, 2^-6, 2^-8, then 2^-1: the non-power-of-two interleave), "
+    "W_pack, NormHead; reference: LlamaForCausalLM with the same values, its rotary made the identity and its "
+    "eager attention replaced by Baichuan 13B's ALiBi attention transcribed (alibi_eager)")
+
 SHAPE_KEYS = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta",
               "tie_word_embeddings", "bos_token_id", "eos_token_id", "initializer_range", "use_cache",
@@ -357,6 +413,8 @@ def family_config(llama_cfg, fam):
         for k in ["rope_theta", "hidden_act", "initializer_range"]:
             del cfg[k]
     cfg.update(fam)
+    if cfg.pop("_strata_no_max_position", False):  # Baichuan 2 13B's config has only model_max_length
+        del cfg["max_position_embeddings"]
     cfg["transformers_version"] = transformers.__version__
     return cfg
 
@@ -380,6 +438,8 @@ def main():
     for name, (base_seed, overrides, fam, pack, check, after_load, desc) in VARIANTS.items():
         if ONLY is not None and name not in ONLY:
             continue
+        import transformers.models.llama.modeling_llama as ml
+        saved = (ml.eager_attention_forward, ml.apply_rotary_pos_emb)  # baichuan13b patches them
         llama_cfg = tiny.make_config(overrides)
         with tempfile.TemporaryDirectory() as ref:
             for attempt in range(tiny.MAX_SEED_TRIES):
@@ -398,7 +458,8 @@ def main():
                       file=sys.stderr)
             else:
                 raise SystemExit(f"{name}: no seed in {tiny.MAX_SEED_TRIES} tries gave clear margins")
-        if after_load is normhead:  # the head is not unit-length as stored, so the normalization matters
+        ml.eager_attention_forward, ml.apply_rotary_pos_emb = saved
+        if after_load in (normhead, baichuan13b):  # the head is not unit-length as stored: normalizing matters
             norms = weights["lm_head.weight"].float().norm(dim=-1)
             assert float((norms - 1).abs().min()) > 0.1, norms
         packed = pack(weights, llama_cfg)
@@ -427,11 +488,12 @@ def main():
             "greedy": {"ids": tiny.IDS[:tiny.N_PROMPT], "new_ids": new, "top1_minus_top2_logit": margins,
                        "stops_at_eos": False, "cached_equals_uncached": True},
             "reference": {
-                "kind": "weight-level equivalence: transformers LlamaForCausalLM on the same bf16 values, "
+                "kind": f"weight-level equivalence: transformers {llama_cfg['architectures'][0]} on the same bf16 values, "
                         "repacked into this family's layout (scripts/make-remote-code-fixtures.py says why it is "
                         "exact and checks the repacking against the family's modeling code)",
-                "llama_config": llama_cfg,
-                "normhead": after_load is normhead,
+                "reference_config": llama_cfg,
+                "normhead": after_load in (normhead, baichuan13b),
+                "alibi": after_load is baichuan13b,
             },
         }
         with open(os.path.join(folder, "golden.json"), "w") as f:

@@ -123,6 +123,11 @@ pub struct Architecture {
     /// `None` means no such limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_context: Option<u64>,
+    /// ALiBi position biases instead of RoPE (Baichuan 2 13B): head `h`'s
+    /// score for key `j` at query `i` gains `slope(h) × (j − i)`, with the
+    /// slopes of SPEC.md §5.2, and `rope` is not applied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub alibi: bool,
 }
 
 /// Rotary position embedding settings.

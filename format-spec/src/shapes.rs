@@ -146,6 +146,7 @@ impl Shape {
                 attention_scale: None,
                 embedding_multiplier: None,
                 max_context: None,
+                alibi: false,
             },
             quantization: Quantization {
                 weights: DType::Nf4,

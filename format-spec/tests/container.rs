@@ -124,6 +124,7 @@ fn tiny_container(dir: &Path) -> Manifest {
             attention_scale: None,
             embedding_multiplier: None,
             max_context: None,
+            alibi: false,
         },
         quantization: Quantization {
             weights: DType::Nf4,

@@ -486,6 +486,7 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         attention_scale: None,
         embedding_multiplier: None,
         max_context: None,
+        alibi: false,
     };
     if fam.gemma2 {
         if c.bool("use_bidirectional_attention")?.unwrap_or(false) {
@@ -540,13 +541,14 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         }
         Remote::Baichuan => {
             if c.get("max_position_embeddings").is_none() {
-                return Err(c.err(
-                    "Baichuan config without `max_position_embeddings`: this is the Baichuan 2 13B layout, whose modeling code uses ALiBi position biases instead of RoPE, and ALiBi is not supported (Baichuan 2 7B, with RoPE, is)"
-                        .into(),
-                ));
+                // The 13B layout: ALiBi position biases instead of RoPE.
+                arch.alibi = true;
+                arch.max_position_embeddings = c
+                    .u64("model_max_length")?
+                    .unwrap_or(fam.max_position_default);
             }
-            // modeling_baichuan.py builds RoPE with base 10000 and reads no
-            // rope keys: any in the config do not apply.
+            // modeling_baichuan.py (7B) builds RoPE with base 10000 and reads
+            // no rope keys: any in the config do not apply.
             arch.rope = Rope {
                 theta: DEFAULT_ROPE_THETA,
                 rotary_dim: head_dim,
@@ -1358,7 +1360,7 @@ mod tests {
     }
 
     #[test]
-    fn baichuan2_7b_rope_and_13b_alibi_refused() {
+    fn baichuan2_7b_rope_and_13b_alibi() {
         let a = arch(baichuan2()).unwrap();
         assert_eq!(
             (a.family.as_str(), a.num_kv_heads, a.head_dim),
@@ -1370,10 +1372,13 @@ mod tests {
         let mut v = baichuan2();
         v["rope_theta"] = json!(5e5);
         assert_eq!(arch(v).unwrap().rope.theta, 10000.0);
+        assert!(!a.alibi);
         let mut v = baichuan2();
         v.as_object_mut().unwrap().remove("max_position_embeddings");
-        let e = arch(v).unwrap_err().to_string();
-        assert!(e.contains("ALiBi") && e.contains("13B"), "{e}");
+        v["model_max_length"] = json!(512);
+        let a = arch(v).unwrap();
+        assert!(a.alibi);
+        assert_eq!(a.max_position_embeddings, 512);
     }
 
     #[test]

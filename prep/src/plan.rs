@@ -668,6 +668,7 @@ pub(crate) mod tests {
             attention_scale: None,
             embedding_multiplier: None,
             max_context: None,
+            alibi: false,
         }
     }
 

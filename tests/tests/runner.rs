@@ -274,6 +274,8 @@ fn tiny_architectures_match_transformers() {
         // values (weight-level equivalence, scripts/make-remote-code-fixtures.py).
         "internlm2",
         "baichuan2",
+        // Baichuan 2 13B: ALiBi, against Llama with Baichuan's attention transcribed.
+        "baichuan2-13b",
         // Qwen2ForCausalLM's goldens on Qwen (v1)'s layout; GlmForCausalLM's
         // on ChatGLM's (its interleaved half rotary is ChatGLM's).
         "qwen",

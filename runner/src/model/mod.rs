@@ -408,6 +408,7 @@ impl Model {
                 .map_or(1.0 / (hd as f32).sqrt(), |s| s as f32),
             window: window.map(|w| w as usize),
             softcap: a.attn_logit_softcap.map(|c| c as f32),
+            alibi: a.alibi,
         };
         let (qd, kd) = (heads * hd, kv_heads * hd);
         let mut att = vec![0f32; n * qd];
@@ -415,9 +416,11 @@ impl Model {
             let seq = &mut self.seqs[sp.seq];
             let qs = &mut q[sp.row * qd..(sp.row + sp.n) * qd];
             let ks = &mut k[sp.row * kd..(sp.row + sp.n) * kd];
-            let inv = self.rope.inv(seq.long_rope);
-            apply_rope(qs, heads, hd, seq.pos, inv, self.rope.scale);
-            apply_rope(ks, kv_heads, hd, seq.pos, inv, self.rope.scale);
+            if !a.alibi {
+                let inv = self.rope.inv(seq.long_rope);
+                apply_rope(qs, heads, hd, seq.pos, inv, self.rope.scale);
+                apply_rope(ks, kv_heads, hd, seq.pos, inv, self.rope.scale);
+            }
             let cache = &mut seq.cache[l];
             cache.k.extend_from_slice(ks);
             cache
