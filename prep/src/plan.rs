@@ -240,8 +240,8 @@ impl Layout {
     }
 
     /// Source names of the embeddings, the head and, within a layer, the
-    /// attention norm, output projection, feed-forward norm and (unless
-    /// fused) the gate, up and down projections.
+    /// attention norm, output projection, feed-forward norm and the gate,
+    /// up and down projections.
     fn names(self) -> LayoutNames {
         match self {
             Layout::Qwen => LayoutNames {
@@ -252,8 +252,10 @@ impl Layout {
                 attn_norm: "ln_1.weight",
                 attn_o: "attn.c_proj.weight",
                 mlp_norm: "ln_2.weight",
-                gate: "mlp.w2.weight",
-                up: "mlp.w1.weight",
+                gate_up: GateUp::Separate {
+                    gate: "mlp.w2.weight",
+                    up: "mlp.w1.weight",
+                },
                 down: "mlp.c_proj.weight",
             },
             Layout::ChatGlm => LayoutNames {
@@ -264,9 +266,7 @@ impl Layout {
                 attn_norm: "input_layernorm.weight",
                 attn_o: "self_attention.dense.weight",
                 mlp_norm: "post_attention_layernorm.weight",
-                // Gate and up are fused in `mlp.dense_h_to_4h` (see `plan`).
-                gate: "",
-                up: "",
+                gate_up: GateUp::Fused("mlp.dense_h_to_4h.weight"),
                 down: "mlp.dense_4h_to_h.weight",
             },
             Layout::InternLm2 => LayoutNames {
@@ -277,11 +277,17 @@ impl Layout {
                 attn_norm: "attention_norm.weight",
                 attn_o: "attention.wo.weight",
                 mlp_norm: "ffn_norm.weight",
-                gate: "feed_forward.w1.weight",
-                up: "feed_forward.w3.weight",
+                gate_up: GateUp::Separate {
+                    gate: "feed_forward.w1.weight",
+                    up: "feed_forward.w3.weight",
+                },
                 down: "feed_forward.w2.weight",
             },
-            _ => LayoutNames {
+            Layout::Phi3 => LayoutNames {
+                gate_up: GateUp::Fused("mlp.gate_up_proj.weight"),
+                ..Layout::Llama.names()
+            },
+            Layout::Llama | Layout::Gemma2 | Layout::Baichuan => LayoutNames {
                 layer: "model.layers.",
                 final_norm: "model.norm.weight",
                 embed: "model.embed_tokens.weight",
@@ -289,8 +295,10 @@ impl Layout {
                 attn_norm: "input_layernorm.weight",
                 attn_o: "self_attn.o_proj.weight",
                 mlp_norm: "post_attention_layernorm.weight",
-                gate: "mlp.gate_proj.weight",
-                up: "mlp.up_proj.weight",
+                gate_up: GateUp::Separate {
+                    gate: "mlp.gate_proj.weight",
+                    up: "mlp.up_proj.weight",
+                },
                 down: "mlp.down_proj.weight",
             },
         }
@@ -307,9 +315,19 @@ struct LayoutNames {
     attn_norm: &'static str,
     attn_o: &'static str,
     mlp_norm: &'static str,
-    gate: &'static str,
-    up: &'static str,
+    gate_up: GateUp,
     down: &'static str,
+}
+
+/// Where the feed-forward gate and up projections are.
+enum GateUp {
+    /// One tensor each.
+    Separate {
+        gate: &'static str,
+        up: &'static str,
+    },
+    /// One tensor: the gate's rows, then the up projection's.
+    Fused(&'static str),
 }
 
 /// One stage file of the container.
@@ -494,17 +512,16 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
             src.mlp_norm
         };
         t.push((names::MLP_NORM, f32_, vec![h], mlp_norm_source, norm));
-        if let Some(gate_up) = match layout {
-            Layout::Phi3 => Some("mlp.gate_up_proj.weight"),
-            Layout::ChatGlm => Some("mlp.dense_h_to_4h.weight"),
-            _ => None,
-        } {
-            let rows = |first| Derive::rows(first, inter, 2 * inter);
-            t.push((names::MLP_GATE, lin, vec![inter, h], gate_up, rows(0)));
-            t.push((names::MLP_UP, lin, vec![inter, h], gate_up, rows(inter)));
-        } else {
-            t.push((names::MLP_GATE, lin, vec![inter, h], src.gate, whole));
-            t.push((names::MLP_UP, lin, vec![inter, h], src.up, whole));
+        match src.gate_up {
+            GateUp::Fused(gate_up) => {
+                let rows = |first| Derive::rows(first, inter, 2 * inter);
+                t.push((names::MLP_GATE, lin, vec![inter, h], gate_up, rows(0)));
+                t.push((names::MLP_UP, lin, vec![inter, h], gate_up, rows(inter)));
+            }
+            GateUp::Separate { gate, up } => {
+                t.push((names::MLP_GATE, lin, vec![inter, h], gate, whole));
+                t.push((names::MLP_UP, lin, vec![inter, h], up, whole));
+            }
         }
         t.push((names::MLP_DOWN, lin, vec![h, inter], src.down, whole));
         if arch.mlp_bias {
