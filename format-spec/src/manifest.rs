@@ -117,6 +117,17 @@ pub struct Architecture {
     /// Multiplier of the embeddings before the first layer; `None` means 1.
     #[serde(default)]
     pub embedding_multiplier: Option<f64>,
+    /// Positions this description holds for: past it the source model's
+    /// maths change in ways the container does not describe (dynamic NTK
+    /// RoPE, log-n query scaling), so a runner refuses a longer context.
+    /// `None` means no such limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_context: Option<u64>,
+    /// ALiBi position biases instead of RoPE (Baichuan 2 13B): head `h`'s
+    /// score for key `j` at query `i` gains `slope(h) × (j − i)`, with the
+    /// slopes of SPEC.md §5.2, and `rope` is not applied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub alibi: bool,
 }
 
 /// Rotary position embedding settings.
@@ -469,6 +480,9 @@ impl Manifest {
                     ));
                 }
             }
+        }
+        if a.max_context == Some(0) {
+            return Err(bad(path, "architecture.max_context is 0".into()));
         }
         if a.sliding_window == Some(0) {
             return Err(bad(path, "architecture.sliding_window is 0".into()));

@@ -145,6 +145,8 @@ impl Shape {
                 final_logit_softcap: None,
                 attention_scale: None,
                 embedding_multiplier: None,
+                max_context: None,
+                alibi: false,
             },
             quantization: Quantization {
                 weights: DType::Nf4,

@@ -123,6 +123,8 @@ fn tiny_container(dir: &Path) -> Manifest {
             final_logit_softcap: None,
             attention_scale: None,
             embedding_multiplier: None,
+            max_context: None,
+            alibi: false,
         },
         quantization: Quantization {
             weights: DType::Nf4,

@@ -39,6 +39,24 @@ struct Family {
     /// Phi-3 keeps `original_max_position_embeddings` at the top level of
     /// its config, with this default, and it overrides the rope object's.
     original_max_default: Option<u64>,
+    /// Checks and settings of a family published as remote code.
+    remote: Remote,
+}
+
+/// Families whose modeling code ships with the checkpoint (`auto_map`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Remote {
+    None,
+    /// InternLM2: `bias` (default true) puts biases on `wqkv` and `wo`.
+    InternLm2,
+    /// Baichuan 2: RoPE (base 10000, no scaling keys) when the config has
+    /// `max_position_embeddings` (7B), ALiBi when it has only
+    /// `model_max_length` (13B).
+    Baichuan,
+    /// Qwen (v1): its own config keys (see [`translate_qwen`]).
+    Qwen,
+    /// ChatGLM 2 / 3 and GLM-4: their own config keys (see [`translate_chatglm`]).
+    ChatGlm,
 }
 
 /// How a class describes its sliding window.
@@ -73,9 +91,10 @@ const LLAMA: Family = Family {
     gemma2: false,
     longrope_aliases: &[],
     original_max_default: None,
+    remote: Remote::None,
 };
 
-const FAMILIES: [Family; 6] = [
+const FAMILIES: [Family; 11] = [
     LLAMA,
     Family {
         class: "MistralForCausalLM",
@@ -132,7 +151,52 @@ const FAMILIES: [Family; 6] = [
         original_max_default: Some(4096),
         ..LLAMA
     },
+    Family {
+        class: "InternLM2ForCausalLM",
+        family: "internlm2",
+        attention_bias_key: false,
+        mlp_bias_key: false,
+        remote: Remote::InternLm2,
+        ..LLAMA
+    },
+    Family {
+        class: "BaichuanForCausalLM",
+        family: "baichuan",
+        max_position_default: 4096,
+        attention_bias_key: false,
+        mlp_bias_key: false,
+        remote: Remote::Baichuan,
+        ..LLAMA
+    },
+    Family {
+        class: "QWenLMHeadModel",
+        family: "qwen",
+        max_position_default: 8192,
+        attention_bias_key: false,
+        qkv_bias: true,
+        mlp_bias_key: false,
+        remote: Remote::Qwen,
+        ..LLAMA
+    },
+    CHATGLM,
+    Family {
+        class: "ChatGLMForConditionalGeneration",
+        ..CHATGLM
+    },
 ];
+
+/// ChatGLM's checkpoints name `ChatGLMModel` (chatglm3-6b, glm-4-9b-chat) or
+/// `ChatGLMForConditionalGeneration`; both load the same weights.
+const CHATGLM: Family = Family {
+    class: "ChatGLMModel",
+    family: "chatglm",
+    max_position_default: 2048,
+    attention_bias_key: false,
+    qkv_bias: true,
+    mlp_bias_key: false,
+    remote: Remote::ChatGlm,
+    ..LLAMA
+};
 
 /// Upper bound on layer and head counts (the manifest's limit).
 const MAX_COUNT: u64 = 1 << 20;
@@ -140,6 +204,8 @@ const MAX_COUNT: u64 = 1 << 20;
 const MAX_WIDTH: u64 = 1 << 24;
 /// transformers' default RMSNorm epsilon for all supported classes.
 const DEFAULT_NORM_EPS: f64 = 1e-6;
+/// ChatGLMConfig's default `layernorm_epsilon`.
+const CHATGLM_NORM_EPS: f64 = 1e-5;
 /// transformers' default RoPE base for all supported classes.
 const DEFAULT_ROPE_THETA: f64 = 10000.0;
 /// transformers' default window of Mistral and Qwen configs.
@@ -308,6 +374,21 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         }
     };
     debug_assert!(SUPPORTED_CLASSES.contains(&fam.class));
+    let translated;
+    let c = match fam.remote {
+        Remote::Qwen | Remote::ChatGlm => {
+            translated = if fam.remote == Remote::Qwen {
+                translate_qwen(&c)?
+            } else {
+                translate_chatglm(&c)?
+            };
+            Cfg {
+                map: &translated,
+                path,
+            }
+        }
+        Remote::None | Remote::InternLm2 | Remote::Baichuan => c,
+    };
 
     let hidden = c.req_u64("hidden_size")?;
     let layers = c.req_u64("num_hidden_layers")?;
@@ -404,6 +485,8 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         final_logit_softcap: None,
         attention_scale: None,
         embedding_multiplier: None,
+        max_context: None,
+        alibi: false,
     };
     if fam.gemma2 {
         if c.bool("use_bidirectional_attention")?.unwrap_or(false) {
@@ -429,7 +512,197 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         // in float32 that is f32(sqrt(hidden)), which a runner gets from this f64.
         arch.embedding_multiplier = Some((hidden as f64).sqrt());
     }
+    match fam.remote {
+        Remote::None | Remote::ChatGlm => {}
+        Remote::Qwen => {
+            // translate_qwen made max_position_embeddings seq_length.
+            if qwen_extrapolates(&c)? {
+                arch.max_context = Some(arch.max_position_embeddings);
+            }
+        }
+        Remote::InternLm2 => {
+            if c.bool("bias")?.unwrap_or(true) {
+                return Err(c.err(
+                    "InternLM2 `bias` is true (InternLM2Config's default when the key is absent): biases on `wqkv` and `wo` are not supported (published InternLM2 checkpoints set it to false)"
+                        .into(),
+                ));
+            }
+            let scaling = c.object("rope_scaling")?;
+            let kind = match &scaling {
+                Some(s) => match s.str("type")? {
+                    Some(k) => Some(k),
+                    None => s.str("rope_type")?,
+                },
+                None => None,
+            };
+            if kind == Some("dynamic") {
+                arch.max_context = Some(max_pos);
+            }
+        }
+        Remote::Baichuan => {
+            if c.get("max_position_embeddings").is_none() {
+                // The 13B layout: ALiBi position biases instead of RoPE.
+                arch.alibi = true;
+                arch.max_position_embeddings = c
+                    .u64("model_max_length")?
+                    .unwrap_or(fam.max_position_default);
+            }
+            // modeling_baichuan.py (7B) builds RoPE with base 10000 and reads
+            // no rope keys: any in the config do not apply.
+            arch.rope = Rope {
+                theta: DEFAULT_ROPE_THETA,
+                rotary_dim: head_dim,
+                scaling: None,
+            };
+        }
+    }
     Ok(arch)
+}
+
+/// Qwen (v1)'s config (`QWenConfig` of its `configuration_qwen.py`) in the
+/// key names the rest of this module reads. Its MLP holds two matrices of
+/// `intermediate_size / 2` rows each, `c_attn` splits into q, k and v of
+/// `hidden_size` rows each (so `kv_channels × heads` must be `hidden_size`),
+/// and `c_attn` always has a bias while `no_bias` (default true) removes the
+/// others. `use_dynamic_ntk` and `use_logn_attn` (both default true) change
+/// RoPE and scale queries only for positions beyond `seq_length`, so that is
+/// the context this conversion describes (`max_position_embeddings`).
+fn translate_qwen(c: &Cfg) -> Result<Map<String, Value>> {
+    let mut m = c.map.clone();
+    let hidden = c.req_u64("hidden_size")?;
+    let heads = c.req_u64("num_attention_heads")?;
+    let inter = c.req_u64("intermediate_size")?;
+    if inter % 2 != 0 {
+        return Err(c.err(format!(
+            "Qwen `intermediate_size` {inter} must be even (its MLP matrices have intermediate_size / 2 rows)"
+        )));
+    }
+    if !c.bool("no_bias")?.unwrap_or(true) {
+        return Err(c.err(
+            "Qwen `no_bias` is false: biases on `c_proj` and the MLP are not supported (published Qwen checkpoints have none)"
+                .into(),
+        ));
+    }
+    if let Some(kv) = c.u64("kv_channels")? {
+        if kv.checked_mul(heads) != Some(hidden) {
+            return Err(c.err(format!(
+                "Qwen `kv_channels` {kv} × num_attention_heads {heads} is not hidden_size {hidden} (c_attn splits into hidden_size rows each)"
+            )));
+        }
+    }
+    for key in [
+        "rms_norm_eps",
+        "rope_theta",
+        "rope_scaling",
+        "rope_parameters",
+        "partial_rotary_factor",
+        "num_key_value_heads",
+        "head_dim",
+        "hidden_act",
+    ] {
+        m.remove(key);
+    }
+    m.insert("intermediate_size".into(), (inter / 2).into());
+    let renames = [
+        ("layer_norm_epsilon", "rms_norm_eps"),
+        ("rotary_emb_base", "rope_theta"),
+        ("rotary_pct", "partial_rotary_factor"),
+    ];
+    for (from, to) in renames {
+        if let Some(v) = c.get(from) {
+            m.insert(to.into(), v.clone());
+        }
+    }
+    if qwen_extrapolates(c)? {
+        if let Some(seq) = c.u64("seq_length")? {
+            let max = c.u64("max_position_embeddings")?.unwrap_or(seq);
+            m.insert("max_position_embeddings".into(), seq.min(max).into());
+        }
+    }
+    Ok(m)
+}
+
+/// Whether Qwen's `use_dynamic_ntk` or `use_logn_attn` (both default true)
+/// is on: they change the maths past `seq_length`.
+fn qwen_extrapolates(c: &Cfg) -> Result<bool> {
+    Ok(c.bool("use_dynamic_ntk")?.unwrap_or(true) || c.bool("use_logn_attn")?.unwrap_or(true))
+}
+
+/// ChatGLM's config (`ChatGLMConfig` of its `configuration_chatglm.py`) in
+/// the key names the rest of this module reads: `num_layers`,
+/// `padded_vocab_size`, `ffn_hidden_size`, `kv_channels` (head size),
+/// `multi_query_group_num` (KV heads, with `multi_query_attention`),
+/// `layernorm_epsilon`, `seq_length`, and RoPE base `10000 × rope_ratio` on
+/// half of each head (its `RotaryEmbedding(kv_channels // 2)`). The variants
+/// the published checkpoints do not use (LayerNorm, residual after the norm,
+/// no final norm, biases on other projections, no q/k/v biases) are refused.
+fn translate_chatglm(c: &Cfg) -> Result<Map<String, Value>> {
+    for (key, want, what) in [
+        ("rmsnorm", true, "LayerNorm instead of RMSNorm"),
+        (
+            "apply_residual_connection_post_layernorm",
+            false,
+            "the residual taken after the norm",
+        ),
+        ("post_layer_norm", true, "no final norm"),
+        ("add_bias_linear", false, "biases on every linear layer"),
+        ("add_qkv_bias", true, "no q/k/v biases"),
+    ] {
+        if c.bool(key)? != Some(want) {
+            return Err(c.err(format!(
+                "ChatGLM `{key}` is not {want} ({what}, or the key is missing): not supported"
+            )));
+        }
+    }
+    let heads = c.req_u64("num_attention_heads")?;
+    let mut m = c.map.clone();
+    for key in [
+        "num_hidden_layers",
+        "vocab_size",
+        "intermediate_size",
+        "rms_norm_eps",
+        "rope_theta",
+        "rope_scaling",
+        "rope_parameters",
+        "partial_rotary_factor",
+        "num_key_value_heads",
+        "head_dim",
+        "hidden_act",
+        "max_position_embeddings",
+    ] {
+        m.remove(key);
+    }
+    let renames = [
+        ("num_layers", "num_hidden_layers"),
+        ("padded_vocab_size", "vocab_size"),
+        ("ffn_hidden_size", "intermediate_size"),
+        ("layernorm_epsilon", "rms_norm_eps"),
+        ("kv_channels", "head_dim"),
+        ("seq_length", "max_position_embeddings"),
+    ];
+    for (from, to) in renames {
+        if let Some(v) = c.get(from) {
+            m.insert(to.into(), v.clone());
+        }
+    }
+    if !m.contains_key("rms_norm_eps") {
+        m.insert("rms_norm_eps".into(), CHATGLM_NORM_EPS.into());
+    }
+    let kv_heads = if c.bool("multi_query_attention")?.unwrap_or(false) {
+        c.req_u64("multi_query_group_num")?
+    } else {
+        heads
+    };
+    m.insert("num_key_value_heads".into(), kv_heads.into());
+    let ratio = c.f64("rope_ratio")?.unwrap_or(1.0);
+    if !(ratio.is_finite() && ratio > 0.0) {
+        return Err(c.err(format!(
+            "ChatGLM `rope_ratio` {ratio} must be finite and positive"
+        )));
+    }
+    m.insert("rope_theta".into(), (DEFAULT_ROPE_THETA * ratio).into());
+    m.insert("partial_rotary_factor".into(), 0.5.into());
+    Ok(m)
 }
 
 /// RoPE from the classic keys (`rope_theta`, `rope_scaling`) or from
@@ -493,6 +766,10 @@ fn parse_rope(c: &Cfg, fam: &Family, head_dim: u64, max_pos: u64) -> Result<Rope
             };
             match kind {
                 "default" => None,
+                // InternLM2's dynamic NTK changes the base only for sequences
+                // longer than max_position_embeddings: within it, default RoPE,
+                // and the container says so (`max_context`, set by the caller).
+                "dynamic" if fam.remote == Remote::InternLm2 => None,
                 "linear" => Some(RopeScaling::Linear { factor: factor(s)? }),
                 "llama3" => Some(RopeScaling::Llama3 {
                     factor: factor(s)?,
@@ -1041,6 +1318,147 @@ mod tests {
         v["rope_scaling"] = Value::Null;
         v.as_object_mut().unwrap().remove("sliding_window");
         assert_eq!(arch(v).unwrap().sliding_window, None);
+    }
+
+    fn internlm2() -> Value {
+        json!({"architectures": ["InternLM2ForCausalLM"], "auto_map": {}, "hidden_size": 64,
+               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "intermediate_size": 128, "vocab_size": 160, "bias": false, "rms_norm_eps": 1e-5,
+               "rope_theta": 1000000, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    }
+
+    #[test]
+    fn internlm2_keys_and_bias() {
+        let a = arch(internlm2()).unwrap();
+        assert_eq!(
+            (a.family.as_str(), a.head_dim, a.num_kv_heads),
+            ("internlm2", 16, 2)
+        );
+        assert_eq!((a.rope.theta, a.max_position_embeddings), (1e6, 2048));
+        assert_eq!(a.rope.scaling, Some(RopeScaling::Linear { factor: 2.0 }));
+        assert!(!a.attention_bias && !a.attention_out_bias && !a.tie_word_embeddings);
+        assert_eq!(a.max_context, None);
+        let mut v = internlm2();
+        v["rope_scaling"] = json!({"type": "dynamic", "factor": 2.0});
+        v["max_position_embeddings"] = json!(32768);
+        let a = arch(v).unwrap();
+        assert_eq!((a.rope.scaling, a.max_context), (None, Some(32768)));
+        let mut v = internlm2();
+        v["architectures"] = json!(["LlamaForCausalLM"]);
+        v["rope_scaling"] = json!({"type": "dynamic", "factor": 2.0});
+        assert!(arch(v).unwrap_err().to_string().contains("\"dynamic\""));
+        let mut v = internlm2();
+        v.as_object_mut().unwrap().remove("bias");
+        let e = arch(v).unwrap_err().to_string();
+        assert!(e.contains("`bias`") && e.contains("default"), "{e}");
+    }
+
+    fn baichuan2() -> Value {
+        json!({"architectures": ["BaichuanForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 160,
+               "max_position_embeddings": 4096, "model_max_length": 4096})
+    }
+
+    #[test]
+    fn baichuan2_7b_rope_and_13b_alibi() {
+        let a = arch(baichuan2()).unwrap();
+        assert_eq!(
+            (a.family.as_str(), a.num_kv_heads, a.head_dim),
+            ("baichuan", 4, 16)
+        );
+        assert_eq!((a.rope.theta, a.rope.rotary_dim), (10000.0, 16));
+        assert_eq!(a.rope.scaling, None);
+        // The modeling code reads no rope keys.
+        let mut v = baichuan2();
+        v["rope_theta"] = json!(5e5);
+        assert_eq!(arch(v).unwrap().rope.theta, 10000.0);
+        assert!(!a.alibi);
+        let mut v = baichuan2();
+        v.as_object_mut().unwrap().remove("max_position_embeddings");
+        v["model_max_length"] = json!(512);
+        let a = arch(v).unwrap();
+        assert!(a.alibi);
+        assert_eq!(a.max_position_embeddings, 512);
+    }
+
+    #[test]
+    fn qwen_keys_translated() {
+        let v = json!({"architectures": ["QWenLMHeadModel"], "hidden_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256,
+            "vocab_size": 160, "kv_channels": 16, "layer_norm_epsilon": 1e-6,
+            "rotary_emb_base": 50000, "rotary_pct": 1.0, "no_bias": true,
+            "max_position_embeddings": 8192, "seq_length": 2048});
+        let a = arch(v.clone()).unwrap();
+        assert_eq!(
+            (a.family.as_str(), a.intermediate_size, a.num_kv_heads),
+            ("qwen", 128, 4)
+        );
+        assert_eq!(
+            (a.norm_eps, a.rope.theta, a.rope.rotary_dim),
+            (1e-6, 5e4, 16)
+        );
+        assert!(a.attention_bias && !a.attention_out_bias && !a.mlp_bias);
+        // use_dynamic_ntk / use_logn_attn (default on) change the maths past seq_length.
+        assert_eq!(
+            (a.max_position_embeddings, a.max_context),
+            (2048, Some(2048))
+        );
+        let mut w = v.clone();
+        w["use_dynamic_ntk"] = json!(false);
+        w["use_logn_attn"] = json!(false);
+        let a = arch(w).unwrap();
+        assert_eq!((a.max_position_embeddings, a.max_context), (8192, None));
+        for (key, bad, msg) in [
+            ("no_bias", json!(false), "no_bias"),
+            ("kv_channels", json!(8), "kv_channels"),
+            ("intermediate_size", json!(255), "even"),
+        ] {
+            let mut w = v.clone();
+            w[key] = bad;
+            let e = arch(w).unwrap_err().to_string();
+            assert!(e.contains(msg), "{e}");
+        }
+    }
+
+    fn chatglm() -> Value {
+        json!({"architectures": ["ChatGLMModel"], "hidden_size": 64, "num_layers": 2,
+            "num_attention_heads": 4, "multi_query_attention": true, "multi_query_group_num": 2,
+            "kv_channels": 16, "ffn_hidden_size": 128, "padded_vocab_size": 160,
+            "layernorm_epsilon": 1e-5, "seq_length": 8192, "rope_ratio": 500, "rmsnorm": true,
+            "apply_residual_connection_post_layernorm": false, "post_layer_norm": true,
+            "add_bias_linear": false, "add_qkv_bias": true})
+    }
+
+    #[test]
+    fn chatglm_keys_translated() {
+        let a = arch(chatglm()).unwrap();
+        assert_eq!(
+            (
+                a.family.as_str(),
+                a.num_layers,
+                a.vocab_size,
+                a.num_kv_heads
+            ),
+            ("chatglm", 2, 160, 2)
+        );
+        assert_eq!((a.head_dim, a.rope.rotary_dim, a.rope.theta), (16, 8, 5e6));
+        assert_eq!(
+            (a.intermediate_size, a.max_position_embeddings),
+            (128, 8192)
+        );
+        assert!(a.attention_bias && !a.attention_out_bias);
+        let mut v = chatglm();
+        v["architectures"] = json!(["ChatGLMForConditionalGeneration"]);
+        v["multi_query_attention"] = json!(false);
+        assert_eq!(arch(v).unwrap().num_kv_heads, 4);
+        for key in ["rmsnorm", "post_layer_norm", "add_qkv_bias"] {
+            let mut v = chatglm();
+            v[key] = json!(false);
+            assert!(arch(v).unwrap_err().to_string().contains(key));
+        }
+        let mut v = chatglm();
+        v["add_bias_linear"] = json!(true);
+        assert!(arch(v).unwrap_err().to_string().contains("add_bias_linear"));
     }
 
     #[test]

@@ -1206,18 +1206,32 @@ fn convert_tensor(
         reason: format!("dtype {} is not supported", info.dtype),
     })?;
     let spec = &pt.spec;
-    let plus_one = pt.derive == Derive::PlusOne;
-    let derive = |f: &mut [f32]| {
-        if plus_one {
-            f.iter_mut().for_each(|v| *v += 1.0);
-        }
-    };
     let (rows, cols) = codec::rows_cols(&spec.shape).unwrap_or((1, 1));
+    let derive = |f: &mut [f32]| match pt.derive {
+        Derive::PlusOne => f.iter_mut().for_each(|v| *v += 1.0),
+        // As `F.normalize(w, dim=-1)`: w / max(‖w‖₂, 1e-12), per row.
+        Derive::UnitRows => {
+            for row in f.chunks_mut(cols.max(1)) {
+                let norm = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+                let scale = (1.0 / norm.max(1e-12)) as f32;
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+        Derive::Whole | Derive::Rows { .. } | Derive::PairsToHalves { .. } => {}
+    };
     let data = shard.data(info);
-    if rows == 0 || cols == 0 || spec.shape.is_empty() {
+    // A vector split from a fused one (a fused projection's bias) is small:
+    // read whole, its elements picked as the rows of `Derive::Rows`.
+    let split_vector = spec.shape.len() == 1 && pt.derive.source_rows().is_some();
+    if rows == 0 || cols == 0 || spec.shape.is_empty() || split_vector {
         let mut f = vec![0f32; data.len() / dtype.size()];
         convert_slice(dtype, data, &mut f);
         derive(&mut f);
+        if split_vector {
+            f = (0..spec.shape[0])
+                .map(|r| f[pt.source_rows_at(r).0 as usize])
+                .collect();
+        }
         let bytes = crate::quant::encode(spec.dtype, &f, &spec.shape, spec.block_size)
             .map_err(|e| encode_error(stage, pt, shard, info, e))?;
         w.put(&spec.name, &bytes)?;
@@ -1225,14 +1239,14 @@ fn convert_tensor(
         return Ok(());
     }
     let row_src = cols * dtype.size();
-    let first_row = pt.first_row();
     let group_rows = (GROUP_F32_BYTES / (cols * 4)).max(1);
     let chunk_rows = ((CHUNK_F32_BYTES / (cols * 4)) / group_rows).max(1) * group_rows;
     let single_row = spec.shape.len() == 1;
     let mut r0 = 0;
     while r0 < rows {
-        let n = chunk_rows.min(rows - r0);
-        let at = (first_row + r0) * row_src;
+        let (first, run) = pt.source_rows_at(r0 as u64);
+        let n = chunk_rows.min(rows - r0).min(run as usize);
+        let at = first as usize * row_src;
         let src = &data[at..at + n * row_src];
         let parts: Vec<Vec<u8>> = src
             .par_chunks(group_rows * row_src)

@@ -4,13 +4,18 @@
 use std::path::PathBuf;
 
 /// The architecture classes `prep` converts, as they appear in `config.json`.
-pub const SUPPORTED_CLASSES: [&str; 6] = [
+pub const SUPPORTED_CLASSES: [&str; 11] = [
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
     "Gemma2ForCausalLM",
     "Phi3ForCausalLM",
+    "InternLM2ForCausalLM",
+    "BaichuanForCausalLM",
+    "QWenLMHeadModel",
+    "ChatGLMModel",
+    "ChatGLMForConditionalGeneration",
 ];
 
 /// Any error of a conversion.

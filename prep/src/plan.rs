@@ -70,18 +70,66 @@ impl QuantPolicy {
 pub enum Derive {
     /// The source tensor as it is.
     Whole,
-    /// Rows `first..first + rows` of a fused source tensor of `source_rows`
-    /// rows (Phi-3's `qkv_proj` and `gate_up_proj`); `rows` is the stored
-    /// tensor's first dimension.
+    /// Rows of a fused source tensor of `source_rows` rows, taken in blocks:
+    /// stored row `r` is source row `first + (r / block) × stride + r % block`.
+    /// Phi-3's `qkv_proj` and `gate_up_proj` and Baichuan's `W_pack` are one
+    /// block (`block` = the stored rows); InternLM2's `wqkv` interleaves q, k
+    /// and v per KV group, so each projection is one block per group.
     Rows {
         /// First source row.
         first: u64,
         /// Rows of the whole source tensor.
         source_rows: u64,
+        /// Consecutive source rows per block.
+        block: u64,
+        /// Source rows from the start of one block to the next.
+        stride: u64,
     },
     /// `1 + w` (Gemma's RMSNorm weights, stored so that the norm is the
     /// plain `x / rms × w'` of SPEC.md §5.2).
     PlusOne,
+    /// Rows `first..` of a fused source tensor of `source_rows` rows, by
+    /// heads of `head_dim` rows whose first `rotary_dim` rows rotate in
+    /// interleaved pairs (ChatGLM): stored as rotate-half order, so stored
+    /// row `j < rotary_dim / 2` of a head is its source row `2j` and row
+    /// `rotary_dim / 2 + j` is `2j + 1`; the other rows keep their place.
+    /// Permuting q and k alike leaves every attention score unchanged.
+    PairsToHalves {
+        /// First source row.
+        first: u64,
+        /// Rows of the whole source tensor.
+        source_rows: u64,
+        /// Rows per head.
+        head_dim: u64,
+        /// Rotating rows at the start of each head.
+        rotary_dim: u64,
+    },
+    /// Each row divided by its L2 norm (Baichuan 2's `NormHead`, which
+    /// transformers normalizes at inference as `F.normalize(w)`).
+    UnitRows,
+}
+
+impl Derive {
+    /// Rows of the fused source tensor, for the derivations that split one.
+    pub fn source_rows(self) -> Option<u64> {
+        match self {
+            Derive::Rows { source_rows, .. } | Derive::PairsToHalves { source_rows, .. } => {
+                Some(source_rows)
+            }
+            Derive::Whole | Derive::PlusOne | Derive::UnitRows => None,
+        }
+    }
+
+    /// Stored rows `first..first + rows` of a fused source tensor of
+    /// `source_rows` rows, as one block.
+    pub fn rows(first: u64, rows: u64, source_rows: u64) -> Derive {
+        Derive::Rows {
+            first,
+            source_rows,
+            block: rows,
+            stride: source_rows,
+        }
+    }
 }
 
 /// One tensor of a stage and where it comes from.
@@ -99,26 +147,51 @@ impl PlannedTensor {
     /// The shape the source tensor must have.
     pub fn source_shape(&self) -> Vec<u64> {
         let mut shape = self.spec.shape.clone();
-        if let (Derive::Rows { source_rows, .. }, Some(rows)) = (self.derive, shape.first_mut()) {
+        if let (Some(source_rows), Some(rows)) = (self.derive.source_rows(), shape.first_mut()) {
             *rows = source_rows;
         }
         shape
     }
 
-    /// The first source row this tensor reads (0 unless split from a fused tensor).
-    pub fn first_row(&self) -> usize {
+    /// The source row of stored row `r`, and how many stored rows from `r`
+    /// on are consecutive source rows.
+    pub fn source_rows_at(&self, r: u64) -> (u64, u64) {
+        let rows = self.spec.shape.first().copied().unwrap_or(1);
         match self.derive {
-            Derive::Rows { first, .. } => first as usize,
-            Derive::Whole | Derive::PlusOne => 0,
+            Derive::Rows {
+                first,
+                block,
+                stride,
+                ..
+            } if block > 0 => (first + r / block * stride + r % block, block - r % block),
+            Derive::PairsToHalves {
+                first,
+                head_dim,
+                rotary_dim,
+                ..
+            } if head_dim > 0 => {
+                let (head, j) = (r / head_dim, r % head_dim);
+                let half = rotary_dim / 2;
+                let base = first + head * head_dim;
+                if j < half {
+                    (base + 2 * j, 1)
+                } else if j < rotary_dim {
+                    (base + 2 * (j - half) + 1, 1)
+                } else {
+                    (base + j, head_dim - j)
+                }
+            }
+            _ => (r, rows.saturating_sub(r)),
         }
     }
 
     /// Bytes this tensor reads from a source tensor of `source_len` bytes.
     pub fn source_bytes(&self, source_len: u64) -> u64 {
         match (self.derive, self.spec.shape.first()) {
-            (Derive::Rows { source_rows, .. }, Some(&rows)) if source_rows > 0 => {
-                source_len / source_rows * rows
-            }
+            (
+                Derive::Rows { source_rows, .. } | Derive::PairsToHalves { source_rows, .. },
+                Some(&rows),
+            ) if source_rows > 0 => source_len / source_rows * rows,
             _ => source_len,
         }
     }
@@ -135,6 +208,22 @@ enum Layout {
     Gemma2,
     /// Phi-3: fused `self_attn.qkv_proj` and `mlp.gate_up_proj`.
     Phi3,
+    /// InternLM2 (remote code): `tok_embeddings`, `attention.wqkv` with q, k
+    /// and v interleaved per KV group, `attention.wo`, `feed_forward.w1/w3/w2`
+    /// (gate, up, down), `attention_norm`, `ffn_norm`, `output`.
+    InternLm2,
+    /// Baichuan 2 (remote code): Llama's names but `self_attn.W_pack` (q, k,
+    /// v rows in turn) and a `NormHead` whose rows are unit-normalized.
+    Baichuan,
+    /// Qwen (v1, remote code): `transformer.h.N.`, `ln_1`/`ln_2`, `attn.c_attn`
+    /// (q, k, v rows and biases in turn), `attn.c_proj`, `mlp.w2`/`mlp.w1`/
+    /// `mlp.c_proj` (gate, up, down), `transformer.wte`/`transformer.ln_f`.
+    Qwen,
+    /// ChatGLM 3 / GLM-4 (remote code): `transformer.encoder.layers.N.`,
+    /// `self_attention.query_key_value` (q, k, v rows and biases; q and k
+    /// rotate in interleaved pairs), `self_attention.dense`,
+    /// `mlp.dense_h_to_4h` (gate rows, then up), `mlp.dense_4h_to_h`.
+    ChatGlm,
 }
 
 impl Layout {
@@ -142,9 +231,103 @@ impl Layout {
         match arch.source_class.as_str() {
             "Gemma2ForCausalLM" => Layout::Gemma2,
             "Phi3ForCausalLM" => Layout::Phi3,
+            "InternLM2ForCausalLM" => Layout::InternLm2,
+            "BaichuanForCausalLM" => Layout::Baichuan,
+            "QWenLMHeadModel" => Layout::Qwen,
+            "ChatGLMModel" | "ChatGLMForConditionalGeneration" => Layout::ChatGlm,
             _ => Layout::Llama,
         }
     }
+
+    /// Source names of the embeddings, the head and, within a layer, the
+    /// attention norm, output projection, feed-forward norm and the gate,
+    /// up and down projections.
+    fn names(self) -> LayoutNames {
+        match self {
+            Layout::Qwen => LayoutNames {
+                layer: "transformer.h.",
+                embed: "transformer.wte.weight",
+                final_norm: "transformer.ln_f.weight",
+                head: "lm_head.weight",
+                attn_norm: "ln_1.weight",
+                attn_o: "attn.c_proj.weight",
+                mlp_norm: "ln_2.weight",
+                gate_up: GateUp::Separate {
+                    gate: "mlp.w2.weight",
+                    up: "mlp.w1.weight",
+                },
+                down: "mlp.c_proj.weight",
+            },
+            Layout::ChatGlm => LayoutNames {
+                layer: "transformer.encoder.layers.",
+                embed: "transformer.embedding.word_embeddings.weight",
+                final_norm: "transformer.encoder.final_layernorm.weight",
+                head: "transformer.output_layer.weight",
+                attn_norm: "input_layernorm.weight",
+                attn_o: "self_attention.dense.weight",
+                mlp_norm: "post_attention_layernorm.weight",
+                gate_up: GateUp::Fused("mlp.dense_h_to_4h.weight"),
+                down: "mlp.dense_4h_to_h.weight",
+            },
+            Layout::InternLm2 => LayoutNames {
+                layer: "model.layers.",
+                final_norm: "model.norm.weight",
+                embed: "model.tok_embeddings.weight",
+                head: "output.weight",
+                attn_norm: "attention_norm.weight",
+                attn_o: "attention.wo.weight",
+                mlp_norm: "ffn_norm.weight",
+                gate_up: GateUp::Separate {
+                    gate: "feed_forward.w1.weight",
+                    up: "feed_forward.w3.weight",
+                },
+                down: "feed_forward.w2.weight",
+            },
+            Layout::Phi3 => LayoutNames {
+                gate_up: GateUp::Fused("mlp.gate_up_proj.weight"),
+                ..Layout::Llama.names()
+            },
+            Layout::Llama | Layout::Gemma2 | Layout::Baichuan => LayoutNames {
+                layer: "model.layers.",
+                final_norm: "model.norm.weight",
+                embed: "model.embed_tokens.weight",
+                head: "lm_head.weight",
+                attn_norm: "input_layernorm.weight",
+                attn_o: "self_attn.o_proj.weight",
+                mlp_norm: "post_attention_layernorm.weight",
+                gate_up: GateUp::Separate {
+                    gate: "mlp.gate_proj.weight",
+                    up: "mlp.up_proj.weight",
+                },
+                down: "mlp.down_proj.weight",
+            },
+        }
+    }
+}
+
+/// Source tensor names that differ between layouts (see [`Layout::names`]).
+struct LayoutNames {
+    /// Layer `i`'s tensors are named `{layer}{i}.…`.
+    layer: &'static str,
+    final_norm: &'static str,
+    embed: &'static str,
+    head: &'static str,
+    attn_norm: &'static str,
+    attn_o: &'static str,
+    mlp_norm: &'static str,
+    gate_up: GateUp,
+    down: &'static str,
+}
+
+/// Where the feed-forward gate and up projections are.
+enum GateUp {
+    /// One tensor each.
+    Separate {
+        gate: &'static str,
+        up: &'static str,
+    },
+    /// One tensor: the gate's rows, then the up projection's.
+    Fused(&'static str),
 }
 
 /// One stage file of the container.
@@ -189,6 +372,7 @@ impl Stage {
 /// The whole container's stages: embed, layers in order, head.
 pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
     let layout = Layout::of(arch);
+    let src = layout.names();
     let h = arch.hidden_size;
     let attn_out = arch.num_attention_heads * arch.head_dim;
     let kv_out = arch.num_kv_heads * arch.head_dim;
@@ -212,85 +396,81 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
                 q.embeddings(),
                 vec![arch.vocab_size, h],
             ),
-            source: "model.embed_tokens.weight".into(),
+            source: src.embed.into(),
             derive: whole,
         }],
     });
     for i in 0..arch.num_layers {
-        let p = format!("model.layers.{i}.");
+        let p = format!("{}{i}.", src.layer);
         // (name, dtype, shape, source name, derivation)
-        let mut t: Vec<(&str, DType, Vec<u64>, &str, Derive)> = vec![(
-            names::ATTN_NORM,
-            f32_,
-            vec![h],
-            "input_layernorm.weight",
-            norm,
-        )];
-        if layout == Layout::Phi3 {
-            let qkv = "self_attn.qkv_proj.weight";
-            let source_rows = attn_out + 2 * kv_out;
-            let rows = |first| Derive::Rows { first, source_rows };
-            t.push((names::ATTN_Q, lin, vec![attn_out, h], qkv, rows(0)));
-            t.push((names::ATTN_K, lin, vec![kv_out, h], qkv, rows(attn_out)));
-            t.push((
-                names::ATTN_V,
-                lin,
-                vec![kv_out, h],
-                qkv,
-                rows(attn_out + kv_out),
-            ));
-        } else {
-            t.push((
-                names::ATTN_Q,
-                lin,
-                vec![attn_out, h],
-                "self_attn.q_proj.weight",
-                whole,
-            ));
-            t.push((
-                names::ATTN_K,
-                lin,
-                vec![kv_out, h],
-                "self_attn.k_proj.weight",
-                whole,
-            ));
-            t.push((
-                names::ATTN_V,
-                lin,
-                vec![kv_out, h],
-                "self_attn.v_proj.weight",
-                whole,
-            ));
-        }
-        t.push((
-            names::ATTN_O,
-            lin,
-            vec![h, attn_out],
-            "self_attn.o_proj.weight",
-            whole,
-        ));
+        let mut t: Vec<(&str, DType, Vec<u64>, &str, Derive)> =
+            vec![(names::ATTN_NORM, f32_, vec![h], src.attn_norm, norm)];
+        // q, k and v: (weight source, bias source, derivation) each.
+        let source_rows = attn_out + 2 * kv_out;
+        let qkv: [(&str, &str, Derive); 3] = match layout {
+            Layout::Phi3 | Layout::Baichuan | Layout::Qwen | Layout::ChatGlm => {
+                let (w, b) = match layout {
+                    Layout::Phi3 => ("self_attn.qkv_proj.weight", "self_attn.qkv_proj.bias"),
+                    Layout::Baichuan => ("self_attn.W_pack.weight", "self_attn.W_pack.bias"),
+                    Layout::Qwen => ("attn.c_attn.weight", "attn.c_attn.bias"),
+                    _ => (
+                        "self_attention.query_key_value.weight",
+                        "self_attention.query_key_value.bias",
+                    ),
+                };
+                let rows = |first, rows| {
+                    if layout == Layout::ChatGlm && first < attn_out + kv_out {
+                        // q and k rotate in interleaved pairs: stored as halves.
+                        Derive::PairsToHalves {
+                            first,
+                            source_rows,
+                            head_dim: arch.head_dim,
+                            rotary_dim: arch.rope.rotary_dim,
+                        }
+                    } else {
+                        Derive::rows(first, rows, source_rows)
+                    }
+                };
+                [
+                    (w, b, rows(0, attn_out)),
+                    (w, b, rows(attn_out, kv_out)),
+                    (w, b, rows(attn_out + kv_out, kv_out)),
+                ]
+            }
+            Layout::InternLm2 => {
+                // Per KV group: its query heads, then its key head, then its
+                // value head (`b q (h gs d) -> b q h gs d` in modeling_internlm2).
+                let d = arch.head_dim;
+                let q_rows = attn_out / arch.num_kv_heads;
+                let stride = q_rows + 2 * d;
+                let group = |first, block| Derive::Rows {
+                    first,
+                    source_rows,
+                    block,
+                    stride,
+                };
+                let (w, b) = ("attention.wqkv.weight", "attention.wqkv.bias");
+                [
+                    (w, b, group(0, q_rows)),
+                    (w, b, group(q_rows, d)),
+                    (w, b, group(q_rows + d, d)),
+                ]
+            }
+            Layout::Llama | Layout::Gemma2 => [
+                ("self_attn.q_proj.weight", "self_attn.q_proj.bias", whole),
+                ("self_attn.k_proj.weight", "self_attn.k_proj.bias", whole),
+                ("self_attn.v_proj.weight", "self_attn.v_proj.bias", whole),
+            ],
+        };
+        let [(qw, qb, qd), (kw, kb, kd), (vw, vb, vd)] = qkv;
+        t.push((names::ATTN_Q, lin, vec![attn_out, h], qw, qd));
+        t.push((names::ATTN_K, lin, vec![kv_out, h], kw, kd));
+        t.push((names::ATTN_V, lin, vec![kv_out, h], vw, vd));
+        t.push((names::ATTN_O, lin, vec![h, attn_out], src.attn_o, whole));
         if arch.attention_bias {
-            t.push((
-                names::ATTN_Q_BIAS,
-                f32_,
-                vec![attn_out],
-                "self_attn.q_proj.bias",
-                whole,
-            ));
-            t.push((
-                names::ATTN_K_BIAS,
-                f32_,
-                vec![kv_out],
-                "self_attn.k_proj.bias",
-                whole,
-            ));
-            t.push((
-                names::ATTN_V_BIAS,
-                f32_,
-                vec![kv_out],
-                "self_attn.v_proj.bias",
-                whole,
-            ));
+            t.push((names::ATTN_Q_BIAS, f32_, vec![attn_out], qb, qd));
+            t.push((names::ATTN_K_BIAS, f32_, vec![kv_out], kb, kd));
+            t.push((names::ATTN_V_BIAS, f32_, vec![kv_out], vb, vd));
         }
         if arch.attention_out_bias {
             t.push((
@@ -329,40 +509,21 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
             ));
             "pre_feedforward_layernorm.weight"
         } else {
-            "post_attention_layernorm.weight"
+            src.mlp_norm
         };
         t.push((names::MLP_NORM, f32_, vec![h], mlp_norm_source, norm));
-        if layout == Layout::Phi3 {
-            let gate_up = "mlp.gate_up_proj.weight";
-            let rows = |first| Derive::Rows {
-                first,
-                source_rows: 2 * inter,
-            };
-            t.push((names::MLP_GATE, lin, vec![inter, h], gate_up, rows(0)));
-            t.push((names::MLP_UP, lin, vec![inter, h], gate_up, rows(inter)));
-        } else {
-            t.push((
-                names::MLP_GATE,
-                lin,
-                vec![inter, h],
-                "mlp.gate_proj.weight",
-                whole,
-            ));
-            t.push((
-                names::MLP_UP,
-                lin,
-                vec![inter, h],
-                "mlp.up_proj.weight",
-                whole,
-            ));
+        match src.gate_up {
+            GateUp::Fused(gate_up) => {
+                let rows = |first| Derive::rows(first, inter, 2 * inter);
+                t.push((names::MLP_GATE, lin, vec![inter, h], gate_up, rows(0)));
+                t.push((names::MLP_UP, lin, vec![inter, h], gate_up, rows(inter)));
+            }
+            GateUp::Separate { gate, up } => {
+                t.push((names::MLP_GATE, lin, vec![inter, h], gate, whole));
+                t.push((names::MLP_UP, lin, vec![inter, h], up, whole));
+            }
         }
-        t.push((
-            names::MLP_DOWN,
-            lin,
-            vec![h, inter],
-            "mlp.down_proj.weight",
-            whole,
-        ));
+        t.push((names::MLP_DOWN, lin, vec![h, inter], src.down, whole));
         if arch.mlp_bias {
             t.push((
                 "mlp.gate.bias",
@@ -399,14 +560,18 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
     }
     let mut head = vec![PlannedTensor {
         spec: q.spec(names::FINAL_NORM, f32_, vec![h]),
-        source: "model.norm.weight".into(),
+        source: src.final_norm.into(),
         derive: norm,
     }];
     if !arch.tie_word_embeddings {
         head.push(PlannedTensor {
             spec: q.spec(names::HEAD, q.embeddings(), vec![arch.vocab_size, h]),
-            source: "lm_head.weight".into(),
-            derive: whole,
+            source: src.head.into(),
+            derive: if layout == Layout::Baichuan {
+                Derive::UnitRows
+            } else {
+                whole
+            },
         });
     }
     stages.push(Stage {
@@ -434,6 +599,8 @@ pub enum Class {
 pub struct Classifier {
     used: HashMap<String, Vec<(usize, usize)>>,
     tied: bool,
+    head: &'static str,
+    layer_prefix: &'static str,
     layers: u64,
 }
 
@@ -449,6 +616,8 @@ impl Classifier {
         Classifier {
             used,
             tied: arch.tie_word_embeddings,
+            head: Layout::of(arch).names().head,
+            layer_prefix: Layout::of(arch).names().layer,
             layers: arch.num_layers,
         }
     }
@@ -458,13 +627,13 @@ impl Classifier {
         if let Some(targets) = self.used.get(name) {
             return Class::Used(targets.clone());
         }
-        if name.ends_with("rotary_emb.inv_freq") {
+        if name.ends_with("rotary_emb.inv_freq") || name.ends_with("rotary_pos_emb.inv_freq") {
             return Class::Ignored("rotary inverse frequencies are recomputed from the config");
         }
-        if name == "lm_head.weight" && self.tied {
+        if name == self.head && self.tied {
             return Class::Ignored("the config ties the head to the embeddings");
         }
-        if let Some(rest) = name.strip_prefix("model.layers.") {
+        if let Some(rest) = name.strip_prefix(self.layer_prefix) {
             let idx = rest.split('.').next().and_then(|i| i.parse::<u64>().ok());
             return Class::Unexpected(match idx {
                 Some(i) if i >= self.layers => format!(
@@ -515,6 +684,8 @@ pub(crate) mod tests {
             final_logit_softcap: None,
             attention_scale: None,
             embedding_multiplier: None,
+            max_context: None,
+            alibi: false,
         }
     }
 
@@ -629,7 +800,7 @@ pub(crate) mod tests {
         for (name, first, rows) in [("attn.q", 0, 80), ("attn.k", 80, 16), ("attn.v", 96, 16)] {
             let t = find(name);
             assert_eq!(t.source, qkv);
-            assert_eq!(t.first_row(), first);
+            assert_eq!(t.source_rows_at(0), (first, rows));
             assert_eq!(t.spec.shape, vec![rows, 80]);
             assert_eq!(t.source_shape(), vec![112, 80]);
             assert_eq!(t.source_bytes(112 * 80 * 2), rows * 80 * 2);
@@ -637,7 +808,10 @@ pub(crate) mod tests {
         for (name, first) in [("mlp.gate", 0), ("mlp.up", 128)] {
             let t = find(name);
             assert_eq!(t.source, "model.layers.1.mlp.gate_up_proj.weight");
-            assert_eq!((t.first_row(), t.source_shape()), (first, vec![256, 80]));
+            assert_eq!(
+                (t.source_rows_at(3), t.source_shape()),
+                ((first + 3, 125), vec![256, 80])
+            );
         }
         assert_eq!(find("mlp.down").derive, Derive::Whole);
         let c = Classifier::new(&s, &a);
@@ -646,6 +820,130 @@ pub(crate) mod tests {
             c.classify("model.layers.1.self_attn.q_proj.weight"),
             Class::Unexpected(_)
         ));
+    }
+
+    #[test]
+    fn internlm2_reads_q_k_v_per_kv_group() {
+        let mut a = tiny_arch();
+        a.source_class = "InternLM2ForCausalLM".into();
+        a.num_attention_heads = 4;
+        a.num_kv_heads = 2;
+        a.hidden_size = 64;
+        let s = plan(&a, &NF4);
+        let layer = &s[1];
+        let find = |name: &str| layer.tensors.iter().find(|t| t.spec.name == name).unwrap();
+        let qkv = "model.layers.0.attention.wqkv.weight";
+        // Two groups of 64 rows: q (32 rows: heads 0, 1), k (16), v (16); then heads 2, 3.
+        let q = find("attn.q");
+        assert_eq!((q.source.as_str(), q.source_shape()), (qkv, vec![128, 64]));
+        assert_eq!(q.source_rows_at(0), (0, 32));
+        assert_eq!(q.source_rows_at(31), (31, 1));
+        assert_eq!(q.source_rows_at(32), (64, 32));
+        assert_eq!(find("attn.k").source_rows_at(0), (32, 16));
+        assert_eq!(find("attn.k").source_rows_at(17), (97, 15));
+        assert_eq!(find("attn.v").source_rows_at(16), (112, 16));
+        assert_eq!(find("attn.v").source_bytes(128 * 64 * 2), 32 * 64 * 2);
+        for (name, src) in [
+            ("attn_norm", "attention_norm"),
+            ("attn.o", "attention.wo"),
+            ("mlp_norm", "ffn_norm"),
+            ("mlp.gate", "feed_forward.w1"),
+            ("mlp.up", "feed_forward.w3"),
+            ("mlp.down", "feed_forward.w2"),
+        ] {
+            assert_eq!(find(name).source, format!("model.layers.0.{src}.weight"));
+        }
+        assert_eq!(s[0].tensors[0].source, "model.tok_embeddings.weight");
+        assert_eq!(s[3].tensors[1].source, "output.weight");
+        let c = Classifier::new(&s, &a);
+        assert_eq!(c.classify(qkv), Class::Used(vec![(1, 1), (1, 2), (1, 3)]));
+    }
+
+    #[test]
+    fn baichuan_splits_w_pack_and_normalizes_the_head() {
+        let mut a = tiny_arch();
+        a.source_class = "BaichuanForCausalLM".into();
+        a.num_kv_heads = 5;
+        let s = plan(&a, &NF4);
+        let find = |name: &str| s[1].tensors.iter().find(|t| t.spec.name == name).unwrap();
+        for (name, first) in [("attn.q", 0), ("attn.k", 80), ("attn.v", 160)] {
+            let t = find(name);
+            assert_eq!(t.source, "model.layers.0.self_attn.W_pack.weight");
+            assert_eq!(
+                (t.source_rows_at(0), t.source_shape()),
+                ((first, 80), vec![240, 80])
+            );
+        }
+        assert_eq!(
+            find("mlp.gate").source,
+            "model.layers.0.mlp.gate_proj.weight"
+        );
+        let head = &s[3].tensors[1];
+        assert_eq!(
+            (head.source.as_str(), head.derive),
+            ("lm_head.weight", Derive::UnitRows)
+        );
+        assert_eq!(s[0].tensors[0].derive, Derive::Whole);
+    }
+
+    #[test]
+    fn chatglm_q_and_k_rows_go_from_pairs_to_halves() {
+        let mut a = tiny_arch();
+        a.source_class = "ChatGLMModel".into();
+        a.attention_bias = true;
+        a.rope.rotary_dim = 8;
+        let s = plan(&a, &NF4);
+        let find = |name: &str| s[2].tensors.iter().find(|t| t.spec.name == name).unwrap();
+        let (q, k, v) = (find("attn.q"), find("attn.k"), find("attn.v"));
+        assert_eq!(
+            q.source,
+            "transformer.encoder.layers.1.self_attention.query_key_value.weight"
+        );
+        assert_eq!(q.source_shape(), vec![112, 80]);
+        // Head 0: rows 0..4 are source 0, 2, 4, 6; rows 4..8 are 1, 3, 5, 7; 8.. in place.
+        let rows: Vec<u64> = (0..9).map(|r| q.source_rows_at(r).0).collect();
+        assert_eq!(rows, [0, 2, 4, 6, 1, 3, 5, 7, 8]);
+        assert_eq!(q.source_rows_at(8), (8, 8));
+        assert_eq!(q.source_rows_at(17), (18, 1));
+        assert_eq!(k.source_rows_at(5), (83, 1));
+        assert_eq!(v.source_rows_at(0), (96, 16));
+        let kb = find("attn.k.bias");
+        assert_eq!(
+            (kb.source_rows_at(4), kb.source_shape()),
+            ((81, 1), vec![112])
+        );
+        assert_eq!(find("mlp.up").source_rows_at(0), (128, 128));
+        assert_eq!(s[3].tensors[1].source, "transformer.output_layer.weight");
+        let c = Classifier::new(&s, &a);
+        assert!(matches!(
+            c.classify("transformer.rotary_pos_emb.inv_freq"),
+            Class::Ignored(_)
+        ));
+        match c.classify("transformer.encoder.layers.9.mlp.dense_4h_to_h.weight") {
+            Class::Unexpected(r) => assert!(r.contains("beyond"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn qwen_names_and_fused_bias() {
+        let mut a = tiny_arch();
+        a.source_class = "QWenLMHeadModel".into();
+        a.attention_bias = true;
+        a.num_kv_heads = 5;
+        let s = plan(&a, &NF4);
+        let find = |name: &str| s[1].tensors.iter().find(|t| t.spec.name == name).unwrap();
+        let vb = find("attn.v.bias");
+        assert_eq!(vb.source, "transformer.h.0.attn.c_attn.bias");
+        assert_eq!(
+            (vb.source_rows_at(0), vb.source_shape()),
+            ((160, 80), vec![240])
+        );
+        assert_eq!(find("mlp.gate").source, "transformer.h.0.mlp.w2.weight");
+        assert_eq!(find("mlp.up").source, "transformer.h.0.mlp.w1.weight");
+        assert_eq!(find("mlp.down").source, "transformer.h.0.mlp.c_proj.weight");
+        assert_eq!(s[0].tensors[0].source, "transformer.wte.weight");
+        assert_eq!(s[3].tensors[0].source, "transformer.ln_f.weight");
     }
 
     #[test]

@@ -943,6 +943,92 @@ fn gemma2_norms_and_phi3_fused_projections_derive_exactly_from_their_sources() {
     }
 }
 
+#[test]
+fn remote_code_layouts_derive_exactly_from_their_sources() {
+    let tmp = tmpdir();
+    let row = 64;
+    // Source row of stored row `r` of ChatGLM's q or k (heads of 16, 8 rotary
+    // dimensions in interleaved pairs): pairs to halves, the rest in place.
+    let pairs_to_halves = |first: usize, r: usize| {
+        let (head, j) = (r / 16, r % 16);
+        first
+            + head * 16
+            + match j {
+                0..4 => 2 * j,
+                4..8 => 2 * (j - 4) + 1,
+                _ => j,
+            }
+    };
+    for variant in ["internlm2", "chatglm", "baichuan2"] {
+        let src = tiny_fixture(variant);
+        let source = read_st(&src.join("model.safetensors"));
+        let weights = |name: &str| -> Vec<f32> {
+            let t = source.iter().find(|t| t.name == name).unwrap();
+            bf16_to_f32(&t.data)
+        };
+        let rows_of = |w: &[f32], width: usize, rows: &[usize]| -> Vec<f32> {
+            rows.iter()
+                .flat_map(|&r| w[r * width..(r + 1) * width].to_vec())
+                .collect()
+        };
+        let out = tmp.path().join(variant);
+        let s = convert_ok(&src, &out, &["--quant", "f32"]);
+        let source_bytes: usize = source.iter().map(|t| t.data.len()).sum();
+        assert_eq!(s["bytes_in"], source_bytes as u64, "{variant}");
+        for layer in 0..2 {
+            let stage = out.join(format!("layer.00{layer}.strata"));
+            match variant {
+                "internlm2" => {
+                    // 2 KV groups of 64 rows: q 32, k 16, v 16 each.
+                    let w = weights(&format!("model.layers.{layer}.attention.wqkv.weight"));
+                    let group = |first: usize, n: usize| -> Vec<usize> {
+                        (0..2)
+                            .flat_map(|g| g * 64 + first..g * 64 + first + n)
+                            .collect()
+                    };
+                    assert_eq!(
+                        stored_f32(&stage, "attn.q"),
+                        rows_of(&w, row, &group(0, 32))
+                    );
+                    assert_eq!(
+                        stored_f32(&stage, "attn.k"),
+                        rows_of(&w, row, &group(32, 16))
+                    );
+                    assert_eq!(
+                        stored_f32(&stage, "attn.v"),
+                        rows_of(&w, row, &group(48, 16))
+                    );
+                }
+                "chatglm" => {
+                    let p = format!("transformer.encoder.layers.{layer}.self_attention.");
+                    let w = weights(&format!("{p}query_key_value.weight"));
+                    let b = weights(&format!("{p}query_key_value.bias"));
+                    let q: Vec<usize> = (0..64).map(|r| pairs_to_halves(0, r)).collect();
+                    let k: Vec<usize> = (0..32).map(|r| pairs_to_halves(64, r)).collect();
+                    let v: Vec<usize> = (96..128).collect();
+                    for (name, rows) in [("attn.q", &q), ("attn.k", &k), ("attn.v", &v)] {
+                        assert_eq!(stored_f32(&stage, name), rows_of(&w, row, rows), "{name}");
+                        let bias = format!("{name}.bias");
+                        assert_eq!(stored_f32(&stage, &bias), rows_of(&b, 1, rows), "{bias}");
+                    }
+                }
+                _ => {}
+            }
+        }
+        if variant == "baichuan2" {
+            // NormHead: each row over its L2 norm, as F.normalize.
+            let head = weights("lm_head.weight");
+            let got = stored_f32(&out.join("head.strata"), "head");
+            for (g, w) in got.chunks(row).zip(head.chunks(row)) {
+                let n = w.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+                for (a, b) in g.iter().zip(w) {
+                    assert!((*a as f64 - *b as f64 / n).abs() < 1e-7, "{a} vs {b} / {n}");
+                }
+            }
+        }
+    }
+}
+
 /// A named way to damage a safetensors file, and the error text it must cause.
 type Corruption = (&'static str, fn(&mut Vec<u8>), &'static str);
 

@@ -270,6 +270,16 @@ fn tiny_architectures_match_transformers() {
         "gemma2",
         "phi3",
         "phi3-longrope",
+        // Remote-code families: goldens from LlamaForCausalLM on the same
+        // values (weight-level equivalence, scripts/make-remote-code-fixtures.py).
+        "internlm2",
+        "baichuan2",
+        // Baichuan 2 13B: ALiBi, against Llama with Baichuan's attention transcribed.
+        "baichuan2-13b",
+        // Qwen2ForCausalLM's goldens on Qwen (v1)'s layout; GlmForCausalLM's
+        // on ChatGLM's (its interleaved half rotary is ChatGLM's).
+        "qwen",
+        "chatglm",
     ] {
         let src = tiny_fixture(variant);
         let g: Value =
@@ -328,6 +338,23 @@ fn tiny_architectures_match_transformers() {
             let want = ids_of(&g["greedy"]["new_ids"]);
             let got = cached_greedy(&dir, &ids_of(&g["greedy"]["ids"]), want.len());
             assert_eq!(got, want, "{what}: KV-cached greedy");
+            // Qwen's dynamic NTK and log-n scaling act past seq_length (256):
+            // a longer context is refused, not silently computed without them.
+            if variant == "qwen" {
+                let over = run(&mut runner(
+                    &["logits", "--ids", "1,2", "--ctx", "257"],
+                    &dir,
+                ));
+                let err = String::from_utf8_lossy(&over.stderr);
+                assert!(
+                    !over.status.success() && err.contains("past 256 positions"),
+                    "{err}"
+                );
+                run_ok(&mut runner(
+                    &["logits", "--ids", "1,2", "--ctx", "256"],
+                    &dir,
+                ));
+            }
         }
     }
 }

@@ -61,6 +61,13 @@ pub fn run(a: InspectArgs) -> Result<i32> {
             ar.post_norms, ar.sliding_window_layers, ar.attention_scale, ar.attn_logit_softcap, ar.final_logit_softcap, ar.embedding_multiplier
         );
     }
+    if ar.alibi || ar.max_context.is_some() {
+        println!(
+            "positions:     {}, context limit {}",
+            if ar.alibi { "ALiBi (no RoPE)" } else { "RoPE" },
+            ar.max_context.map_or("none".into(), |c| c.to_string())
+        );
+    }
     println!(
         "quantization:  weights {}, embeddings {}, head {}, block {}",
         q.weights,

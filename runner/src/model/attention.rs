@@ -28,6 +28,26 @@ pub struct AttnShape {
     pub window: Option<usize>,
     /// Score soft-cap, if any.
     pub softcap: Option<f32>,
+    /// ALiBi: scores gain `alibi_slope(h, heads) × (j − i)`.
+    pub alibi: bool,
+}
+
+/// ALiBi slope of head `h` of `heads` (Press et al.; Baichuan's
+/// `_get_interleave`): for a power of two `n`, `2^(−8(h + 1)/n)`; otherwise
+/// the slopes of the largest power of two `p < heads`, then the even-indexed
+/// slopes of `2p` for the remaining heads.
+pub fn alibi_slope(h: usize, heads: usize) -> f32 {
+    let pow2 = |h: usize, n: usize| 2f64.powf(-8.0 * (h + 1) as f64 / n as f64);
+    let p = if heads.is_power_of_two() {
+        heads
+    } else {
+        heads.next_power_of_two() / 2
+    };
+    (if h < p {
+        pow2(h, p)
+    } else {
+        pow2(2 * (h - p), 2 * p)
+    }) as f32
 }
 
 /// Attention of `n` queries (`q`: `[n, heads × head_dim]`, at positions
@@ -46,6 +66,11 @@ pub fn attend(q: &[f32], n: usize, start: usize, cache: &KvCache, s: AttnShape) 
             let pos = start + t;
             let lo = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
             let qv = &q[t * qd + h * s.head_dim..][..s.head_dim];
+            let slope = if s.alibi {
+                alibi_slope(h, s.heads)
+            } else {
+                0.0
+            };
             let mut scores: Vec<f32> = (lo..=pos)
                 .map(|j| {
                     let kv = &cache.k[j * kd + kvh * s.head_dim..][..s.head_dim];
@@ -53,7 +78,7 @@ pub fn attend(q: &[f32], n: usize, start: usize, cache: &KvCache, s: AttnShape) 
                     if let Some(c) = s.softcap {
                         d = c * (d / c).tanh();
                     }
-                    d
+                    d - slope * (pos - j) as f32
                 })
                 .collect();
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -90,6 +115,7 @@ mod tests {
             scale: 1.0,
             window: None,
             softcap: None,
+            alibi: false,
         };
         // position 0 sees only key 0
         assert_eq!(attend(&[0.3, 0.7], 1, 0, &cache, s), vec![1.0, 2.0]);
@@ -102,5 +128,21 @@ mod tests {
         // equal scores average the values
         let out = attend(&[0.0, 0.0], 1, 1, &cache, s);
         assert!((out[0] - 2.0).abs() < 1e-6 && (out[1] - 3.0).abs() < 1e-6);
+        // ALiBi (1 head: slope 2^-8) favours the nearer of two equal keys.
+        let a = AttnShape { alibi: true, ..s };
+        let out = attend(&[0.0, 0.0], 1, 1, &cache, a);
+        let w1 = 1.0 / (1.0 + (-2f32.powi(-8)).exp());
+        assert!((out[0] - (3.0 * w1 + (1.0 - w1))).abs() < 1e-6, "{out:?}");
+    }
+
+    #[test]
+    fn alibi_slopes_as_baichuan() {
+        // 8 heads: 2^-1 .. 2^-8; 40 heads (Baichuan 2 13B): 32 of 2^(-k/4), then 2^(-(2k+1)/8).
+        let s: Vec<f32> = (0..8).map(|h| alibi_slope(h, 8)).collect();
+        assert_eq!(s, (1..=8).map(|k| 2f32.powi(-k)).collect::<Vec<_>>());
+        assert_eq!(alibi_slope(0, 40), 2f32.powf(-0.25));
+        assert_eq!(alibi_slope(31, 40), 2f32.powi(-8));
+        assert_eq!(alibi_slope(32, 40), 2f32.powf(-1.0 / 8.0));
+        assert_eq!(alibi_slope(39, 40), 2f32.powf(-15.0 / 8.0));
     }
 }

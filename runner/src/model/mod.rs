@@ -175,6 +175,12 @@ impl Model {
             .encoded_weight(&bytes, FINAL_NORM)?
             .to_f32(&c.head.name, FINAL_NORM)?;
         let arch = c.manifest.architecture.clone();
+        if let Some(limit) = arch.max_context.filter(|&l| ctx as u64 > l) {
+            return Err(RunnerError::Unsupported(format!(
+                "a context of {ctx} positions: {} changes its maths past {limit} positions (dynamic NTK RoPE or log-n attention scaling), which the container does not describe; use --ctx {limit} or less",
+                arch.source_class
+            )));
+        }
         let mut m = Model {
             rope: RopeTables::new(&arch.rope),
             seqs: Vec::new(),
@@ -402,6 +408,7 @@ impl Model {
                 .map_or(1.0 / (hd as f32).sqrt(), |s| s as f32),
             window: window.map(|w| w as usize),
             softcap: a.attn_logit_softcap.map(|c| c as f32),
+            alibi: a.alibi,
         };
         let (qd, kd) = (heads * hd, kv_heads * hd);
         let mut att = vec![0f32; n * qd];
@@ -409,9 +416,11 @@ impl Model {
             let seq = &mut self.seqs[sp.seq];
             let qs = &mut q[sp.row * qd..(sp.row + sp.n) * qd];
             let ks = &mut k[sp.row * kd..(sp.row + sp.n) * kd];
-            let inv = self.rope.inv(seq.long_rope);
-            apply_rope(qs, heads, hd, seq.pos, inv, self.rope.scale);
-            apply_rope(ks, kv_heads, hd, seq.pos, inv, self.rope.scale);
+            if !a.alibi {
+                let inv = self.rope.inv(seq.long_rope);
+                apply_rope(qs, heads, hd, seq.pos, inv, self.rope.scale);
+                apply_rope(ks, kv_heads, hd, seq.pos, inv, self.rope.scale);
+            }
             let cache = &mut seq.cache[l];
             cache.k.extend_from_slice(ks);
             cache
