@@ -53,6 +53,9 @@ pub struct MemoryPlan {
     pub streamed_bytes: u64,
     /// Stages read ahead.
     pub prefetch: usize,
+    /// Bytes kept for recently used routed experts of streamed MoE layers
+    /// (what the budget leaves after everything else, at most all of them).
+    pub expert_cache: u64,
 }
 
 /// Bytes of the KV cache for `ctx` positions (f32 keys and values).
@@ -80,6 +83,9 @@ pub struct PlanSizes {
     pub head_decoded: u64,
     /// KV cache bytes per context position (f32 keys and values, all layers).
     pub kv_bytes_per_position: u64,
+    /// Per layer: bytes of the routed experts a streamed layer reads on
+    /// demand (0 for a dense layer, and for a compressed one, read whole).
+    pub expert_bytes: Vec<u64>,
 }
 
 impl PlanSizes {
@@ -92,6 +98,16 @@ impl PlanSizes {
             head_bytes: head_weight_bytes(c)?,
             head_decoded: stage.entry(name)?.encoded_length(),
             kv_bytes_per_position: kv_cache_bytes(&c.manifest.architecture, 1),
+            expert_bytes: c
+                .layers
+                .iter()
+                .map(|l| {
+                    if c.manifest.architecture.moe.is_none() || l.compressed() {
+                        return Ok(0);
+                    }
+                    Ok(l.len - crate::stream::experts_start(l)?)
+                })
+                .collect::<Result<Vec<u64>>>()?,
         })
     }
 
@@ -99,8 +115,22 @@ impl PlanSizes {
     /// [`strata_format::shapes::stage_layouts`]), computed without any file.
     pub fn of_layout(arch: &Architecture, stages: &[StageLayout]) -> Result<PlanSizes> {
         let mut layer_bytes = Vec::new();
+        let mut expert_bytes = Vec::new();
         for s in stages.iter().filter(|s| s.kind == StageKind::Layer) {
-            layer_bytes.push(s.file_size()?);
+            let size = s.file_size()?;
+            layer_bytes.push(size);
+            // The experts are the file's tail: its size less that of the rest.
+            let rest: Vec<_> = s
+                .tensors
+                .iter()
+                .take_while(|t| !t.name.starts_with("moe.expert."))
+                .cloned()
+                .collect();
+            let before = StageLayout {
+                tensors: rest,
+                ..s.clone()
+            };
+            expert_bytes.push(size - before.file_size()?);
         }
         let head_bytes = shapes::head_weight_bytes(arch, stages)
             .ok_or_else(|| RunnerError::Invalid("the layout holds no output head weight".into()))?;
@@ -110,6 +140,7 @@ impl PlanSizes {
             head_bytes,
             head_decoded: head_bytes,
             kv_bytes_per_position: kv_cache_bytes(arch, 1),
+            expert_bytes,
         })
     }
 
@@ -209,6 +240,7 @@ impl MemoryPlan {
             resident_bytes: 0,
             streamed_bytes: 0,
             prefetch: req.prefetch,
+            expert_cache: 0,
         };
         let budget = match req.max_memory {
             Some(0) => {
@@ -293,14 +325,18 @@ impl MemoryPlan {
         } else {
             (decoded, &sizes.layer_decoded)
         };
+        let mut streamed_experts = 0u64;
         for (i, &r) in resident.iter().enumerate() {
             if r {
                 plan.resident_bytes += costs[i];
+                left -= costs[i];
             } else {
                 plan.streamed_bytes += layer_bytes[i];
+                streamed_experts += sizes.expert_bytes.get(i).copied().unwrap_or(0);
             }
         }
         plan.resident_layers = resident;
+        plan.expert_cache = left.min(streamed_experts);
         Ok(plan)
     }
 
@@ -345,7 +381,14 @@ impl MemoryPlan {
                 ""
             },
             human(self.streamed_bytes),
-        )
+        ) + &if self.expert_cache > 0 {
+            format!(
+                "; routed experts read as chosen, {} of recently used ones kept",
+                human(self.expert_cache)
+            )
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -387,6 +430,7 @@ mod tests {
             head_bytes: 50 << 20,
             head_decoded: 50 << 20,
             kv_bytes_per_position: 1 << 20,
+            expert_bytes: vec![0; 10],
         }
     }
 
@@ -423,6 +467,7 @@ mod tests {
             head_bytes: 1 << 20,
             head_decoded: 1 << 20,
             kv_bytes_per_position: 0,
+            expert_bytes: vec![0; 2],
         };
         let small = s.smallest_budget(16, 2);
         assert_eq!(small, s.all_resident(16));
@@ -437,6 +482,7 @@ mod tests {
             head_bytes: 35 << 20,
             head_decoded: 50 << 20,
             kv_bytes_per_position: 1 << 20,
+            expert_bytes: vec![0; 10],
         };
         assert_eq!(s.decode_unit(), 100 << 20);
         assert_eq!(s.buffers(2), 2 * (70 << 20) + 3 * (100 << 20));
@@ -459,6 +505,35 @@ mod tests {
         // Everything fits decoded: nothing is held compressed.
         let all = MemoryPlan::for_sizes(&s, req(s.all_resident(16))).unwrap();
         assert!(!all.streams() && !all.keep_compressed);
+    }
+
+    #[test]
+    fn the_expert_cache_gets_what_streaming_leaves() {
+        let s = PlanSizes {
+            expert_bytes: vec![80 << 20; 10],
+            ..sizes()
+        };
+        let min = s.streaming_minimum(16, 2);
+        // Head resident, one layer resident, 30 MiB left for experts.
+        let budget = min + (50 << 20) + (100 << 20) + (30 << 20);
+        let p = MemoryPlan::for_sizes(&s, req(budget)).unwrap();
+        assert_eq!(p.resident_layers.iter().filter(|&&r| r).count(), 1);
+        assert_eq!(p.expert_cache, 30 << 20);
+        assert!(
+            p.describe().contains("30.00 MiB of recently used"),
+            "{}",
+            p.describe()
+        );
+        // Never more than the streamed layers' experts.
+        let s = PlanSizes {
+            expert_bytes: vec![10 << 20; 10],
+            ..sizes()
+        };
+        let budget = min + (50 << 20) + (850 << 20);
+        let p = MemoryPlan::for_sizes(&s, req(budget)).unwrap();
+        assert_eq!(p.resident_layers.iter().filter(|&&r| r).count(), 8);
+        assert_eq!(p.expert_cache, 2 * (10 << 20));
+        assert_eq!(MemoryPlan::for_sizes(&s, req(0)).unwrap().expert_cache, 0);
     }
 
     #[test]
