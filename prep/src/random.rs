@@ -646,6 +646,16 @@ mod tests {
         odd.mlp_bias = true;
         odd.post_norms = true;
         odd.tie_word_embeddings = !odd.tie_word_embeddings;
+        archs.push(odd.clone());
+        // An MoE layer with a shared expert (Qwen2-MoE's layout).
+        odd.source_class = "Qwen2MoeForCausalLM".into();
+        odd.moe = Some(strata_format::manifest::Moe {
+            num_experts: 3,
+            top_k: 2,
+            expert_intermediate_size: 96,
+            normalize_top_k: false,
+            shared_expert_intermediate_size: Some(80),
+        });
         archs.push(odd);
         for a in &archs {
             let converted = plan(a, &q);

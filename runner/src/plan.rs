@@ -86,6 +86,9 @@ pub struct PlanSizes {
     /// Per layer: bytes of the routed experts a streamed layer reads on
     /// demand (0 for a dense layer, and for a compressed one, read whole).
     pub expert_bytes: Vec<u64>,
+    /// Bytes of one routed expert's range (the buffer an expert read takes
+    /// while it is computed with); 0 without such layers.
+    pub expert_unit: u64,
 }
 
 impl PlanSizes {
@@ -108,6 +111,19 @@ impl PlanSizes {
                     Ok(l.len - crate::stream::experts_start(l)?)
                 })
                 .collect::<Result<Vec<u64>>>()?,
+            expert_unit: match &c.manifest.architecture.moe {
+                Some(m) => c
+                    .layers
+                    .iter()
+                    .filter(|l| !l.compressed())
+                    .map(|l| {
+                        (0..m.num_experts as usize)
+                            .map(|e| crate::model::moe::expert_range(l, e).map(|(a, b)| b - a))
+                            .try_fold(0, |x, y| y.map(|y| x.max(y)))
+                    })
+                    .try_fold(0, |x, y| y.map(|y: u64| x.max(y)))?,
+                None => 0,
+            },
         })
     }
 
@@ -140,6 +156,10 @@ impl PlanSizes {
             head_bytes,
             head_decoded: head_bytes,
             kv_bytes_per_position: kv_cache_bytes(arch, 1),
+            // Every expert of a layer has the same page-aligned size.
+            expert_unit: arch.moe.as_ref().map_or(0, |m| {
+                expert_bytes.iter().copied().max().unwrap_or(0) / m.num_experts.max(1)
+            }),
             expert_bytes,
         })
     }
@@ -149,10 +169,17 @@ impl PlanSizes {
         self.kv_bytes_per_position.saturating_mul(ctx as u64)
     }
 
-    /// Size of one streaming unit: the largest layer, or a head chunk of at
-    /// least 8 MiB (never more than the head itself when layers are smaller).
+    /// Size of one streaming unit: the largest layer read (an MoE layer's
+    /// part before its experts), or a head chunk of at least 8 MiB (never
+    /// more than the head itself when layers are smaller).
     pub fn unit(&self) -> u64 {
-        let max_layer = self.layer_bytes.iter().copied().max().unwrap_or(0);
+        let max_layer = self
+            .layer_bytes
+            .iter()
+            .zip(self.expert_bytes.iter().chain(std::iter::repeat(&0)))
+            .map(|(l, e)| l - e)
+            .max()
+            .unwrap_or(0);
         max_layer.max(MIN_UNIT).min(self.head_bytes.max(max_layer))
     }
 
@@ -186,14 +213,16 @@ impl PlanSizes {
     }
 
     /// Buffers of the streaming pipeline: `(prefetch + 1)` read units; with
-    /// compressed stages, two read units and `(prefetch + 1)` decode buffers.
+    /// compressed stages, two read units and `(prefetch + 1)` decode buffers;
+    /// plus one routed expert being computed with, for MoE layers.
     pub fn buffers(&self, prefetch: usize) -> u64 {
         let n = prefetch as u64 + 1;
-        if self.compressed() {
-            2 * self.unit() + n * self.decode_unit()
-        } else {
-            n * self.unit()
-        }
+        self.expert_unit
+            + if self.compressed() {
+                2 * self.unit() + n * self.decode_unit()
+            } else {
+                n * self.unit()
+            }
     }
 
     /// The smallest `--max-memory` with which streaming works: KV cache,
@@ -431,6 +460,7 @@ mod tests {
             head_decoded: 50 << 20,
             kv_bytes_per_position: 1 << 20,
             expert_bytes: vec![0; 10],
+            expert_unit: 0,
         }
     }
 
@@ -468,6 +498,7 @@ mod tests {
             head_decoded: 1 << 20,
             kv_bytes_per_position: 0,
             expert_bytes: vec![0; 2],
+            expert_unit: 0,
         };
         let small = s.smallest_budget(16, 2);
         assert_eq!(small, s.all_resident(16));
@@ -483,6 +514,7 @@ mod tests {
             head_decoded: 50 << 20,
             kv_bytes_per_position: 1 << 20,
             expert_bytes: vec![0; 10],
+            expert_unit: 0,
         };
         assert_eq!(s.decode_unit(), 100 << 20);
         assert_eq!(s.buffers(2), 2 * (70 << 20) + 3 * (100 << 20));
@@ -511,8 +543,11 @@ mod tests {
     fn the_expert_cache_gets_what_streaming_leaves() {
         let s = PlanSizes {
             expert_bytes: vec![80 << 20; 10],
+            expert_unit: 10 << 20,
             ..sizes()
         };
+        // Units are the 20 MiB before the experts, plus one expert's buffer.
+        assert_eq!(s.buffers(2), 3 * (20 << 20) + (10 << 20));
         let min = s.streaming_minimum(16, 2);
         // Head resident, one layer resident, 30 MiB left for experts.
         let budget = min + (50 << 20) + (100 << 20) + (30 << 20);
@@ -524,15 +559,17 @@ mod tests {
             "{}",
             p.describe()
         );
-        // Never more than the streamed layers' experts.
+        // Never more than the streamed layers' experts (here 10 MiB, in the last layer).
+        let mut expert_bytes = vec![0; 10];
+        expert_bytes[9] = 10 << 20;
         let s = PlanSizes {
-            expert_bytes: vec![10 << 20; 10],
+            expert_bytes,
             ..sizes()
         };
-        let budget = min + (50 << 20) + (850 << 20);
+        let budget = s.streaming_minimum(16, 2) + (50 << 20) + (100 << 20) + (30 << 20);
         let p = MemoryPlan::for_sizes(&s, req(budget)).unwrap();
-        assert_eq!(p.resident_layers.iter().filter(|&&r| r).count(), 8);
-        assert_eq!(p.expert_cache, 2 * (10 << 20));
+        assert_eq!(p.resident_layers.iter().filter(|&&r| r).count(), 1);
+        assert_eq!(p.expert_cache, 10 << 20);
         assert_eq!(MemoryPlan::for_sizes(&s, req(0)).unwrap().expert_cache, 0);
     }
 

@@ -14,7 +14,7 @@ use strata_format::compress::{Decoder, Frames};
 use crate::container::{Container, StageInfo, Weight};
 use crate::error::{Result, RunnerError};
 use crate::io::{read_small, AlignedBuf, Backend, Span, UnitBytes, IO_ALIGN};
-use crate::model::moe::ExpertFetch;
+use crate::model::moe::{ExpertFetch, ExpertUse};
 use crate::plan::MemoryPlan;
 
 /// I/O counters shared with the prefetch thread.
@@ -158,7 +158,7 @@ impl ExpertCache {
         stage: &StageInfo,
         l: usize,
         e: usize,
-        f: &mut dyn FnMut(usize, &[u8], u64) -> Result<()>,
+        f: &mut ExpertUse<'_>,
     ) -> Result<()> {
         self.tick += 1;
         if let Some(entry) = self.held.get_mut(&(l, e)) {
@@ -563,12 +563,11 @@ impl Streamer {
         let bytes = self.next_unit(UnitKind::Layer(i))?;
         let out = if self.selective[i] {
             let (cache, backend, stats) = (&mut self.experts, &self.backend, &self.stats);
-            let mut fetch =
-                |experts: &[usize], g: &mut dyn FnMut(usize, &[u8], u64) -> Result<()>| {
-                    experts
-                        .iter()
-                        .try_for_each(|&e| cache.with(backend, stats, stage, i, e, g))
-                };
+            let mut fetch = |experts: &[usize], g: &mut ExpertUse<'_>| {
+                experts
+                    .iter()
+                    .try_for_each(|&e| cache.with(backend, stats, stage, i, e, g))
+            };
             f(stage, bytes.bytes(), &mut fetch)
         } else {
             f(stage, bytes.bytes(), &mut whole_layer(bytes.bytes()))
@@ -673,9 +672,7 @@ impl Streamer {
 }
 
 /// Expert bytes from a layer held whole in memory.
-fn whole_layer(
-    bytes: &[u8],
-) -> impl FnMut(&[usize], &mut dyn FnMut(usize, &[u8], u64) -> Result<()>) -> Result<()> + '_ {
+fn whole_layer(bytes: &[u8]) -> impl FnMut(&[usize], &mut ExpertUse<'_>) -> Result<()> + '_ {
     move |experts, f| experts.iter().try_for_each(|&e| f(e, bytes, 0))
 }
 

@@ -16,7 +16,7 @@ use crate::error::{Result, RunnerError};
 use crate::stream::Streamer;
 use attention::{attend, AttnShape, KvCache};
 use linear::{linear, linear_into};
-use moe::{moe_block, ExpertFetch};
+use moe::{moe_block, ExpertFetch, LayerSource};
 use ops::*;
 
 /// Which positions' logits a forward pass returns.
@@ -446,7 +446,18 @@ impl Model {
 
         let h2 = rms_norm(x, &vecf(MLP_NORM)?, eps, hidden);
         let mut d = match &a.moe {
-            Some(m) => moe_block(&h2, n, hidden, m, a.activation, stage, bytes, fetch)?,
+            Some(m) => moe_block(
+                &h2,
+                n,
+                hidden,
+                m,
+                a.activation,
+                LayerSource {
+                    stage,
+                    bytes,
+                    fetch,
+                },
+            )?,
             None => {
                 let mut g = lin(&h2, MLP_GATE)?;
                 let u = lin(&h2, MLP_UP)?;

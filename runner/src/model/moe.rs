@@ -95,11 +95,24 @@ fn gated_mlp(
     linear(&g, n, &w[2], (file, names[2]))
 }
 
-/// The bytes of some routed experts: calls `f(expert, bytes, base)` for each
-/// expert asked for, where `bytes` holds that expert's tensors and starts at
-/// file offset `base` (the whole layer's bytes and 0 when it is all in memory).
-pub type ExpertFetch<'a> =
-    dyn FnMut(&[usize], &mut dyn FnMut(usize, &[u8], u64) -> Result<()>) -> Result<()> + 'a;
+/// What is done with one routed expert's bytes: `f(expert, bytes, base)`,
+/// where `bytes` holds that expert's tensors and starts at file offset `base`.
+pub type ExpertUse<'a> = dyn FnMut(usize, &[u8], u64) -> Result<()> + 'a;
+
+/// The bytes of some routed experts: calls the [`ExpertUse`] for each expert
+/// asked for (with the whole layer's bytes and base 0 when it is all in memory).
+pub type ExpertFetch<'a> = dyn FnMut(&[usize], &mut ExpertUse<'_>) -> Result<()> + 'a;
+
+/// A layer's view for its MoE block: the stage, the bytes read of its file
+/// (from offset 0), and how to fetch its routed experts.
+pub struct LayerSource<'a, 'f> {
+    /// The layer's stage file.
+    pub stage: &'a StageInfo,
+    /// The layer's bytes from offset 0 (at least everything before the experts).
+    pub bytes: &'a [u8],
+    /// Fetches routed experts.
+    pub fetch: &'a mut ExpertFetch<'f>,
+}
 
 /// The MoE block's output for `n` rows of `u` (the normed residual stream):
 /// the routed experts (fetched through `fetch`) plus the shared expert.
@@ -109,10 +122,13 @@ pub fn moe_block(
     hidden: usize,
     m: &Moe,
     act: Activation,
-    stage: &StageInfo,
-    layer_bytes: &[u8],
-    fetch: &mut ExpertFetch<'_>,
+    src: LayerSource<'_, '_>,
 ) -> Result<Vec<f32>> {
+    let LayerSource {
+        stage,
+        bytes: layer_bytes,
+        fetch,
+    } = src;
     let file = stage.name.as_str();
     let w = |name: &str| stage.weight(layer_bytes, 0, name);
     let routing = route(u, n, &w(names::MOE_ROUTER)?, m, (file, names::MOE_ROUTER))?;
