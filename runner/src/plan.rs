@@ -56,6 +56,8 @@ pub struct MemoryPlan {
     /// Bytes kept for recently used routed experts of streamed MoE layers
     /// (what the budget leaves after everything else, at most all of them).
     pub expert_cache: u64,
+    /// The buffer one routed expert is read into (part of `buffers`).
+    pub expert_unit: u64,
 }
 
 /// Bytes of the KV cache for `ctx` positions (f32 keys and values).
@@ -270,6 +272,7 @@ impl MemoryPlan {
             streamed_bytes: 0,
             prefetch: req.prefetch,
             expert_cache: 0,
+            expert_unit: sizes.expert_unit,
         };
         let budget = match req.max_memory {
             Some(0) => {
@@ -410,7 +413,14 @@ impl MemoryPlan {
                 ""
             },
             human(self.streamed_bytes),
-        ) + &if self.expert_cache > 0 {
+        ) + &if self.expert_unit > 0 && self.streams() {
+            format!(
+                "; buffers include one routed expert ({})",
+                human(self.expert_unit)
+            )
+        } else {
+            String::new()
+        } + &if self.expert_cache > 0 {
             format!(
                 "; routed experts read as chosen, {} of recently used ones kept",
                 human(self.expert_cache)
