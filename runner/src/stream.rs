@@ -150,7 +150,6 @@ struct ExpertCache {
 impl ExpertCache {
     /// Calls `f` with expert `e` of layer `l` (`stage`), reading its byte range
     /// unless it is held, and keeps it if it fits the budget.
-    #[allow(clippy::too_many_arguments)]
     fn with(
         &mut self,
         backend: &Backend,
