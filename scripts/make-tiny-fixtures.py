@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Write tiny random checkpoints (Llama family, Gemma 2, Phi-3) and their transformers reference outputs.
+"""Write tiny random checkpoints (Llama family, Gemma 2, Phi-3, Mixtral/Qwen2-MoE/Qwen3-MoE) and their transformers
+reference outputs.
 
 Output: tests/fixtures/tiny/<variant>/{config.json, model.safetensors, generation_config.json, golden.json}
 (relative to the repository root, or to OUT_DIR if given).
@@ -39,6 +40,11 @@ What the script does, per variant:
    weight dtype, float32 here) and that both soft-caps change the logits. phi3-longrope: also records the logits of
    the first 8 ids (a sequence of original_max_position_embeddings = 8 positions: short factors), checks that the
    long factors matter, and records the attention factor transformers derived.
+8. MoE variants (mixtral, qwen2-moe, qwen3-moe): the checkpoint uses the Hub's per-expert names (Mixtral's
+   block_sparse_moe.experts.N.w1/w2/w3, Qwen's mlp.experts.N.{gate,up,down}_proj); transformers 5 fuses them on
+   load, and the check compares the fused tensors with the file. The seed search also requires a routing margin:
+   at every token of every layer, the k-th and (k+1)-th router probabilities differ by at least MIN_ROUTE_GAP, so
+   that no expert choice is a near tie. golden.json records the experts each layer picked per position.
 Everything is deterministic: torch runs with 1 thread, and json is written with sorted keys and no timestamps.
 """
 
@@ -72,6 +78,7 @@ N_NEW = 8
 DECIMALS = 6
 MIN_MARGIN = 0.02  # smallest top1-top2 logit gap accepted at any position / greedy step
 MAX_SEED_TRIES = 50
+MIN_ROUTE_GAP = 1e-3  # smallest gap between the k-th and (k+1)-th router probability (MoE variants)
 
 BASE = {
     "vocab_size": 160,
@@ -98,6 +105,10 @@ LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
 # pad_token_id: Phi3Config's default (32000) is outside the tiny vocabulary (nn.Embedding refuses it).
 PHI3 = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "attention_dropout": 0.0, "resid_pdrop": 0.0,
         "embd_pdrop": 0.0, "pad_token_id": 0}
+# MoE variants: 4 experts, top-2, experts of width 32 (small files; routing still varies per token).
+MOE_EXPERTS = 4
+MOE_TOP_K = 2
+MOE_WIDTH = 32
 # Gemma 2's real caps (50, 30) never bite on logits this small; these do (checked in golden.json).
 GEMMA2_ATTN_CAP = 5.0
 GEMMA2_FINAL_CAP = 3.0
@@ -149,7 +160,30 @@ VARIANTS = {
                       "rotate): original_max_position_embeddings 8, max 64 (attention factor sqrt(1 + ln 8 / ln 8)); "
                       "the 12-id pass uses the long factors, the first 8 ids and the 5-id prompt the short ones, and "
                       "greedy crosses from short to long"),
+    "mixtral": (11000, {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "rope_theta": 1000000.0,
+                        "intermediate_size": MOE_WIDTH, "num_local_experts": MOE_EXPERTS,
+                        "num_experts_per_tok": MOE_TOP_K, "router_jitter_noise": 0.0, "sliding_window": None,
+                        "attention_dropout": 0.0, "output_router_logits": False},
+                "MixtralForCausalLM: 4 experts of width 32 (block_sparse_moe.experts.N.w1/w2/w3), top-2, the two "
+                "chosen probabilities always renormalized; no sliding window"),
+    "qwen2-moe": (12000, {"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
+                          "rope_theta": 1000000.0, "rms_norm_eps": 1e-06, "num_experts": MOE_EXPERTS,
+                          "num_experts_per_tok": MOE_TOP_K, "moe_intermediate_size": MOE_WIDTH,
+                          "shared_expert_intermediate_size": 48, "norm_topk_prob": False,
+                          "decoder_sparse_step": 1, "mlp_only_layers": [], "use_sliding_window": False,
+                          "attention_dropout": 0.0, "output_router_logits": False, "qkv_bias": True},
+                  "Qwen2MoeForCausalLM: q/k/v biases, 4 experts of width 32, top-2 without renormalization "
+                  "(norm_topk_prob false), shared expert of width 48 scaled by sigmoid(shared_expert_gate)"),
+    "qwen3-moe": (13000, {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "head_dim": 16,
+                          "rope_theta": 1000000.0, "rms_norm_eps": 1e-06, "num_experts": MOE_EXPERTS,
+                          "num_experts_per_tok": MOE_TOP_K, "moe_intermediate_size": MOE_WIDTH,
+                          "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                          "attention_bias": False, "use_sliding_window": False, "attention_dropout": 0.0,
+                          "output_router_logits": False},
+                  "Qwen3MoeForCausalLM: q/k norms, 4 experts of width 32, top-2 renormalized (norm_topk_prob true)"),
 }
+
+MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
 
 # config.json is written with sorted keys, as transformers' save_pretrained does.
 
@@ -192,13 +226,13 @@ def tensor_specs(cfg):
             (p + "self_attn.k_proj.weight", (nkv * hd, h), "proj_qk"),
             (p + "self_attn.v_proj.weight", (nkv * hd, h), "proj"),
         ]
-        if mt == "qwen2":
+        if mt in ("qwen2", "qwen2_moe"):
             specs += [
                 (p + "self_attn.q_proj.bias", (nh * hd,), "bias"),
                 (p + "self_attn.k_proj.bias", (nkv * hd,), "bias"),
                 (p + "self_attn.v_proj.bias", (nkv * hd,), "bias"),
             ]
-        if mt == "qwen3":
+        if mt in ("qwen3", "qwen3_moe"):
             specs += [
                 (p + "self_attn.q_norm.weight", (hd,), "norm"),
                 (p + "self_attn.k_norm.weight", (hd,), "norm"),
@@ -214,6 +248,27 @@ def tensor_specs(cfg):
                 (p + "self_attn.o_proj.weight", (h, nh * hd), "proj"),
                 (p + "post_attention_layernorm.weight", (h,), norm),
             ]
+        if mt == "mixtral":
+            specs.append((p + "block_sparse_moe.gate.weight", (cfg["num_local_experts"], h), "router"))
+            for e in range(cfg["num_local_experts"]):
+                q = f"{p}block_sparse_moe.experts.{e}."
+                specs += [(q + "w1.weight", (inter, h), "proj"), (q + "w2.weight", (h, inter), "proj"),
+                          (q + "w3.weight", (inter, h), "proj")]
+            continue
+        if mt in ("qwen2_moe", "qwen3_moe"):
+            w = cfg["moe_intermediate_size"]
+            specs.append((p + "mlp.gate.weight", (cfg["num_experts"], h), "router"))
+            for e in range(cfg["num_experts"]):
+                q = f"{p}mlp.experts.{e}."
+                specs += [(q + "gate_proj.weight", (w, h), "proj"), (q + "up_proj.weight", (w, h), "proj"),
+                          (q + "down_proj.weight", (h, w), "proj")]
+            if mt == "qwen2_moe":
+                s = cfg["shared_expert_intermediate_size"]
+                specs += [(p + "mlp.shared_expert.gate_proj.weight", (s, h), "proj"),
+                          (p + "mlp.shared_expert.up_proj.weight", (s, h), "proj"),
+                          (p + "mlp.shared_expert.down_proj.weight", (h, s), "proj"),
+                          (p + "mlp.shared_expert_gate.weight", (1, h), "router")]
+            continue
         specs += [
             (p + "mlp.gate_proj.weight", (inter, h), "proj"),
             (p + "mlp.up_proj.weight", (inter, h), "proj"),
@@ -256,6 +311,8 @@ def make_weights(cfg, seed):
             x = 2.0 + 0.2 * x
         elif kind == "bias":
             x = 0.2 * x
+        elif kind == "router":
+            x = 0.3 * x  # router logits of a few units: the choices vary from token to token
         else:
             raise AssertionError(kind)
         out[name] = x.to(torch.bfloat16).contiguous()
@@ -266,8 +323,30 @@ def r(x):
     return [round(float(v), DECIMALS) for v in x]
 
 
+def fused_moe(weights, cfg):
+    """The checkpoint's per-expert tensors as transformers 5 holds them after loading (fused per layer)."""
+    mt = cfg["model_type"]
+    if mt not in MOE_TYPES:
+        return weights
+    out = {}
+    n = cfg.get("num_local_experts") or cfg["num_experts"]
+    names = ("w1", "w3", "w2") if mt == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+    for k, w in weights.items():
+        if ".experts." not in k:
+            out[k.replace(".block_sparse_moe.", ".mlp.")] = w
+    for i in range(cfg["num_hidden_layers"]):
+        src = f"model.layers.{i}." + ("block_sparse_moe" if mt == "mixtral" else "mlp") + ".experts."
+        dst = f"model.layers.{i}.mlp.experts."
+        out[dst + "gate_up_proj"] = torch.stack(
+            [torch.cat([weights[f"{src}{e}.{names[0]}.weight"], weights[f"{src}{e}.{names[1]}.weight"]])
+             for e in range(n)])
+        out[dst + "down_proj"] = torch.stack([weights[f"{src}{e}.{names[2]}.weight"] for e in range(n)])
+    return out
+
+
 def check_loaded(model, weights, cfg, name):
     sd = model.state_dict()
+    weights = fused_moe(weights, cfg)
     for k, w in weights.items():
         got = sd[k]
         assert got.dtype == torch.float32, (k, got.dtype)
@@ -311,6 +390,12 @@ def check_loaded(model, weights, cfg, name):
             f = cfg["max_position_embeddings"] / cfg["original_max_position_embeddings"]
             want = math.sqrt(1 + math.log(f) / math.log(cfg["original_max_position_embeddings"]))
             assert rot.attention_scaling == want, (rot.attention_scaling, want)
+    if cfg["model_type"] in MOE_TYPES:
+        mlp = model.model.layers[0].mlp
+        assert (mlp.gate.top_k, mlp.gate.num_experts) == (MOE_TOP_K, MOE_EXPERTS)
+        if cfg["model_type"] != "mixtral":
+            assert mlp.gate.norm_topk_prob == cfg["norm_topk_prob"]
+        assert hasattr(mlp, "shared_expert") == (cfg["model_type"] == "qwen2_moe")
     if cfg["model_type"] in ("qwen2", "qwen3"):
         assert c.sliding_window is None, c.sliding_window
         assert all(t == "full_attention" for t in c.layer_types), c.layer_types
@@ -333,6 +418,26 @@ def layer_outputs(model, ids):
             hk.remove()
     assert len(rec) == len(model.model.layers) and len(emb) == 1
     return logits, emb[0][0], [t[0] for t in rec]
+
+
+def routing(model, ids):
+    """Per layer, per position: the experts picked (in transformers' top-k order), and the smallest gap between
+    the k-th and (k+1)-th router probability over all positions and layers."""
+    rec = []
+    hooks = [layer.mlp.gate.register_forward_hook(lambda m, a, o: rec.append(o)) for layer in model.model.layers]
+    try:
+        with torch.no_grad():
+            model(torch.tensor([ids]))
+    finally:
+        for hk in hooks:
+            hk.remove()
+    picked, gap = [], float("inf")
+    for router_logits, _, indices in rec:
+        probs = torch.softmax(router_logits.float(), dim=-1)
+        top = torch.topk(probs, MOE_TOP_K + 1, dim=-1).values
+        gap = min(gap, float((top[:, MOE_TOP_K - 1] - top[:, MOE_TOP_K]).min()))
+        picked.append(indices.tolist())
+    return picked, gap
 
 
 def greedy(model, prompt):
@@ -498,10 +603,14 @@ def main():
             if name == "phi3-longrope":  # the short-factor pass is compared by value, its argmax too
                 extra = longrope_checks(folder, model, logits, cfg)
                 pos_margins += extra["short_logits_top1_minus_top2"]
-            if min(margins + pos_margins) >= MIN_MARGIN and len(set(new)) > 2:
+            route_gap = None
+            if cfg["model_type"] in MOE_TYPES:
+                picked, route_gap = routing(model, IDS)
+            if (min(margins + pos_margins) >= MIN_MARGIN and len(set(new)) > 2
+                    and (route_gap is None or route_gap >= MIN_ROUTE_GAP)):
                 break
             print(f"{name}: seed {seed} rejected (min margin {min(margins + pos_margins):.4f}, "
-                  f"greedy {new})", file=sys.stderr)
+                  f"greedy {new}, routing gap {route_gap})", file=sys.stderr)
         else:
             raise SystemExit(f"{name}: no seed in {MAX_SEED_TRIES} tries gave margins >= {MIN_MARGIN}")
 
@@ -542,6 +651,10 @@ def main():
                                   "(before the final norm)")
         if name == "phi3-longrope":
             golden["longrope"] = extra
+        if route_gap is not None:
+            golden["routing"] = {"experts": picked, "min_kth_minus_next_prob": round(route_gap, DECIMALS),
+                                 "note": "experts[l][i] = experts layer l picked at position i of the 12 ids, "
+                                         "in transformers' top-k order"}
         with open(os.path.join(folder, "golden.json"), "w") as f:
             f.write(json.dumps(golden, sort_keys=True, separators=(",", ":")) + "\n")
         lg = logits

@@ -52,8 +52,19 @@ pub const MLP_GATE: &str = "mlp.gate";
 pub const MLP_UP: &str = "mlp.up";
 /// Down projection `[hidden, intermediate]`.
 pub const MLP_DOWN: &str = "mlp.down";
-/// MoE router `[num_experts, hidden]`.
+/// MoE router `[num_experts, hidden]` (stored f32).
 pub const MOE_ROUTER: &str = "moe.router";
+/// Shared expert's gate projection `[shared_expert_intermediate_size, hidden]`.
+pub const MOE_SHARED_GATE: &str = "moe.shared.gate";
+/// Shared expert's up projection `[shared_expert_intermediate_size, hidden]`.
+pub const MOE_SHARED_UP: &str = "moe.shared.up";
+/// Shared expert's down projection `[hidden, shared_expert_intermediate_size]`.
+pub const MOE_SHARED_DOWN: &str = "moe.shared.down";
+/// Scalar gate of the shared expert's output `[1, hidden]` (stored f32):
+/// the output is scaled by `sigmoid(shared_gate · u)`.
+pub const MOE_SHARED_GATE_SCALAR: &str = "moe.shared_gate";
+/// The three projections of an expert, in the order a layer file stores them.
+pub const MOE_EXPERT_PARTS: [&str; 3] = ["gate", "up", "down"];
 
 /// Tensor name of routed expert `e`'s projection `part` (`gate`, `up` or `down`).
 pub fn moe_expert(e: u64, part: &str) -> String {

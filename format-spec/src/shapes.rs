@@ -10,15 +10,17 @@ use std::path::Path;
 use crate::dtype::{DType, DEFAULT_BLOCK};
 use crate::error::Result;
 use crate::header::StageKind;
-use crate::manifest::{Activation, Architecture, Quantization, Rope, RopeScaling};
+use crate::manifest::{Activation, Architecture, Moe, Quantization, Rope, RopeScaling};
 use crate::names;
 use crate::writer::{stage_file_size, TensorSpec};
 
 /// The names [`Shape::named`] knows, smallest first.
-pub const SHAPE_NAMES: [&str; 5] = [
+pub const SHAPE_NAMES: [&str; 7] = [
     "tiny",
+    "mixtral-8x7b-2l",
     "llama2-7b",
     "llama3-8b",
+    "mixtral-8x7b",
     "llama3-70b",
     "llama3.1-405b",
 ];
@@ -47,6 +49,8 @@ struct Dims {
     llama3_scaling: bool,
     tied: bool,
     class: &'static str,
+    /// Routed experts and experts per token (Mixtral), if any.
+    experts: Option<(u64, u64)>,
 }
 
 impl Shape {
@@ -59,6 +63,10 @@ impl Shape {
     ///   intermediate 14336, vocabulary 128256, RoPE θ 500000 with Llama 3 scaling.
     /// - `llama3-70b`: Llama 3.1 70B: 80 layers, hidden 8192, 64 heads (8 KV), intermediate 28672.
     /// - `llama3.1-405b`: 126 layers, hidden 16384, 128 heads (8 KV), intermediate 53248.
+    /// - `mixtral-8x7b`: Mixtral 8x7B: 32 layers, hidden 4096, 32 heads (8 KV),
+    ///   8 experts of width 14336, top-2, vocabulary 32000, RoPE θ 1e6.
+    /// - `mixtral-8x7b-2l`: the same with 2 layers (about 1.9 GB in nf4), to
+    ///   measure expert streaming without writing 26 GB.
     pub fn named(name: &str) -> Option<Shape> {
         let llama3 = |layers, hidden, heads, intermediate| Dims {
             layers,
@@ -72,6 +80,21 @@ impl Shape {
             llama3_scaling: true,
             tied: false,
             class: "LlamaForCausalLM",
+            experts: None,
+        };
+        let mixtral = |layers| Dims {
+            layers,
+            hidden: 4096,
+            heads: 32,
+            kv_heads: 8,
+            intermediate: 14_336,
+            vocab: 32_000,
+            max_position: 32_768,
+            theta: 1_000_000.0,
+            llama3_scaling: false,
+            tied: false,
+            class: "MixtralForCausalLM",
+            experts: Some((8, 2)),
         };
         let d = match name {
             "tiny" => Dims {
@@ -86,6 +109,7 @@ impl Shape {
                 llama3_scaling: false,
                 tied: true,
                 class: "LlamaForCausalLM",
+                experts: None,
             },
             "llama2-7b" => Dims {
                 layers: 32,
@@ -99,7 +123,10 @@ impl Shape {
                 llama3_scaling: false,
                 tied: false,
                 class: "LlamaForCausalLM",
+                experts: None,
             },
+            "mixtral-8x7b" => mixtral(32),
+            "mixtral-8x7b-2l" => mixtral(2),
             "llama3-8b" => llama3(32, 4096, 32, 14_336),
             "llama3-70b" => llama3(80, 8192, 64, 28_672),
             "llama3.1-405b" => llama3(126, 16_384, 128, 53_248),
@@ -110,7 +137,12 @@ impl Shape {
         Some(Shape {
             name,
             architecture: Architecture {
-                family: "llama".into(),
+                family: if d.experts.is_some() {
+                    "mixtral"
+                } else {
+                    "llama"
+                }
+                .into(),
                 source_class: d.class.into(),
                 hidden_size: d.hidden,
                 num_layers: d.layers,
@@ -140,7 +172,13 @@ impl Shape {
                 post_norms: false,
                 sliding_window: None,
                 sliding_window_layers: None,
-                moe: None,
+                moe: d.experts.map(|(num_experts, top_k)| Moe {
+                    num_experts,
+                    top_k,
+                    expert_intermediate_size: d.intermediate,
+                    normalize_top_k: true,
+                    shared_expert_intermediate_size: None,
+                }),
                 attn_logit_softcap: None,
                 final_logit_softcap: None,
                 attention_scale: None,
@@ -193,7 +231,9 @@ impl StageLayout {
 /// the embeddings, each layer, then the final norm and (untied) head, with
 /// the tensor tables of SPEC.md §6 (norms and biases in f32, linear weights
 /// in `q.weights`, the embedding matrix in `q.embeddings`, an untied head in
-/// `q.head`). Mixture-of-experts routing (`arch.moe`) is not laid out.
+/// `q.head`). An MoE layer (`arch.moe`) has, after `mlp_norm`, the f32
+/// router, the shared expert (if any; its scalar gate f32) and then every
+/// routed expert's `gate`, `up`, `down`, expert by expert, in place of `mlp.*`.
 pub fn stage_layouts(arch: &Architecture, q: &Quantization) -> Vec<StageLayout> {
     let spec = |name: &str, dtype: DType, shape: Vec<u64>| TensorSpec {
         name: name.to_string(),
@@ -246,9 +286,11 @@ pub fn stage_layouts(arch: &Architecture, q: &Quantization) -> Vec<StageLayout> 
             t.push(spec(names::ATTN_POST_NORM, f32_, vec![h]));
         }
         t.push(spec(names::MLP_NORM, f32_, vec![h]));
-        t.push(spec(names::MLP_GATE, lin, vec![inter, h]));
-        t.push(spec(names::MLP_UP, lin, vec![inter, h]));
-        t.push(spec(names::MLP_DOWN, lin, vec![h, inter]));
+        if arch.moe.is_none() {
+            t.push(spec(names::MLP_GATE, lin, vec![inter, h]));
+            t.push(spec(names::MLP_UP, lin, vec![inter, h]));
+            t.push(spec(names::MLP_DOWN, lin, vec![h, inter]));
+        }
         if arch.mlp_bias {
             t.push(spec("mlp.gate.bias", f32_, vec![inter]));
             t.push(spec("mlp.up.bias", f32_, vec![inter]));
@@ -256,6 +298,21 @@ pub fn stage_layouts(arch: &Architecture, q: &Quantization) -> Vec<StageLayout> 
         }
         if arch.post_norms {
             t.push(spec(names::MLP_POST_NORM, f32_, vec![h]));
+        }
+        if let Some(m) = &arch.moe {
+            let w = m.expert_intermediate_size;
+            t.push(spec(names::MOE_ROUTER, f32_, vec![m.num_experts, h]));
+            if let Some(sw) = m.shared_expert_intermediate_size {
+                t.push(spec(names::MOE_SHARED_GATE, lin, vec![sw, h]));
+                t.push(spec(names::MOE_SHARED_UP, lin, vec![sw, h]));
+                t.push(spec(names::MOE_SHARED_DOWN, lin, vec![h, sw]));
+                t.push(spec(names::MOE_SHARED_GATE_SCALAR, f32_, vec![1, h]));
+            }
+            for e in 0..m.num_experts {
+                t.push(spec(&names::moe_expert(e, "gate"), lin, vec![w, h]));
+                t.push(spec(&names::moe_expert(e, "up"), lin, vec![w, h]));
+                t.push(spec(&names::moe_expert(e, "down"), lin, vec![h, w]));
+            }
         }
         stages.push(StageLayout {
             file: names::layer_file(i),

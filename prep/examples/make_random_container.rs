@@ -9,8 +9,9 @@
 //! ```
 //!
 //! Shapes (`strata_format::shapes`): `tiny` (a few MB), `llama2-7b`,
-//! `llama3-8b`, `llama3-70b` (about 38.5 GB) and `llama3.1-405b` (about
-//! 218 GB). Layers are nf4 (block 64), the embeddings and the head int8, as
+//! `llama3-8b`, `llama3-70b` (about 38.5 GB), `llama3.1-405b` (about
+//! 218 GB), `mixtral-8x7b` (about 25 GB) and `mixtral-8x7b-2l` (its first 2
+//! layers, about 1.7 GB). Layers are nf4 (block 64), the embeddings and the head int8, as
 //! `prep --quant nf4` writes them. The sizes of every file are printed first;
 //! `--dry-run` stops there, and so does a container that would not fit the
 //! disk (exit status 1). `--tokenizer-from DIR` copies a tokenizer in (its
@@ -28,7 +29,8 @@ use strata_prep::random::{write_random_container, RandomOptions, Sizes};
 /// Write a random-weight container of a named model shape.
 #[derive(Debug, Parser)]
 struct Args {
-    /// The model shape: tiny, llama2-7b, llama3-8b, llama3-70b, llama3.1-405b.
+    /// The model shape: tiny, llama2-7b, llama3-8b, llama3-70b, llama3.1-405b,
+    /// mixtral-8x7b, mixtral-8x7b-2l.
     #[arg(long, value_parser = parse_shape)]
     shape: Shape,
     /// Destination directory (created; must be empty or absent).

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use serde_json::{Map, Value};
-use strata_format::manifest::{Activation, Architecture, Rope, RopeScaling};
+use strata_format::manifest::{Activation, Architecture, Moe, Rope, RopeScaling};
 
 use crate::error::{PrepError, Result, SUPPORTED_CLASSES};
 
@@ -41,6 +41,8 @@ struct Family {
     original_max_default: Option<u64>,
     /// Checks and settings of a family published as remote code.
     remote: Remote,
+    /// How the class describes its mixture of experts, if it has one.
+    moe: MoeRule,
 }
 
 /// Families whose modeling code ships with the checkpoint (`auto_map`).
@@ -57,6 +59,25 @@ enum Remote {
     Qwen,
     /// ChatGLM 2 / 3 and GLM-4: their own config keys (see [`translate_chatglm`]).
     ChatGlm,
+}
+
+/// How a class configures its routed experts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MoeRule {
+    /// A dense model.
+    None,
+    /// Mixtral: `num_local_experts` (8), `num_experts_per_tok` (2), experts
+    /// of `intermediate_size`, the chosen probabilities always renormalized.
+    Mixtral,
+    /// Qwen2-MoE / Qwen3-MoE: `num_experts`, `num_experts_per_tok`,
+    /// `moe_intermediate_size`, `norm_topk_prob`, `decoder_sparse_step`,
+    /// `mlp_only_layers`; Qwen2-MoE adds a shared expert.
+    Qwen {
+        experts: u64,
+        top_k: u64,
+        width: u64,
+        shared: Option<u64>,
+    },
 }
 
 /// How a class describes its sliding window.
@@ -92,9 +113,10 @@ const LLAMA: Family = Family {
     longrope_aliases: &[],
     original_max_default: None,
     remote: Remote::None,
+    moe: MoeRule::None,
 };
 
-const FAMILIES: [Family; 11] = [
+const FAMILIES: [Family; 14] = [
     LLAMA,
     Family {
         class: "MistralForCausalLM",
@@ -182,6 +204,48 @@ const FAMILIES: [Family; 11] = [
     Family {
         class: "ChatGLMForConditionalGeneration",
         ..CHATGLM
+    },
+    Family {
+        class: "MixtralForCausalLM",
+        family: "mixtral",
+        max_position_default: 4096 * 32,
+        attention_bias_key: false,
+        mlp_bias_key: false,
+        window: WindowRule::AllLayers { default: None },
+        moe: MoeRule::Mixtral,
+        ..LLAMA
+    },
+    Family {
+        class: "Qwen2MoeForCausalLM",
+        family: "qwen2_moe",
+        max_position_default: 32768,
+        attention_bias_key: false,
+        // `qkv_bias` (default true), read in `parse_architecture`.
+        qkv_bias: true,
+        mlp_bias_key: false,
+        window: WindowRule::None,
+        moe: MoeRule::Qwen {
+            experts: 60,
+            top_k: 4,
+            width: 1408,
+            shared: Some(5632),
+        },
+        ..LLAMA
+    },
+    Family {
+        class: "Qwen3MoeForCausalLM",
+        family: "qwen3_moe",
+        max_position_default: 32768,
+        mlp_bias_key: false,
+        qk_norm: true,
+        window: WindowRule::None,
+        moe: MoeRule::Qwen {
+            experts: 128,
+            top_k: 8,
+            width: 768,
+            shared: None,
+        },
+        ..LLAMA
     },
 ];
 
@@ -458,6 +522,12 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         false
     };
     let (sliding_window, sliding_window_layers) = parse_window(&c, fam.window, layers)?;
+    let qkv_bias = if fam.moe == MoeRule::None || !fam.qkv_bias {
+        fam.qkv_bias
+    } else {
+        c.bool("qkv_bias")?.unwrap_or(true)
+    };
+    let moe = parse_moe(&c, fam, intermediate)?;
     let mut arch = Architecture {
         family: fam.family.into(),
         source_class: fam.class.into(),
@@ -473,14 +543,14 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         rope,
         activation,
         tie_word_embeddings: tie,
-        attention_bias: attn_bias_flag || fam.qkv_bias,
+        attention_bias: attn_bias_flag || qkv_bias,
         attention_out_bias: attn_bias_flag,
         mlp_bias,
         qk_norm: fam.qk_norm,
         post_norms: false,
         sliding_window,
         sliding_window_layers,
-        moe: None,
+        moe,
         attn_logit_softcap: None,
         final_logit_softcap: None,
         attention_scale: None,
@@ -703,6 +773,74 @@ fn translate_chatglm(c: &Cfg) -> Result<Map<String, Value>> {
     m.insert("rope_theta".into(), (DEFAULT_ROPE_THETA * ratio).into());
     m.insert("partial_rotary_factor".into(), 0.5.into());
     Ok(m)
+}
+
+/// The routed experts of an MoE class (SPEC.md §5.2 `moe`); refuses the
+/// layouts the container cannot describe (dense layers between MoE ones,
+/// Qwen-MoE's sliding window).
+fn parse_moe(c: &Cfg, fam: &Family, intermediate: u64) -> Result<Option<Moe>> {
+    let count = |key: &str, default: u64| -> Result<u64> {
+        let v = c.u64(key)?.unwrap_or(default);
+        if v == 0 || v > MAX_WIDTH {
+            return Err(c.err(format!("`{key}` = {v} is outside 1..={MAX_WIDTH}")));
+        }
+        Ok(v)
+    };
+    let moe = match fam.moe {
+        MoeRule::None => return Ok(None),
+        MoeRule::Mixtral => Moe {
+            num_experts: count("num_local_experts", 8)?,
+            top_k: count("num_experts_per_tok", 2)?,
+            expert_intermediate_size: intermediate,
+            normalize_top_k: true,
+            shared_expert_intermediate_size: None,
+        },
+        MoeRule::Qwen {
+            experts,
+            top_k,
+            width,
+            shared,
+        } => {
+            let step = c.u64("decoder_sparse_step")?.unwrap_or(1);
+            if step != 1 {
+                return Err(c.err(format!(
+                    "`decoder_sparse_step` = {step}: dense feed-forward layers between MoE layers are not supported (only 1, every layer MoE)"
+                )));
+            }
+            match c.get("mlp_only_layers") {
+                None => {}
+                Some(Value::Array(a)) if a.is_empty() => {}
+                Some(v) => {
+                    return Err(c.err(format!(
+                        "`mlp_only_layers` = {v}: dense feed-forward layers in an MoE model are not supported (only an empty list)"
+                    )))
+                }
+            }
+            if c.bool("use_sliding_window")?.unwrap_or(false) {
+                return Err(c.err(format!(
+                    "`use_sliding_window` is true: the sliding window of {} is not supported",
+                    fam.class
+                )));
+            }
+            Moe {
+                num_experts: count("num_experts", experts)?,
+                top_k: count("num_experts_per_tok", top_k)?,
+                expert_intermediate_size: count("moe_intermediate_size", width)?,
+                normalize_top_k: c.bool("norm_topk_prob")?.unwrap_or(false),
+                shared_expert_intermediate_size: match shared {
+                    Some(d) => Some(count("shared_expert_intermediate_size", d)?),
+                    None => None,
+                },
+            }
+        }
+    };
+    if moe.top_k > moe.num_experts {
+        return Err(c.err(format!(
+            "`num_experts_per_tok` = {} exceeds the {} experts",
+            moe.top_k, moe.num_experts
+        )));
+    }
+    Ok(Some(moe))
 }
 
 /// RoPE from the classic keys (`rope_theta`, `rope_scaling`) or from
@@ -1459,6 +1597,57 @@ mod tests {
         let mut v = chatglm();
         v["add_bias_linear"] = json!(true);
         assert!(arch(v).unwrap_err().to_string().contains("add_bias_linear"));
+    }
+
+    #[test]
+    fn moe_classes() {
+        let mut v = llama();
+        v["architectures"] = json!(["MixtralForCausalLM"]);
+        v["num_local_experts"] = json!(4);
+        let a = arch(v.clone()).unwrap();
+        let m = a.moe.unwrap();
+        assert_eq!(
+            (m.num_experts, m.top_k, m.expert_intermediate_size),
+            (4, 2, 128)
+        );
+        assert!(m.normalize_top_k && m.shared_expert_intermediate_size.is_none());
+        assert_eq!((a.family.as_str(), a.sliding_window), ("mixtral", None));
+        v["num_experts_per_tok"] = json!(5);
+        assert!(arch(v).unwrap_err().to_string().contains("exceeds"));
+
+        let mut v = llama();
+        v["architectures"] = json!(["Qwen2MoeForCausalLM"]);
+        v["num_experts"] = json!(4);
+        v["num_experts_per_tok"] = json!(2);
+        v["moe_intermediate_size"] = json!(32);
+        v["shared_expert_intermediate_size"] = json!(48);
+        let a = arch(v.clone()).unwrap();
+        let m = a.moe.unwrap();
+        assert_eq!(m.shared_expert_intermediate_size, Some(48));
+        assert!(!m.normalize_top_k && a.attention_bias && !a.attention_out_bias);
+        v["qkv_bias"] = json!(false);
+        assert!(!arch(v.clone()).unwrap().attention_bias);
+        for (key, bad) in [
+            ("decoder_sparse_step", json!(2)),
+            ("mlp_only_layers", json!([1])),
+            ("use_sliding_window", json!(true)),
+        ] {
+            let mut w = v.clone();
+            w[key] = bad;
+            assert!(arch(w).unwrap_err().to_string().contains(key), "{key}");
+        }
+
+        let mut v = llama();
+        v["architectures"] = json!(["Qwen3MoeForCausalLM"]);
+        v["norm_topk_prob"] = json!(true);
+        let a = arch(v).unwrap();
+        let m = a.moe.unwrap();
+        assert_eq!(
+            (m.num_experts, m.top_k, m.expert_intermediate_size),
+            (128, 8, 768)
+        );
+        assert!(m.normalize_top_k && a.qk_norm && m.shared_expert_intermediate_size.is_none());
+        assert_eq!(a.head_dim, 16);
     }
 
     #[test]

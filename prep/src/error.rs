@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 /// The architecture classes `prep` converts, as they appear in `config.json`.
-pub const SUPPORTED_CLASSES: [&str; 11] = [
+pub const SUPPORTED_CLASSES: [&str; 14] = [
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
@@ -16,6 +16,9 @@ pub const SUPPORTED_CLASSES: [&str; 11] = [
     "QWenLMHeadModel",
     "ChatGLMModel",
     "ChatGLMForConditionalGeneration",
+    "MixtralForCausalLM",
+    "Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM",
 ];
 
 /// Any error of a conversion.

@@ -224,6 +224,8 @@ enum Layout {
     /// rotate in interleaved pairs), `self_attention.dense`,
     /// `mlp.dense_h_to_4h` (gate rows, then up), `mlp.dense_4h_to_h`.
     ChatGlm,
+    /// Mixtral: experts under `block_sparse_moe` named `w1`, `w3`, `w2`.
+    Mixtral,
 }
 
 impl Layout {
@@ -235,6 +237,7 @@ impl Layout {
             "BaichuanForCausalLM" => Layout::Baichuan,
             "QWenLMHeadModel" => Layout::Qwen,
             "ChatGLMModel" | "ChatGLMForConditionalGeneration" => Layout::ChatGlm,
+            "MixtralForCausalLM" => Layout::Mixtral,
             _ => Layout::Llama,
         }
     }
@@ -287,7 +290,7 @@ impl Layout {
                 gate_up: GateUp::Fused("mlp.gate_up_proj.weight"),
                 ..Layout::Llama.names()
             },
-            Layout::Llama | Layout::Gemma2 | Layout::Baichuan => LayoutNames {
+            Layout::Llama | Layout::Gemma2 | Layout::Baichuan | Layout::Mixtral => LayoutNames {
                 layer: "model.layers.",
                 final_norm: "model.norm.weight",
                 embed: "model.embed_tokens.weight",
@@ -456,7 +459,7 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
                     (w, b, group(q_rows + d, d)),
                 ]
             }
-            Layout::Llama | Layout::Gemma2 => [
+            Layout::Llama | Layout::Gemma2 | Layout::Mixtral => [
                 ("self_attn.q_proj.weight", "self_attn.q_proj.bias", whole),
                 ("self_attn.k_proj.weight", "self_attn.k_proj.bias", whole),
                 ("self_attn.v_proj.weight", "self_attn.v_proj.bias", whole),
@@ -512,18 +515,22 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
             src.mlp_norm
         };
         t.push((names::MLP_NORM, f32_, vec![h], mlp_norm_source, norm));
-        match src.gate_up {
-            GateUp::Fused(gate_up) => {
-                let rows = |first| Derive::rows(first, inter, 2 * inter);
-                t.push((names::MLP_GATE, lin, vec![inter, h], gate_up, rows(0)));
-                t.push((names::MLP_UP, lin, vec![inter, h], gate_up, rows(inter)));
+        // MoE layers have no dense MLP: the routed experts follow, after
+        // everything else (`moe_tensors`).
+        if arch.moe.is_none() {
+            match src.gate_up {
+                GateUp::Fused(gate_up) => {
+                    let rows = |first| Derive::rows(first, inter, 2 * inter);
+                    t.push((names::MLP_GATE, lin, vec![inter, h], gate_up, rows(0)));
+                    t.push((names::MLP_UP, lin, vec![inter, h], gate_up, rows(inter)));
+                }
+                GateUp::Separate { gate, up } => {
+                    t.push((names::MLP_GATE, lin, vec![inter, h], gate, whole));
+                    t.push((names::MLP_UP, lin, vec![inter, h], up, whole));
+                }
             }
-            GateUp::Separate { gate, up } => {
-                t.push((names::MLP_GATE, lin, vec![inter, h], gate, whole));
-                t.push((names::MLP_UP, lin, vec![inter, h], up, whole));
-            }
+            t.push((names::MLP_DOWN, lin, vec![h, inter], src.down, whole));
         }
-        t.push((names::MLP_DOWN, lin, vec![h, inter], src.down, whole));
         if arch.mlp_bias {
             t.push((
                 "mlp.gate.bias",
@@ -544,18 +551,20 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
                 norm,
             ));
         }
+        let mut tensors: Vec<PlannedTensor> = t
+            .into_iter()
+            .map(|(name, dtype, shape, src, derive)| PlannedTensor {
+                spec: q.spec(name, dtype, shape),
+                source: format!("{p}{src}"),
+                derive,
+            })
+            .collect();
+        tensors.extend(moe_tensors(arch, layout, q, &p));
         stages.push(Stage {
             file: names::layer_file(i),
             kind: StageKind::Layer,
             layer: Some(i as u32),
-            tensors: t
-                .into_iter()
-                .map(|(name, dtype, shape, src, derive)| PlannedTensor {
-                    spec: q.spec(name, dtype, shape),
-                    source: format!("{p}{src}"),
-                    derive,
-                })
-                .collect(),
+            tensors,
         });
     }
     let mut head = vec![PlannedTensor {
@@ -581,6 +590,84 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
         tensors: head,
     });
     stages
+}
+
+/// An MoE layer's feed-forward tensors (none for a dense model), after the
+/// rest of the layer: the router and the shared expert, then each routed
+/// expert's `gate`, `up`, `down` together, expert by expert, so that a runner
+/// reads the chosen experts as contiguous byte ranges at the end of the file.
+/// The router and the shared expert's scalar gate stay f32 (they are small,
+/// and quantizing them could change which experts are chosen).
+fn moe_tensors(
+    arch: &Architecture,
+    layout: Layout,
+    q: &QuantPolicy,
+    p: &str,
+) -> Vec<PlannedTensor> {
+    let Some(m) = &arch.moe else {
+        return Vec::new();
+    };
+    let h = arch.hidden_size;
+    let w = m.expert_intermediate_size;
+    let t = |name: String, dtype: DType, shape: Vec<u64>, src: String| PlannedTensor {
+        spec: q.spec(&name, dtype, shape),
+        source: format!("{p}{src}"),
+        derive: Derive::Whole,
+    };
+    // Mixtral: block_sparse_moe.gate, experts.E.{w1 (gate), w3 (up), w2 (down)}.
+    let (block, parts) = if layout == Layout::Mixtral {
+        ("block_sparse_moe", ["w1", "w3", "w2"])
+    } else {
+        ("mlp", ["gate_proj", "up_proj", "down_proj"])
+    };
+    let mut out = vec![t(
+        names::MOE_ROUTER.into(),
+        DType::F32,
+        vec![m.num_experts, h],
+        format!("{block}.gate.weight"),
+    )];
+    if let Some(s) = m.shared_expert_intermediate_size {
+        out.push(t(
+            names::MOE_SHARED_GATE.into(),
+            q.weights,
+            vec![s, h],
+            "mlp.shared_expert.gate_proj.weight".into(),
+        ));
+        out.push(t(
+            names::MOE_SHARED_UP.into(),
+            q.weights,
+            vec![s, h],
+            "mlp.shared_expert.up_proj.weight".into(),
+        ));
+        out.push(t(
+            names::MOE_SHARED_DOWN.into(),
+            q.weights,
+            vec![h, s],
+            "mlp.shared_expert.down_proj.weight".into(),
+        ));
+        out.push(t(
+            names::MOE_SHARED_GATE_SCALAR.into(),
+            DType::F32,
+            vec![1, h],
+            "mlp.shared_expert_gate.weight".into(),
+        ));
+    }
+    for e in 0..m.num_experts {
+        for (part, src) in names::MOE_EXPERT_PARTS.iter().zip(parts) {
+            let shape = if *part == "down" {
+                vec![h, w]
+            } else {
+                vec![w, h]
+            };
+            out.push(t(
+                names::moe_expert(e, part),
+                q.weights,
+                shape,
+                format!("{block}.experts.{e}.{src}.weight"),
+            ));
+        }
+    }
+    out
 }
 
 /// How a source tensor name relates to the plan.
@@ -991,6 +1078,93 @@ pub(crate) mod tests {
                 "model.layers.0.post_attention_layernorm.weight",
                 Derive::Whole
             )
+        );
+    }
+
+    #[test]
+    fn moe_layers_end_with_experts_in_order() {
+        use strata_format::manifest::Moe;
+        let mut a = tiny_arch();
+        a.source_class = "Qwen2MoeForCausalLM".into();
+        a.moe = Some(Moe {
+            num_experts: 2,
+            top_k: 1,
+            expert_intermediate_size: 32,
+            normalize_top_k: false,
+            shared_expert_intermediate_size: Some(48),
+        });
+        let s = plan(&a, &NF4);
+        let layer: Vec<(&str, &str, DType)> = s[1]
+            .tensors
+            .iter()
+            .skip(6)
+            .map(|t| (t.spec.name.as_str(), t.source.as_str(), t.spec.dtype))
+            .collect();
+        let p = "model.layers.0.mlp.";
+        let want: Vec<(String, String, DType)> = [
+            ("moe.router", "gate.weight", DType::F32),
+            (
+                "moe.shared.gate",
+                "shared_expert.gate_proj.weight",
+                DType::Nf4,
+            ),
+            ("moe.shared.up", "shared_expert.up_proj.weight", DType::Nf4),
+            (
+                "moe.shared.down",
+                "shared_expert.down_proj.weight",
+                DType::Nf4,
+            ),
+            ("moe.shared_gate", "shared_expert_gate.weight", DType::F32),
+            (
+                "moe.expert.0.gate",
+                "experts.0.gate_proj.weight",
+                DType::Nf4,
+            ),
+            ("moe.expert.0.up", "experts.0.up_proj.weight", DType::Nf4),
+            (
+                "moe.expert.0.down",
+                "experts.0.down_proj.weight",
+                DType::Nf4,
+            ),
+            (
+                "moe.expert.1.gate",
+                "experts.1.gate_proj.weight",
+                DType::Nf4,
+            ),
+            ("moe.expert.1.up", "experts.1.up_proj.weight", DType::Nf4),
+            (
+                "moe.expert.1.down",
+                "experts.1.down_proj.weight",
+                DType::Nf4,
+            ),
+        ]
+        .iter()
+        .map(|(n, src, d)| (n.to_string(), format!("{p}{src}"), *d))
+        .collect();
+        let got: Vec<(String, String, DType)> = layer
+            .iter()
+            .map(|(n, src, d)| (n.to_string(), src.to_string(), *d))
+            .collect();
+        assert_eq!(s[1].tensors[5].spec.name, "mlp_norm");
+        assert_eq!(got, want);
+        assert_eq!(s[1].tensors.last().unwrap().spec.shape, vec![80, 32]);
+
+        a.source_class = "MixtralForCausalLM".into();
+        a.moe.as_mut().unwrap().shared_expert_intermediate_size = None;
+        let s = plan(&a, &NF4);
+        let src: Vec<&str> = s[2].tensors[6..]
+            .iter()
+            .map(|t| t.source.as_str())
+            .collect();
+        let b = "model.layers.1.block_sparse_moe.";
+        assert_eq!(src[0], format!("{b}gate.weight"));
+        assert_eq!(
+            &src[1..4],
+            [
+                format!("{b}experts.0.w1.weight"),
+                format!("{b}experts.0.w3.weight"),
+                format!("{b}experts.0.w2.weight")
+            ]
         );
     }
 

@@ -350,6 +350,9 @@ fn tokenizer_id_count(v: &Value) -> Option<u64> {
 enum Fill {
     /// f32 ones (norm weights).
     Ones,
+    /// f32 values uniform in `[-scale, scale]` (the f32 matrices of an MoE
+    /// layer: router and shared-expert gate), so that routing varies.
+    Uniform { scale: f32 },
     /// Random NF4 codes; block scales around `scale`.
     Nf4 { scale: f32, block: usize },
     /// Random int8 values; block scales around `scale`; rows from `zero_from` on are zero.
@@ -369,6 +372,10 @@ impl Fill {
         let block = spec.block_size.unwrap_or(0) as usize;
         let cols_f = cols.max(1) as f64;
         match spec.dtype {
+            // Logits of standard deviation 1 for an input of unit RMS.
+            DType::F32 if spec.shape.len() == 2 => Ok(Fill::Uniform {
+                scale: (3.0 / cols_f).sqrt() as f32,
+            }),
             DType::F32 => Ok(Fill::Ones),
             DType::Nf4 => {
                 let mean_sq = nf4::CODES.iter().map(|c| f64::from(c * c)).sum::<f64>() / 16.0;
@@ -406,6 +413,13 @@ impl Fill {
             Fill::Ones => {
                 for v in buf.chunks_exact_mut(4) {
                     v.copy_from_slice(&1.0f32.to_le_bytes());
+                }
+            }
+            Fill::Uniform { scale } => {
+                for v in buf.chunks_exact_mut(4) {
+                    // 24 random bits to [-1, 1).
+                    let u = (rng.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                    v.copy_from_slice(&(u * scale).to_le_bytes());
                 }
             }
             Fill::Nf4 { scale, block } => {
@@ -472,7 +486,7 @@ fn unsupported(spec: &TensorSpec) -> PrepError {
         path: PathBuf::from("(random weights)"),
         tensor: spec.name.clone(),
         reason: format!(
-            "cannot generate {} of shape {:?} (only f32 norms, nf4 and int8)",
+            "cannot generate {} of shape {:?} (only f32 norms and matrices, nf4 and int8)",
             spec.dtype, spec.shape
         ),
     }
@@ -646,6 +660,16 @@ mod tests {
         odd.mlp_bias = true;
         odd.post_norms = true;
         odd.tie_word_embeddings = !odd.tie_word_embeddings;
+        archs.push(odd.clone());
+        // An MoE layer with a shared expert (Qwen2-MoE's layout).
+        odd.source_class = "Qwen2MoeForCausalLM".into();
+        odd.moe = Some(strata_format::manifest::Moe {
+            num_experts: 3,
+            top_k: 2,
+            expert_intermediate_size: 96,
+            normalize_top_k: false,
+            shared_expert_intermediate_size: Some(80),
+        });
         archs.push(odd);
         for a in &archs {
             let converted = plan(a, &q);

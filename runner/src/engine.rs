@@ -43,6 +43,8 @@ pub struct IoSnapshot {
     pub wait_secs: f64,
     /// Seconds spent decompressing so far (decode thread and load).
     pub decode_secs: f64,
+    /// Bytes of routed experts read so far (part of `bytes_read`).
+    pub expert_bytes_read: u64,
 }
 
 /// Everything needed to run a container.
@@ -104,6 +106,7 @@ impl Engine {
             bytes_read: s.bytes_read.load(Ordering::Relaxed),
             wait_secs: s.wait_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             decode_secs: s.decode_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            expert_bytes_read: s.expert_bytes_read.load(Ordering::Relaxed),
         }
     }
 

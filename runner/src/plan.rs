@@ -53,6 +53,11 @@ pub struct MemoryPlan {
     pub streamed_bytes: u64,
     /// Stages read ahead.
     pub prefetch: usize,
+    /// Bytes kept for recently used routed experts of streamed MoE layers
+    /// (what the budget leaves after everything else, at most all of them).
+    pub expert_cache: u64,
+    /// The buffer one routed expert is read into (part of `buffers`).
+    pub expert_unit: u64,
 }
 
 /// Bytes of the KV cache for `ctx` positions (f32 keys and values).
@@ -80,6 +85,12 @@ pub struct PlanSizes {
     pub head_decoded: u64,
     /// KV cache bytes per context position (f32 keys and values, all layers).
     pub kv_bytes_per_position: u64,
+    /// Per layer: bytes of the routed experts a streamed layer reads on
+    /// demand (0 for a dense layer, and for a compressed one, read whole).
+    pub expert_bytes: Vec<u64>,
+    /// Bytes of one routed expert's range (the buffer an expert read takes
+    /// while it is computed with); 0 without such layers.
+    pub expert_unit: u64,
 }
 
 impl PlanSizes {
@@ -92,6 +103,29 @@ impl PlanSizes {
             head_bytes: head_weight_bytes(c)?,
             head_decoded: stage.entry(name)?.encoded_length(),
             kv_bytes_per_position: kv_cache_bytes(&c.manifest.architecture, 1),
+            expert_bytes: c
+                .layers
+                .iter()
+                .map(|l| {
+                    if c.manifest.architecture.moe.is_none() || l.compressed() {
+                        return Ok(0);
+                    }
+                    Ok(l.len - crate::stream::experts_start(l)?)
+                })
+                .collect::<Result<Vec<u64>>>()?,
+            expert_unit: match &c.manifest.architecture.moe {
+                Some(m) => c
+                    .layers
+                    .iter()
+                    .filter(|l| !l.compressed())
+                    .map(|l| {
+                        (0..m.num_experts as usize)
+                            .map(|e| crate::model::moe::expert_range(l, e).map(|(a, b)| b - a))
+                            .try_fold(0, |x, y| y.map(|y| x.max(y)))
+                    })
+                    .try_fold(0, |x, y| y.map(|y: u64| x.max(y)))?,
+                None => 0,
+            },
         })
     }
 
@@ -99,8 +133,22 @@ impl PlanSizes {
     /// [`strata_format::shapes::stage_layouts`]), computed without any file.
     pub fn of_layout(arch: &Architecture, stages: &[StageLayout]) -> Result<PlanSizes> {
         let mut layer_bytes = Vec::new();
+        let mut expert_bytes = Vec::new();
         for s in stages.iter().filter(|s| s.kind == StageKind::Layer) {
-            layer_bytes.push(s.file_size()?);
+            let size = s.file_size()?;
+            layer_bytes.push(size);
+            // The experts are the file's tail: its size less that of the rest.
+            let rest: Vec<_> = s
+                .tensors
+                .iter()
+                .take_while(|t| !t.name.starts_with("moe.expert."))
+                .cloned()
+                .collect();
+            let before = StageLayout {
+                tensors: rest,
+                ..s.clone()
+            };
+            expert_bytes.push(size - before.file_size()?);
         }
         let head_bytes = shapes::head_weight_bytes(arch, stages)
             .ok_or_else(|| RunnerError::Invalid("the layout holds no output head weight".into()))?;
@@ -110,6 +158,11 @@ impl PlanSizes {
             head_bytes,
             head_decoded: head_bytes,
             kv_bytes_per_position: kv_cache_bytes(arch, 1),
+            // Every expert of a layer has the same page-aligned size.
+            expert_unit: arch.moe.as_ref().map_or(0, |m| {
+                expert_bytes.iter().copied().max().unwrap_or(0) / m.num_experts.max(1)
+            }),
+            expert_bytes,
         })
     }
 
@@ -118,10 +171,17 @@ impl PlanSizes {
         self.kv_bytes_per_position.saturating_mul(ctx as u64)
     }
 
-    /// Size of one streaming unit: the largest layer, or a head chunk of at
-    /// least 8 MiB (never more than the head itself when layers are smaller).
+    /// Size of one streaming unit: the largest layer read (an MoE layer's
+    /// part before its experts), or a head chunk of at least 8 MiB (never
+    /// more than the head itself when layers are smaller).
     pub fn unit(&self) -> u64 {
-        let max_layer = self.layer_bytes.iter().copied().max().unwrap_or(0);
+        let max_layer = self
+            .layer_bytes
+            .iter()
+            .zip(self.expert_bytes.iter().chain(std::iter::repeat(&0)))
+            .map(|(l, e)| l - e)
+            .max()
+            .unwrap_or(0);
         max_layer.max(MIN_UNIT).min(self.head_bytes.max(max_layer))
     }
 
@@ -155,14 +215,16 @@ impl PlanSizes {
     }
 
     /// Buffers of the streaming pipeline: `(prefetch + 1)` read units; with
-    /// compressed stages, two read units and `(prefetch + 1)` decode buffers.
+    /// compressed stages, two read units and `(prefetch + 1)` decode buffers;
+    /// plus one routed expert being computed with, for MoE layers.
     pub fn buffers(&self, prefetch: usize) -> u64 {
         let n = prefetch as u64 + 1;
-        if self.compressed() {
-            2 * self.unit() + n * self.decode_unit()
-        } else {
-            n * self.unit()
-        }
+        self.expert_unit
+            + if self.compressed() {
+                2 * self.unit() + n * self.decode_unit()
+            } else {
+                n * self.unit()
+            }
     }
 
     /// The smallest `--max-memory` with which streaming works: KV cache,
@@ -209,6 +271,8 @@ impl MemoryPlan {
             resident_bytes: 0,
             streamed_bytes: 0,
             prefetch: req.prefetch,
+            expert_cache: 0,
+            expert_unit: sizes.expert_unit,
         };
         let budget = match req.max_memory {
             Some(0) => {
@@ -293,14 +357,18 @@ impl MemoryPlan {
         } else {
             (decoded, &sizes.layer_decoded)
         };
+        let mut streamed_experts = 0u64;
         for (i, &r) in resident.iter().enumerate() {
             if r {
                 plan.resident_bytes += costs[i];
+                left -= costs[i];
             } else {
                 plan.streamed_bytes += layer_bytes[i];
+                streamed_experts += sizes.expert_bytes.get(i).copied().unwrap_or(0);
             }
         }
         plan.resident_layers = resident;
+        plan.expert_cache = left.min(streamed_experts);
         Ok(plan)
     }
 
@@ -345,7 +413,21 @@ impl MemoryPlan {
                 ""
             },
             human(self.streamed_bytes),
-        )
+        ) + &if self.expert_unit > 0 && self.streams() {
+            format!(
+                "; buffers include one routed expert ({})",
+                human(self.expert_unit)
+            )
+        } else {
+            String::new()
+        } + &if self.expert_cache > 0 {
+            format!(
+                "; routed experts read as chosen, {} of recently used ones kept",
+                human(self.expert_cache)
+            )
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -387,6 +469,8 @@ mod tests {
             head_bytes: 50 << 20,
             head_decoded: 50 << 20,
             kv_bytes_per_position: 1 << 20,
+            expert_bytes: vec![0; 10],
+            expert_unit: 0,
         }
     }
 
@@ -423,6 +507,8 @@ mod tests {
             head_bytes: 1 << 20,
             head_decoded: 1 << 20,
             kv_bytes_per_position: 0,
+            expert_bytes: vec![0; 2],
+            expert_unit: 0,
         };
         let small = s.smallest_budget(16, 2);
         assert_eq!(small, s.all_resident(16));
@@ -437,6 +523,8 @@ mod tests {
             head_bytes: 35 << 20,
             head_decoded: 50 << 20,
             kv_bytes_per_position: 1 << 20,
+            expert_bytes: vec![0; 10],
+            expert_unit: 0,
         };
         assert_eq!(s.decode_unit(), 100 << 20);
         assert_eq!(s.buffers(2), 2 * (70 << 20) + 3 * (100 << 20));
@@ -459,6 +547,40 @@ mod tests {
         // Everything fits decoded: nothing is held compressed.
         let all = MemoryPlan::for_sizes(&s, req(s.all_resident(16))).unwrap();
         assert!(!all.streams() && !all.keep_compressed);
+    }
+
+    #[test]
+    fn the_expert_cache_gets_what_streaming_leaves() {
+        let s = PlanSizes {
+            expert_bytes: vec![80 << 20; 10],
+            expert_unit: 10 << 20,
+            ..sizes()
+        };
+        // Units are the 20 MiB before the experts, plus one expert's buffer.
+        assert_eq!(s.buffers(2), 3 * (20 << 20) + (10 << 20));
+        let min = s.streaming_minimum(16, 2);
+        // Head resident, one layer resident, 30 MiB left for experts.
+        let budget = min + (50 << 20) + (100 << 20) + (30 << 20);
+        let p = MemoryPlan::for_sizes(&s, req(budget)).unwrap();
+        assert_eq!(p.resident_layers.iter().filter(|&&r| r).count(), 1);
+        assert_eq!(p.expert_cache, 30 << 20);
+        assert!(
+            p.describe().contains("30.00 MiB of recently used"),
+            "{}",
+            p.describe()
+        );
+        // Never more than the streamed layers' experts (here 10 MiB, in the last layer).
+        let mut expert_bytes = vec![0; 10];
+        expert_bytes[9] = 10 << 20;
+        let s = PlanSizes {
+            expert_bytes,
+            ..sizes()
+        };
+        let budget = s.streaming_minimum(16, 2) + (50 << 20) + (100 << 20) + (30 << 20);
+        let p = MemoryPlan::for_sizes(&s, req(budget)).unwrap();
+        assert_eq!(p.resident_layers.iter().filter(|&&r| r).count(), 1);
+        assert_eq!(p.expert_cache, 10 << 20);
+        assert_eq!(MemoryPlan::for_sizes(&s, req(0)).unwrap().expert_cache, 0);
     }
 
     #[test]

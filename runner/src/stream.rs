@@ -14,6 +14,7 @@ use strata_format::compress::{Decoder, Frames};
 use crate::container::{Container, StageInfo, Weight};
 use crate::error::{Result, RunnerError};
 use crate::io::{read_small, AlignedBuf, Backend, Span, UnitBytes, IO_ALIGN};
+use crate::model::moe::{ExpertFetch, ExpertUse};
 use crate::plan::MemoryPlan;
 
 /// I/O counters shared with the prefetch thread.
@@ -27,6 +28,9 @@ pub struct IoStats {
     pub wait_nanos: AtomicU64,
     /// Nanoseconds spent decompressing (on the decode thread, or at load).
     pub decode_nanos: AtomicU64,
+    /// Bytes of routed experts read from streamed MoE layer files (also
+    /// counted in `bytes_read`).
+    pub expert_bytes_read: AtomicU64,
 }
 
 impl IoStats {
@@ -127,6 +131,85 @@ pub struct Streamer {
     resident_head: Option<UnitBytes>,
     prefetcher: Option<Prefetcher>,
     stats: Arc<IoStats>,
+    /// Per layer: whether it streams expert-selectively (its unit is the part
+    /// before the experts; the routed experts are read on demand).
+    selective: Vec<bool>,
+    experts: ExpertCache,
+}
+
+/// Recently used routed experts of streamed MoE layers, least recently used
+/// evicted first, within a byte budget (the memory plan's `expert_cache`).
+struct ExpertCache {
+    budget: u64,
+    used: u64,
+    tick: u64,
+    /// `(layer, expert)` → (bytes from file offset `base`, base, last use, size).
+    held: HashMap<(usize, usize), (UnitBytes, u64, u64, u64)>,
+}
+
+impl ExpertCache {
+    /// Calls `f` with expert `e` of layer `l` (`stage`), reading its byte range
+    /// unless it is held, and keeps it if it fits the budget.
+    fn with(
+        &mut self,
+        backend: &Backend,
+        stats: &IoStats,
+        stage: &StageInfo,
+        l: usize,
+        e: usize,
+        f: &mut ExpertUse<'_>,
+    ) -> Result<()> {
+        self.tick += 1;
+        if let Some(entry) = self.held.get_mut(&(l, e)) {
+            entry.2 = self.tick;
+            return f(e, entry.0.bytes(), entry.1);
+        }
+        let (start, end) = crate::model::moe::expert_range(stage, e)?;
+        let span = Span {
+            offset: start,
+            len: end - start,
+        };
+        let buf = if backend.maps() {
+            None
+        } else {
+            Some(alloc(span.len, "an expert's bytes")?)
+        };
+        let started = Instant::now();
+        let (bytes, _) = backend.read(&stage.path, span, buf)?;
+        stats.add_read(span.len, started);
+        stats
+            .expert_bytes_read
+            .fetch_add(span.len, Ordering::Relaxed);
+        f(e, bytes.bytes(), start)?;
+        if span.len > self.budget {
+            return Ok(());
+        }
+        while self.used + span.len > self.budget {
+            let Some(oldest) = self.held.iter().min_by_key(|(_, v)| v.2).map(|(k, _)| *k) else {
+                break;
+            };
+            if let Some((_, _, _, size)) = self.held.remove(&oldest) {
+                self.used -= size;
+            }
+        }
+        self.used += span.len;
+        self.held
+            .insert((l, e), (bytes, start, self.tick, span.len));
+        Ok(())
+    }
+}
+
+/// Whether layer `stage` can stream expert-selectively: an MoE layer whose
+/// tensors are stored uncompressed (a compressed layer is read whole).
+fn selective_layer(c: &Container, stage: &StageInfo) -> bool {
+    c.manifest.architecture.moe.is_some() && !stage.compressed()
+}
+
+/// Where the routed experts of a layer file begin (its first expert's offset).
+pub fn experts_start(stage: &StageInfo) -> Result<u64> {
+    Ok(stage
+        .entry(&strata_format::names::moe_expert(0, "gate"))?
+        .offset)
 }
 
 fn align_down(x: u64) -> u64 {
@@ -335,13 +418,26 @@ impl Streamer {
         };
 
         let mut units = Vec::new();
+        let mut selective = vec![false; container.layers.len()];
         for (i, l) in container.layers.iter().enumerate() {
             let decode = if l.compressed() {
                 Decode::Stage
             } else {
                 Decode::Nothing
             };
+            let mut whole_file = true;
             let source = match &resident_layers[i] {
+                None if selective_layer(&container, l) => {
+                    // Only the part before the experts; the routed experts
+                    // are read on demand, so the file is verified up front.
+                    container.check_from_disk(l)?;
+                    selective[i] = true;
+                    whole_file = false;
+                    Source::Disk(Span {
+                        offset: 0,
+                        len: experts_start(l)?,
+                    })
+                }
                 None => Source::Disk(Span {
                     offset: 0,
                     len: l.len,
@@ -353,7 +449,7 @@ impl Streamer {
                 kind: UnitKind::Layer(i),
                 stage: l.clone(),
                 source,
-                whole_file: true,
+                whole_file,
                 decode,
             });
         }
@@ -390,6 +486,13 @@ impl Streamer {
             resident_head,
             prefetcher,
             stats,
+            selective,
+            experts: ExpertCache {
+                budget: plan.expert_cache,
+                used: 0,
+                tick: 0,
+                held: HashMap::new(),
+            },
         })
     }
 
@@ -444,19 +547,30 @@ impl Streamer {
         }
     }
 
-    /// Runs `f` on layer `i`'s whole-file bytes.
+    /// Runs `f` on layer `i`'s bytes, with a way to fetch the bytes of the
+    /// routed experts an MoE layer picks.
     pub fn with_layer<R>(
         &mut self,
         i: usize,
-        f: impl FnOnce(&StageInfo, &[u8]) -> Result<R>,
+        f: impl FnOnce(&StageInfo, &[u8], &mut ExpertFetch<'_>) -> Result<R>,
     ) -> Result<R> {
         let container = self.container.clone();
         let stage = &container.layers[i];
         if let Some(Resident::Ready(b)) = &self.resident_layers[i] {
-            return f(stage, b.bytes());
+            return f(stage, b.bytes(), &mut whole_layer(b.bytes()));
         }
         let bytes = self.next_unit(UnitKind::Layer(i))?;
-        let out = f(stage, bytes.bytes());
+        let out = if self.selective[i] {
+            let (cache, backend, stats) = (&mut self.experts, &self.backend, &self.stats);
+            let mut fetch = |experts: &[usize], g: &mut ExpertUse<'_>| {
+                experts
+                    .iter()
+                    .try_for_each(|&e| cache.with(backend, stats, stage, i, e, g))
+            };
+            f(stage, bytes.bytes(), &mut fetch)
+        } else {
+            f(stage, bytes.bytes(), &mut whole_layer(bytes.bytes()))
+        };
         self.release(bytes);
         out
     }
@@ -554,6 +668,11 @@ impl Streamer {
             })
             .collect()
     }
+}
+
+/// Expert bytes from a layer held whole in memory.
+fn whole_layer(bytes: &[u8]) -> impl FnMut(&[usize], &mut ExpertUse<'_>) -> Result<()> + '_ {
+    move |experts, f| experts.iter().try_for_each(|&e| f(e, bytes, 0))
 }
 
 /// What the prefetch (and decode) threads work from.

@@ -1123,6 +1123,9 @@ fn invalid_checkpoints_get_one_clear_error() {
             "Qwen3ForCausalLM",
             "Gemma2ForCausalLM",
             "Phi3ForCausalLM",
+            "MixtralForCausalLM",
+            "Qwen2MoeForCausalLM",
+            "Qwen3MoeForCausalLM",
         ],
     );
 

@@ -241,11 +241,18 @@ fn cached_greedy(dir: &Path, prompt: &[u32], steps: usize) -> Vec<u32> {
 
 /// Runs `logits --all-positions` over `ids` and checks every row against
 /// `want` within `tol`; returns the largest difference.
-fn all_positions_within(dir: &Path, ids: &Value, want: &Value, tol: f64, what: &str) -> f64 {
-    let out = run_ok(&mut runner(
-        &["logits", "--ids", &ids_arg(ids), "--all-positions"],
-        dir,
-    ));
+fn all_positions_within(
+    dir: &Path,
+    ids: &Value,
+    want: &Value,
+    tol: f64,
+    what: &str,
+    extra: &[&str],
+) -> f64 {
+    let ids = ids_arg(ids);
+    let mut args = vec!["logits", "--ids", &ids, "--all-positions"];
+    args.extend_from_slice(extra);
+    let out = run_ok(&mut runner(&args, dir));
     let rows = logits_rows(&out);
     assert_eq!(rows.len(), want.as_array().expect("rows").len());
     let mut worst = 0f64;
@@ -280,6 +287,9 @@ fn tiny_architectures_match_transformers() {
         // on ChatGLM's (its interleaved half rotary is ChatGLM's).
         "qwen",
         "chatglm",
+        "mixtral",
+        "qwen2-moe",
+        "qwen3-moe",
     ] {
         let src = tiny_fixture(variant);
         let g: Value =
@@ -292,8 +302,20 @@ fn tiny_architectures_match_transformers() {
                 &["--quant", quant],
             );
             let what = format!("{variant} {quant}");
-            let d = all_positions_within(&dir, &g["ids"], &g["logits"], tol, &what);
+            let d = all_positions_within(&dir, &g["ids"], &g["logits"], tol, &what, &[]);
             eprintln!("{what}: all-position logits within {d:.2e} of transformers");
+            if g.get("routing").is_some() {
+                // Streamed: each MoE layer reads its routed experts only.
+                let d = all_positions_within(
+                    &dir,
+                    &g["ids"],
+                    &g["logits"],
+                    tol,
+                    &format!("{what} --max-memory 0"),
+                    &["--max-memory", "0"],
+                );
+                eprintln!("{what} --max-memory 0: all-position logits within {d:.2e}");
+            }
             // LongRoPE: a sequence no longer than the original context uses the short factors.
             if let Some(lr) = g.get("longrope") {
                 let d = all_positions_within(
@@ -302,6 +324,7 @@ fn tiny_architectures_match_transformers() {
                     &lr["short_logits"],
                     tol,
                     &format!("{what} short factors"),
+                    &[],
                 );
                 eprintln!("{what}: short-factor logits within {d:.2e} of transformers");
             }
@@ -554,4 +577,56 @@ fn batched_prompts_match_single_runs() {
     for (r, p) in results.iter().zip(&prompts) {
         assert_eq!(r["text"], p["greedy"]["text"], "{}", p["name"]);
     }
+}
+
+/// A streamed MoE layer reads its routed experts only: with `--max-memory 0`
+/// (no expert kept between tokens) a decoded token reads exactly `top_k` of
+/// each layer's experts, a fraction `top_k / num_experts` of their bytes.
+#[test]
+fn streamed_moe_reads_only_routed_experts() {
+    let dir = prepared(
+        &tiny_fixture("mixtral"),
+        "tiny-mixtral-bench-f32",
+        &["--quant", "f32"],
+    );
+    let out = run_ok(&mut runner(
+        &[
+            "bench",
+            "--prompt-tokens",
+            "6",
+            "--new-tokens",
+            "4",
+            "--max-memory",
+            "0",
+        ],
+        &dir,
+    ));
+    let v: Value = serde_json::from_str(stdout(&out).trim()).expect("bench JSON");
+    let layers: u64 = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("layer."))
+        .map(|e| e.metadata().expect("meta").len())
+        .sum();
+    let experts = v["expert_bytes_in_layer_files"]
+        .as_u64()
+        .expect("expert bytes");
+    let per_token = v["expert_bytes_read_per_token"]
+        .as_f64()
+        .expect("per token");
+    let share = v["expert_bytes_read_share_per_token"]
+        .as_f64()
+        .expect("share");
+    assert!(experts > 0 && experts < layers, "{v}");
+    // 2 of 4 experts per layer and token.
+    assert!((share - 0.5).abs() < 1e-9, "{v}");
+    assert!((per_token - experts as f64 / 2.0).abs() < 1e-6, "{v}");
+    let total = v["bytes_read_per_token"].as_f64().expect("bytes");
+    assert!(
+        total < layers as f64,
+        "a streamed token read {total} bytes, the layer files hold {layers}"
+    );
+    // The prompt reads the union of its tokens' experts: more than one token's.
+    let prefill = v["prefill_expert_bytes_read"].as_f64().expect("prefill");
+    assert!(prefill >= per_token && prefill <= experts as f64, "{v}");
 }

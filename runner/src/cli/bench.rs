@@ -83,6 +83,14 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let io2 = engine.io();
     let prompt_total = k * a.prompt_tokens.max(1);
     let per = |x: f64| if decoded > 0 { x / decoded as f64 } else { 0.0 };
+    // The routed experts' bytes in the layer files (each file's tail, §6).
+    let mut expert_file_bytes = 0u64;
+    if engine.container.manifest.architecture.moe.is_some() {
+        for l in &engine.container.layers {
+            expert_file_bytes += l.len - strata_runner::stream::experts_start(l)?;
+        }
+    }
+    let expert_per_token = per((io2.expert_bytes_read - io1.expert_bytes_read) as f64);
     let out = serde_json::json!({
         "batch": k,
         "prompt_tokens": prompt_total,
@@ -91,6 +99,11 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         "decode_tokens_per_s": if decode_secs > 0.0 { decoded as f64 / decode_secs } else { 0.0 },
         "bytes_read_per_token": per((io2.bytes_read - io1.bytes_read) as f64),
         "prefill_bytes_read": io1.bytes_read - io0.bytes_read,
+        "expert_bytes_read_per_token": expert_per_token,
+        "expert_bytes_in_layer_files": expert_file_bytes,
+        "expert_bytes_read_share_per_token": if expert_file_bytes > 0 { expert_per_token / expert_file_bytes as f64 } else { 0.0 },
+        "prefill_expert_bytes_read": io1.expert_bytes_read - io0.expert_bytes_read,
+        "expert_cache_bytes": engine.plan.expert_cache,
         "io_wait_fraction": if decode_secs > 0.0 { (io2.wait_secs - io1.wait_secs) / decode_secs } else { 0.0 },
         "decode_seconds": decode_secs,
         "decompress_seconds_per_token": per(io2.decode_secs - io1.decode_secs),

@@ -19,7 +19,7 @@ pub struct PlanArgs {
     #[arg(required_unless_present = "shape", conflicts_with = "shape")]
     dir: Option<PathBuf>,
     /// Plan for a named model shape instead of a container: tiny, llama2-7b,
-    /// llama3-8b, llama3-70b, llama3.1-405b (nf4 layers, int8 embeddings and head).
+    /// llama3-8b, llama3-70b, llama3.1-405b, mixtral-8x7b, mixtral-8x7b-2l (nf4 layers, int8 embeddings and head).
     #[arg(long)]
     shape: Option<String>,
     /// Memory budget to plan for, e.g. 4GiB; 0 keeps nothing resident.
@@ -127,9 +127,14 @@ pub fn run(a: PlanArgs) -> Result<i32> {
     );
     println!("runtime:          {} allowance", human(OVERHEAD));
     println!(
-        "read buffers:     {} ({prefetch} ahead + 1, {} each)",
+        "read buffers:     {} ({prefetch} ahead + 1, {} each{})",
         human(sizes.buffers(prefetch)),
-        human(sizes.unit())
+        human(sizes.unit()),
+        if sizes.expert_unit > 0 {
+            format!(", and one routed expert of {}", human(sizes.expert_unit))
+        } else {
+            String::new()
+        }
     );
     if prefetch != 1 {
         println!(

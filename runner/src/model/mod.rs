@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod linear;
+pub mod moe;
 pub mod ops;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::error::{Result, RunnerError};
 use crate::stream::Streamer;
 use attention::{attend, AttnShape, KvCache};
 use linear::{linear, linear_into};
+use moe::{moe_block, ExpertFetch, LayerSource};
 use ops::*;
 
 /// Which positions' logits a forward pass returns.
@@ -81,11 +83,6 @@ struct Span {
 /// Checks that every stage holds the tensors the architecture needs, with the right shapes.
 pub fn check_shapes(c: &Container) -> Result<()> {
     let a = &c.manifest.architecture;
-    if a.moe.is_some() {
-        return Err(RunnerError::Unsupported(
-            "mixture-of-experts layers (this runner computes dense Llama-family decoders)".into(),
-        ));
-    }
     let (h, q, kv, im) = (
         a.hidden_size,
         a.num_attention_heads * a.head_dim,
@@ -119,9 +116,29 @@ pub fn check_shapes(c: &Container) -> Result<()> {
         expect(l, ATTN_K, &[kv, h])?;
         expect(l, ATTN_V, &[kv, h])?;
         expect(l, ATTN_O, &[h, q])?;
-        expect(l, MLP_GATE, &[im, h])?;
-        expect(l, MLP_UP, &[im, h])?;
-        expect(l, MLP_DOWN, &[h, im])?;
+        match &a.moe {
+            None => {
+                expect(l, MLP_GATE, &[im, h])?;
+                expect(l, MLP_UP, &[im, h])?;
+                expect(l, MLP_DOWN, &[h, im])?;
+            }
+            Some(m) => {
+                expect(l, MOE_ROUTER, &[m.num_experts, h])?;
+                let w = m.expert_intermediate_size;
+                for e in 0..m.num_experts {
+                    expect(l, &moe_expert(e, "gate"), &[w, h])?;
+                    expect(l, &moe_expert(e, "up"), &[w, h])?;
+                    expect(l, &moe_expert(e, "down"), &[h, w])?;
+                    moe::expert_range(l, e as usize)?;
+                }
+                if let Some(sw) = m.shared_expert_intermediate_size {
+                    expect(l, MOE_SHARED_GATE, &[sw, h])?;
+                    expect(l, MOE_SHARED_UP, &[sw, h])?;
+                    expect(l, MOE_SHARED_DOWN, &[h, sw])?;
+                    expect(l, MOE_SHARED_GATE_SCALAR, &[1, h])?;
+                }
+            }
+        }
         if a.attention_bias {
             expect(l, ATTN_Q_BIAS, &[q])?;
             expect(l, ATTN_K_BIAS, &[kv])?;
@@ -316,8 +333,8 @@ impl Model {
             x.iter_mut().for_each(|v| *v *= m as f32);
         }
         for l in 0..c.layers.len() {
-            s.with_layer(l, |stage, bytes| {
-                self.layer(l, stage, bytes, &mut x, &spans)
+            s.with_layer(l, |stage, bytes, fetch| {
+                self.layer(l, stage, bytes, fetch, &mut x, &spans)
             })?;
         }
         // The rows whose logits are wanted, and how many belong to each entry.
@@ -365,6 +382,7 @@ impl Model {
         l: usize,
         stage: &StageInfo,
         bytes: &[u8],
+        fetch: &mut ExpertFetch<'_>,
         x: &mut [f32],
         spans: &[Span],
     ) -> Result<()> {
@@ -436,10 +454,26 @@ impl Model {
         add_in_place(x, &o);
 
         let h2 = rms_norm(x, &vecf(MLP_NORM)?, eps, hidden);
-        let mut g = lin(&h2, MLP_GATE)?;
-        let u = lin(&h2, MLP_UP)?;
-        gated_activation(&mut g, &u, a.activation);
-        let mut d = lin(&g, MLP_DOWN)?;
+        let mut d = match &a.moe {
+            Some(m) => moe_block(
+                &h2,
+                n,
+                hidden,
+                m,
+                a.activation,
+                LayerSource {
+                    stage,
+                    bytes,
+                    fetch,
+                },
+            )?,
+            None => {
+                let mut g = lin(&h2, MLP_GATE)?;
+                let u = lin(&h2, MLP_UP)?;
+                gated_activation(&mut g, &u, a.activation);
+                lin(&g, MLP_DOWN)?
+            }
+        };
         if a.post_norms {
             rms_norm_in_place(&mut d, &vecf(MLP_POST_NORM)?, eps, hidden);
         }
