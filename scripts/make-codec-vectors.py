@@ -44,54 +44,17 @@ def nf4_code(x):
     return sum(1 for m in MIDS if x >= m)
 
 
-# The writer's scale search (SPEC.md §4.4): these fractions of the block's absmax, as binary32.
-SCALE_SEARCH = [f32(x) for x in (1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.82, 0.79, 0.76, 0.73, 0.70)]
-
-
-def nf4_codes(vals, block, d):
-    codes = [7] * block
-    for i, v in enumerate(vals):
-        codes[i] = nf4_code(f32(v / d))
-    return codes
-
-
-def nf4_error(vals, codes, d):
-    e = 0.0
-    for i, v in enumerate(vals):
-        diff = f32(v - f32(NF4[codes[i]] * d))
-        e = f32(e + f32(diff * diff))
-    return e
-
-
 def encode_nf4_row(row, block):
     out = bytearray()
     for start in range(0, len(row), block):
         vals = row[start:start + block]
         absmax = max(abs(v) for v in vals)
-        best_d, codes = f16(absmax), [7] * block
-        if best_d > 0:
-            best_e = math.inf
-            def consider(d):
-                nonlocal best_d, best_e, codes
-                if not (d > 0 and math.isfinite(d)):
-                    return
-                c = nf4_codes(vals, block, d)
-                e = nf4_error(vals, c, d)
-                if e < best_e:
-                    best_d, best_e, codes = d, e, c
-            for frac in SCALE_SEARCH:
-                consider(f16(f32(absmax * frac)))
-            num = den = 0.0
+        d = f16(absmax)
+        codes = [7] * block
+        if d > 0:
             for i, v in enumerate(vals):
-                q = NF4[codes[i]]
-                num = f32(num + f32(v * q))
-                den = f32(den + f32(q * q))
-            if den > 0:
-                try:
-                    consider(f16(f32(num / den)))
-                except OverflowError:  # beyond binary16: infinite, never chosen
-                    pass
-        out += f16_bytes(best_d)
+                codes[i] = nf4_code(f32(v / d))
+        out += f16_bytes(absmax)
         half = block // 2
         for j in range(half):
             out.append(codes[j] | (codes[j + half] << 4))

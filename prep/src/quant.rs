@@ -42,7 +42,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use half::f16;
-    use strata_format::codec::{self, nf4, nf4::CODES};
+    use strata_format::codec::{self, nf4::CODES};
     use strata_format::dtype::DType;
 
     /// `(CODES[i] + CODES[i+1]) / 2` in binary32, as SPEC.md §4.4 defines them.
@@ -86,27 +86,22 @@ mod avx2 {
                     &padded[..]
                 };
                 let max = absmax(vals)?;
-                let (head, codes) = o.split_at_mut(2);
-                if dtype == DType::Nf4 {
-                    // The reference's scale search, with the codes of each
-                    // candidate computed here (byte-identical to the reference's).
-                    let d = nf4::search_block(vals, max, start, codes, |df, p| {
-                        nf4_codes(vals, df, &mids, p)
-                    })
-                    .ok()?;
-                    head.copy_from_slice(&d.to_le_bytes());
-                    continue;
-                }
-                let d = f16::from_f32(max / 127.0);
+                let scale = match dtype {
+                    DType::Nf4 => max,
+                    _ => max / 127.0,
+                };
+                let d = f16::from_f32(scale);
                 if !d.is_finite() {
                     return None;
                 }
-                head.copy_from_slice(&d.to_le_bytes());
+                o[..2].copy_from_slice(&d.to_le_bytes());
                 let df = d.to_f32();
-                if df > 0.0 {
-                    int8_codes(vals, df, codes);
-                } else {
-                    codes.fill(0);
+                let codes = &mut o[2..];
+                match (dtype, df > 0.0) {
+                    (DType::Nf4, true) => nf4_codes(vals, df, &mids, codes),
+                    (DType::Nf4, false) => codes.fill(0x77),
+                    (_, true) => int8_codes(vals, df, codes),
+                    (_, false) => codes.fill(0),
                 }
             }
         }
