@@ -147,6 +147,10 @@ PLAN = {
     ],
     "mistral-7b-instruct-v0.3": [(c, {}) for c in BASIC + ["roles_not_alternating", "tool_result"]]
     + [("single_user", {"tools": TOOLS})],
+    # Gemma 2 refuses a system message and non-alternating roles (raise_exception).
+    "gemma-2-9b-it": [(c, {}) for c in BASIC + ["roles_not_alternating"]],
+    # Phi-3 mini renders system/user/assistant turns and drops other roles (the tool message).
+    "phi-3-mini-4k-instruct": [(c, {}) for c in BASIC + ["tool_result"]],
 }
 
 
