@@ -151,6 +151,22 @@ PLAN = {
     "gemma-2-9b-it": [(c, {}) for c in BASIC + ["roles_not_alternating"]],
     # Phi-3 mini renders system/user/assistant turns and drops other roles (the tool message).
     "phi-3-mini-4k-instruct": [(c, {}) for c in BASIC + ["tool_result"]],
+    # Mixtral 8x7B Instruct: Mistral's v1 template with an optional system message; refuses other roles.
+    "mixtral-8x7b-instruct-v0.1": [(c, {}) for c in BASIC + ["roles_not_alternating", "tool_result"]],
+    # Qwen1.5 chat models (Qwen1.5-MoE-A2.7B-Chat): ChatML with a default system message.
+    "qwen1.5-chat": [(c, {}) for c in BASIC + ["tool_result"]],
+    # Qwen 3 as released (Qwen3-30B-A3B and the dense models at release); qwen3-8b is the later revision.
+    "qwen3-initial": [(c, {}) for c in BASIC + ["tool_result", "thinking_history"]]
+    + [
+        ("single_user", {"enable_thinking": False}),
+        ("system_user", {"tools": TOOLS}),
+        ("thinking_history", {"enable_thinking": False}),
+    ],
+    # InternLM2 chat: ChatML after bos_token, eos_token after a final assistant turn.
+    "internlm2-chat-7b": [(c, {}) for c in BASIC + ["tool_result"]],
+    # GLM-4 chat: [gMASK]<sop>, <|role|> headers, empty messages skipped (its tools ride on messages,
+    # which the runner's plain role/content messages do not carry).
+    "glm-4-9b-chat": [(c, {}) for c in BASIC + ["tool_result"]],
 }
 
 

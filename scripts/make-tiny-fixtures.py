@@ -33,7 +33,7 @@ What the script does, per variant:
 5. Seed search: tries seeds base, base+1, ... and keeps the first whose top1-top2 logit margin is at least
    MIN_MARGIN at every position and every greedy step, and whose greedy output is not one repeated token, so
    that argmax comparisons in the Rust tests are never near ties. The seed used goes into golden.json.
-6. For mistral, phi3 and gemma2, checks empirically that eager attention applies the window (logits vs no window)
+6. For mistral, mixtral, phi3 and gemma2, checks empirically that eager attention applies the window (logits vs no window)
    and that the mask each sliding layer receives is exactly "query i attends key j iff 0 <= i - j < sliding_window"
    (gemma2: layer 0 slides, layer 1 is plainly causal).
 7. gemma2: checks the embedding scale transformers multiplies by (sqrt(hidden) as a float32 tensor cast to the
@@ -162,10 +162,10 @@ VARIANTS = {
                       "greedy crosses from short to long"),
     "mixtral": (11000, {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "rope_theta": 1000000.0,
                         "intermediate_size": MOE_WIDTH, "num_local_experts": MOE_EXPERTS,
-                        "num_experts_per_tok": MOE_TOP_K, "router_jitter_noise": 0.0, "sliding_window": None,
+                        "num_experts_per_tok": MOE_TOP_K, "router_jitter_noise": 0.0, "sliding_window": 5,
                         "attention_dropout": 0.0, "output_router_logits": False},
                 "MixtralForCausalLM: 4 experts of width 32 (block_sparse_moe.experts.N.w1/w2/w3), top-2, the two "
-                "chosen probabilities always renormalized; no sliding window"),
+                "chosen probabilities always renormalized; sliding_window 5 (as in Mistral's fixture)"),
     "qwen2-moe": (12000, {"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
                           "rope_theta": 1000000.0, "rms_norm_eps": 1e-06, "num_experts": MOE_EXPERTS,
                           "num_experts_per_tok": MOE_TOP_K, "moe_intermediate_size": MOE_WIDTH,
@@ -399,7 +399,7 @@ def check_loaded(model, weights, cfg, name):
     if cfg["model_type"] in ("qwen2", "qwen3"):
         assert c.sliding_window is None, c.sliding_window
         assert all(t == "full_attention" for t in c.layer_types), c.layer_types
-    if cfg["model_type"] == "mistral":
+    if cfg["model_type"] in ("mistral", "mixtral"):
         assert c.sliding_window == cfg["sliding_window"]
 
 
@@ -642,7 +642,7 @@ def main():
                 "with the KV cache, do_sample false, eos ignored; recomputed without cache and equal",
             ],
         }
-        if cfg["model_type"] in ("mistral", "phi3", "gemma2") and cfg.get("sliding_window"):
+        if cfg["model_type"] in ("mistral", "mixtral", "phi3", "gemma2") and cfg.get("sliding_window"):
             golden["sliding_window_check"] = window_checks(folder, model, logits, cfg)
         if name == "gemma2":
             golden["softcap_check"] = softcap_checks(folder, logits)

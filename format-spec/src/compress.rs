@@ -30,14 +30,15 @@ pub struct Codec {
     pub bytesplit: bool,
 }
 
-/// Rows of a tensor as the framing counts them (all dimensions but the last;
-/// 1 for a scalar or a vector) and the encoded bytes of one row.
-pub fn rows_and_row_bytes(e: &TensorEntry) -> Option<(u64, u64)> {
-    let rows = match e.shape.split_last() {
+/// Rows of a tensor of `shape` as the framing counts them (all dimensions but
+/// the last; 1 for a scalar or a vector) and the bytes of one row of its
+/// `encoded_length` bytes; `None` when the rows do not divide the length.
+pub fn rows_and_row_bytes(shape: &[u64], encoded_length: u64) -> Option<(u64, u64)> {
+    let rows = match shape.split_last() {
         None | Some((_, [])) => 1,
         Some((_, outer)) => outer.iter().try_fold(1u64, |a, &d| a.checked_mul(d))?,
     };
-    let len = e.encoded_length();
+    let len = encoded_length;
     if rows == 0 || len % rows != 0 {
         return None;
     }
@@ -75,8 +76,8 @@ pub fn validate(e: &TensorEntry, c: &Compression) -> std::result::Result<(), Str
     match (c.frame_rows, &c.frames) {
         (None, None) => Ok(()),
         (Some(fr), Some(frames)) => {
-            let (rows, _) =
-                rows_and_row_bytes(e).ok_or_else(|| "rows do not divide the length".to_string())?;
+            let (rows, _) = rows_and_row_bytes(&e.shape, e.encoded_length())
+                .ok_or_else(|| "rows do not divide the length".to_string())?;
             if fr == 0 {
                 return Err("frame_rows is 0".into());
             }
@@ -216,8 +217,8 @@ impl Frames {
             .as_ref()
             .ok_or_else(|| bad("not compressed".into()))?;
         validate(e, c).map_err(bad)?;
-        let (rows, row_bytes) =
-            rows_and_row_bytes(e).ok_or_else(|| bad("rows do not divide the length".into()))?;
+        let (rows, row_bytes) = rows_and_row_bytes(&e.shape, e.encoded_length())
+            .ok_or_else(|| bad("rows do not divide the length".into()))?;
         let lengths = c.frames.clone().unwrap_or_else(|| vec![e.length]);
         let mut starts = Vec::with_capacity(lengths.len() + 1);
         let mut at = 0u64;

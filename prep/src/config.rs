@@ -638,7 +638,6 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
 /// RoPE and scale queries only for positions beyond `seq_length`, so that is
 /// the context this conversion describes (`max_position_embeddings`).
 fn translate_qwen(c: &Cfg) -> Result<Map<String, Value>> {
-    let mut m = c.map.clone();
     let hidden = c.req_u64("hidden_size")?;
     let heads = c.req_u64("num_attention_heads")?;
     let inter = c.req_u64("intermediate_size")?;
@@ -660,29 +659,25 @@ fn translate_qwen(c: &Cfg) -> Result<Map<String, Value>> {
             )));
         }
     }
-    for key in [
-        "rms_norm_eps",
-        "rope_theta",
-        "rope_scaling",
-        "rope_parameters",
-        "partial_rotary_factor",
-        "num_key_value_heads",
-        "head_dim",
-        "hidden_act",
-    ] {
-        m.remove(key);
-    }
+    let mut m = rekey(
+        c,
+        &[
+            "rms_norm_eps",
+            "rope_theta",
+            "rope_scaling",
+            "rope_parameters",
+            "partial_rotary_factor",
+            "num_key_value_heads",
+            "head_dim",
+            "hidden_act",
+        ],
+        &[
+            ("layer_norm_epsilon", "rms_norm_eps"),
+            ("rotary_emb_base", "rope_theta"),
+            ("rotary_pct", "partial_rotary_factor"),
+        ],
+    );
     m.insert("intermediate_size".into(), (inter / 2).into());
-    let renames = [
-        ("layer_norm_epsilon", "rms_norm_eps"),
-        ("rotary_emb_base", "rope_theta"),
-        ("rotary_pct", "partial_rotary_factor"),
-    ];
-    for (from, to) in renames {
-        if let Some(v) = c.get(from) {
-            m.insert(to.into(), v.clone());
-        }
-    }
     if qwen_extrapolates(c)? {
         if let Some(seq) = c.u64("seq_length")? {
             let max = c.u64("max_position_embeddings")?.unwrap_or(seq);
@@ -690,6 +685,23 @@ fn translate_qwen(c: &Cfg) -> Result<Map<String, Value>> {
         }
     }
     Ok(m)
+}
+
+/// A copy of a remote-code config in the key names this module reads: the
+/// keys in `remove` (which the family's own code never reads, so a stray one
+/// must not be taken for the real value) are dropped, then each `(from, to)`
+/// rename copies the family's key to ours where the config has it.
+fn rekey(c: &Cfg, remove: &[&str], renames: &[(&str, &str)]) -> Map<String, Value> {
+    let mut m = c.map.clone();
+    for key in remove {
+        m.remove(*key);
+    }
+    for (from, to) in renames {
+        if let Some(v) = c.get(from) {
+            m.insert((*to).into(), v.clone());
+        }
+    }
+    m
 }
 
 /// Whether Qwen's `use_dynamic_ntk` or `use_logn_attn` (both default true)
@@ -725,36 +737,31 @@ fn translate_chatglm(c: &Cfg) -> Result<Map<String, Value>> {
         }
     }
     let heads = c.req_u64("num_attention_heads")?;
-    let mut m = c.map.clone();
-    for key in [
-        "num_hidden_layers",
-        "vocab_size",
-        "intermediate_size",
-        "rms_norm_eps",
-        "rope_theta",
-        "rope_scaling",
-        "rope_parameters",
-        "partial_rotary_factor",
-        "num_key_value_heads",
-        "head_dim",
-        "hidden_act",
-        "max_position_embeddings",
-    ] {
-        m.remove(key);
-    }
-    let renames = [
-        ("num_layers", "num_hidden_layers"),
-        ("padded_vocab_size", "vocab_size"),
-        ("ffn_hidden_size", "intermediate_size"),
-        ("layernorm_epsilon", "rms_norm_eps"),
-        ("kv_channels", "head_dim"),
-        ("seq_length", "max_position_embeddings"),
-    ];
-    for (from, to) in renames {
-        if let Some(v) = c.get(from) {
-            m.insert(to.into(), v.clone());
-        }
-    }
+    let mut m = rekey(
+        c,
+        &[
+            "num_hidden_layers",
+            "vocab_size",
+            "intermediate_size",
+            "rms_norm_eps",
+            "rope_theta",
+            "rope_scaling",
+            "rope_parameters",
+            "partial_rotary_factor",
+            "num_key_value_heads",
+            "head_dim",
+            "hidden_act",
+            "max_position_embeddings",
+        ],
+        &[
+            ("num_layers", "num_hidden_layers"),
+            ("padded_vocab_size", "vocab_size"),
+            ("ffn_hidden_size", "intermediate_size"),
+            ("layernorm_epsilon", "rms_norm_eps"),
+            ("kv_channels", "head_dim"),
+            ("seq_length", "max_position_embeddings"),
+        ],
+    );
     if !m.contains_key("rms_norm_eps") {
         m.insert("rms_norm_eps".into(), CHATGLM_NORM_EPS.into());
     }

@@ -1088,19 +1088,26 @@ fn maybe_compress(
     if encoded.len() < MIN_COMPRESS_BYTES {
         return Ok((spec.clone(), encoded));
     }
-    let rows: usize = match spec.shape.split_last() {
-        None | Some((_, [])) => 1,
-        Some((_, outer)) => outer.iter().map(|&d| d as usize).product(),
+    let Some((_, row_bytes)) = compress::rows_and_row_bytes(&spec.shape, encoded.len() as u64)
+    else {
+        return Err(PrepError::Tensor {
+            tensor: spec.name.clone(),
+            path: path.to_path_buf(),
+            reason: format!(
+                "{} encoded bytes do not divide into the rows of shape {:?}",
+                encoded.len(),
+                spec.shape
+            ),
+        });
     };
-    let row_bytes = encoded.len() / rows.max(1);
     let codec = Codec {
         bytesplit: codec.bytesplit && matches!(spec.dtype, DType::F16 | DType::Bf16),
         ..codec
     };
     let c = compress::compress(
         &encoded,
-        row_bytes,
-        compress::frame_rows_for(row_bytes as u64) as usize,
+        row_bytes as usize,
+        compress::frame_rows_for(row_bytes) as usize,
         codec,
         path,
         &spec.name,

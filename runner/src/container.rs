@@ -38,14 +38,28 @@ pub struct DecodedLayout {
     pub header: FileHeader,
     /// Size of the decoded buffer.
     pub len: u64,
+    /// The frames of each compressed tensor of the file, in the file's tensor
+    /// order (`None` for a tensor stored plain); built once at open.
+    pub frames: Vec<Option<Frames>>,
 }
 
 impl DecodedLayout {
-    /// The decoded layout of `header`, or `None` when nothing in it is compressed.
-    pub fn of(header: &FileHeader) -> Option<DecodedLayout> {
+    /// The decoded layout of `header` (the header of the file at `path`), or
+    /// `None` when nothing in it is compressed.
+    pub fn of(header: &FileHeader, path: &Path) -> Result<Option<DecodedLayout>> {
         if header.tensors.iter().all(|t| t.compression.is_none()) {
-            return None;
+            return Ok(None);
         }
+        let frames = header
+            .tensors
+            .iter()
+            .map(|t| {
+                t.compression
+                    .as_ref()
+                    .map(|_| Frames::of(t, path))
+                    .transpose()
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut h = header.clone();
         let mut cursor = 0u64;
         for t in &mut h.tensors {
@@ -54,10 +68,11 @@ impl DecodedLayout {
             t.compression = None;
             cursor = (cursor + t.length).next_multiple_of(IO_ALIGN as u64);
         }
-        Some(DecodedLayout {
+        Ok(Some(DecodedLayout {
             header: h,
             len: cursor.max(IO_ALIGN as u64),
-        })
+            frames,
+        }))
     }
 }
 
@@ -90,14 +105,18 @@ impl StageInfo {
                 d.len
             )));
         }
-        for (e, v) in self.header.tensors.iter().zip(&d.header.tensors) {
+        for ((e, v), fr) in self
+            .header
+            .tensors
+            .iter()
+            .zip(&d.header.tensors)
+            .zip(&d.frames)
+        {
             let src = &file[e.offset as usize..(e.offset + e.length) as usize];
             let dst = &mut out[v.offset as usize..(v.offset + v.length) as usize];
-            if e.compression.is_some() {
-                let fr = Frames::of(e, &self.path)?;
-                dec.decode(e, &fr, 0, fr.count(), src, dst, &self.path)?;
-            } else {
-                dst.copy_from_slice(src);
+            match fr {
+                Some(fr) => dec.decode(e, fr, 0, fr.count(), src, dst, &self.path)?,
+                None => dst.copy_from_slice(src),
             }
         }
         Ok(())
@@ -138,6 +157,18 @@ impl StageInfo {
             }),
             None => self.entry(tensor),
         }
+    }
+
+    /// The frames of compressed tensor `tensor` (computed when the container
+    /// was opened); an error names the tensor when it is not compressed.
+    pub fn frames(&self, tensor: &str) -> Result<&Frames> {
+        let i = self.header.tensors.iter().position(|t| t.name == tensor);
+        i.and_then(|i| self.decoded.as_ref()?.frames.get(i)?.as_ref())
+            .ok_or_else(|| RunnerError::Tensor {
+                file: self.name.clone(),
+                tensor: tensor.into(),
+                reason: "missing, or not stored compressed".into(),
+            })
     }
 
     /// A tensor's header entry, or an error naming the file and tensor.
@@ -313,12 +344,13 @@ impl Container {
                     header.layer
                 )));
             }
+            let decoded = DecodedLayout::of(&header, &path)?;
             Ok(StageInfo {
                 name: name.into(),
                 path,
                 len: entry.bytes,
                 sha256: entry.sha256.clone(),
-                decoded: DecodedLayout::of(&header),
+                decoded,
                 header,
             })
         };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use strata_format::compress::{Decoder, Frames};
+use strata_format::compress::Decoder;
 
 use crate::container::{Container, StageInfo, Weight};
 use crate::error::{Result, RunnerError};
@@ -274,7 +274,7 @@ fn head_chunks(c: &Container, plan: &MemoryPlan) -> Result<Vec<HeadChunk>> {
             })
             .collect());
     }
-    let fr = Frames::of(&hentry, &hstage.path)?;
+    let fr = hstage.frames(&hentry.name)?;
     let frame_rows = fr.frame_rows() as usize;
     let per_chunk = if plan.head_resident {
         fr.count()
@@ -322,7 +322,7 @@ fn decode_unit(
         Decode::Frames { f0, f1, skip } => {
             let (stage, name) = container.head_weight_stage();
             let e = stage.entry(name)?;
-            let fr = Frames::of(e, &stage.path)?;
+            let fr = stage.frames(name)?;
             let sr = fr.stored_range(f0, f1);
             let (r0, r1) = fr.rows_of(f0, f1);
             let n = ((r1 - r0) * fr.row_bytes()) as usize;
@@ -332,7 +332,7 @@ fn decode_unit(
             let dst = out.as_mut_full().get_mut(..n).ok_or_else(|| {
                 RunnerError::Prefetch(format!("{}: decode buffer too small", stage.name))
             })?;
-            dec.decode(e, &fr, f0, f1, stored, dst, &stage.path)?;
+            dec.decode(e, fr, f0, f1, stored, dst, &stage.path)?;
             Ok(n)
         }
     }
@@ -611,7 +611,7 @@ impl Streamer {
         let tied_resident =
             c.manifest.architecture.tie_word_embeddings && self.resident_head.is_some();
         let frames = match (&e.compression, tied_resident) {
-            (Some(_), false) => Some(Frames::of(e, &c.embed.path)?),
+            (Some(_), false) => Some(c.embed.frames(strata_format::names::EMBED_TOKENS)?),
             _ => None,
         };
         let mut dec = None;
