@@ -32,7 +32,10 @@ use crate::job::{JobFile, JobIdentity, OutDir, StageRecord, JOB_NAME};
 use crate::plan::{plan, Class, Classifier, Derive, PlannedTensor, QuantPolicy, Stage};
 use crate::progress::Reporter;
 use crate::safetensors::{convert_slice, Shard, TensorInfo};
-use crate::source::{Origin, Source, WeightLayout, CONFIG, GENERATION_CONFIG, TOKENIZER_FILES};
+use crate::source::{
+    Origin, Source, WeightLayout, CONFIG, GENERATION_CONFIG, TOKENIZER_FILES, TOKENIZER_JSON,
+};
+use crate::spm;
 
 /// Name written into the manifest's `tool.name`.
 pub const TOOL_NAME: &str = "strata-prep";
@@ -437,11 +440,25 @@ pub fn run(opts: &Options, rep: &mut Reporter) -> Result<Summary> {
         source_files.insert(name.to_string(), entry);
         tokenizer_files.push(name.to_string());
     }
-    if !tokenizer_files.iter().any(|f| f == "tokenizer.json") {
-        rep.warn(&format!(
-            "{} has no tokenizer.json: the container holds no tokenizer, so the runner will need token ids",
-            source.location
-        ));
+    if !tokenizer_files.iter().any(|f| f == TOKENIZER_JSON) {
+        match tokenizer_from_spm(&tokenizer_paths, &arch.family)? {
+            Ok((bytes, pieces)) => {
+                write_atomic(&dir.join(TOKENIZER_JSON), &bytes)?;
+                files.push(FileEntry {
+                    path: TOKENIZER_JSON.into(),
+                    bytes: bytes.len() as u64,
+                    sha256: sha256_hex(&bytes),
+                });
+                tokenizer_files.push(TOKENIZER_JSON.into());
+                rep.note(&format!(
+                    "wrote tokenizer.json from tokenizer.model (SentencePiece BPE, {pieces} pieces)"
+                ));
+            }
+            Err(why) => rep.warn(&format!(
+                "{} has no tokenizer.json{why}: the container holds no tokenizer, so the runner will need token ids",
+                source.location
+            )),
+        }
     }
 
     // Source files: configuration, index, shards (hashed in the background,
@@ -523,6 +540,31 @@ pub fn run(opts: &Options, rep: &mut Reporter) -> Result<Summary> {
         mb_per_s: bytes_in as f64 / 1e6 / seconds.max(1e-9),
         deleted: deleted_now,
         bytes_freed,
+    })
+}
+
+/// tokenizer.json built from the source's SentencePiece `tokenizer.model`
+/// (and its tokenizer_config.json) as `spm` describes, with the number of
+/// pieces; or why there is none, as a clause for the warning.
+fn tokenizer_from_spm(
+    paths: &[(&str, PathBuf)],
+    family: &str,
+) -> Result<std::result::Result<(Vec<u8>, usize), String>> {
+    let find = |name: &str| paths.iter().find(|(n, _)| *n == name).map(|(_, p)| p);
+    let Some(model_path) = find("tokenizer.model") else {
+        return Ok(Err(String::new()));
+    };
+    let config = match find("tokenizer_config.json") {
+        Some(p) => Some(parse_json(&read(p)?, p)?),
+        None => None,
+    };
+    let converted = spm::SpmModel::parse(&read(model_path)?).and_then(|model| {
+        let additions = spm::Additions::of(family, config.as_ref().and_then(|c| c.as_object()))?;
+        Ok((spm::tokenizer_json(&model, &additions)?, model.pieces.len()))
+    });
+    Ok(match converted {
+        Ok((json, pieces)) => Ok((json.to_string().into_bytes(), pieces)),
+        Err(e) => Err(format!(" and its tokenizer.model was not converted ({e})")),
     })
 }
 

@@ -29,6 +29,7 @@ pub mod quant;
 pub mod random;
 pub mod safetensors;
 pub mod source;
+pub mod spm;
 
 pub use convert::{run, Options, Summary};
 pub use error::{PrepError, Result};

@@ -18,9 +18,11 @@ pub const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
 pub const CONFIG: &str = "config.json";
 /// Generation defaults (token ids); also copied as a tokenizer file.
 pub const GENERATION_CONFIG: &str = "generation_config.json";
+/// The Hugging Face tokenizer file the runner reads.
+pub const TOKENIZER_JSON: &str = "tokenizer.json";
 /// Files copied verbatim into the container when present (SPEC.md §2).
 pub const TOKENIZER_FILES: [&str; 8] = [
-    "tokenizer.json",
+    TOKENIZER_JSON,
     "tokenizer_config.json",
     "special_tokens_map.json",
     "generation_config.json",
