@@ -33,9 +33,10 @@ use crate::plan::{plan, Class, Classifier, Derive, PlannedTensor, QuantPolicy, S
 use crate::progress::Reporter;
 use crate::safetensors::{convert_slice, Shard, TensorInfo};
 use crate::source::{
-    Origin, Source, WeightLayout, CONFIG, GENERATION_CONFIG, TOKENIZER_FILES, TOKENIZER_JSON,
+    Origin, Source, WeightLayout, CONFIG, GENERATION_CONFIG, QWEN_TIKTOKEN, TOKENIZER_FILES,
+    TOKENIZER_JSON,
 };
-use crate::spm;
+use crate::{spm, tiktoken};
 
 /// Name written into the manifest's `tool.name`.
 pub const TOOL_NAME: &str = "strata-prep";
@@ -441,8 +442,8 @@ pub fn run(opts: &Options, rep: &mut Reporter) -> Result<Summary> {
         tokenizer_files.push(name.to_string());
     }
     if !tokenizer_files.iter().any(|f| f == TOKENIZER_JSON) {
-        match tokenizer_from_spm(&tokenizer_paths, &arch.family)? {
-            Ok((bytes, pieces)) => {
+        match derive_tokenizer(&tokenizer_paths, &arch.family)? {
+            Ok((bytes, from)) => {
                 write_atomic(&dir.join(TOKENIZER_JSON), &bytes)?;
                 files.push(FileEntry {
                     path: TOKENIZER_JSON.into(),
@@ -450,9 +451,7 @@ pub fn run(opts: &Options, rep: &mut Reporter) -> Result<Summary> {
                     sha256: sha256_hex(&bytes),
                 });
                 tokenizer_files.push(TOKENIZER_JSON.into());
-                rep.note(&format!(
-                    "wrote tokenizer.json from tokenizer.model (SentencePiece BPE, {pieces} pieces)"
-                ));
+                rep.note(&format!("wrote tokenizer.json from {from}"));
             }
             Err(why) => rep.warn(&format!(
                 "{} has no tokenizer.json{why}: the container holds no tokenizer, so the runner will need token ids",
@@ -543,27 +542,67 @@ pub fn run(opts: &Options, rep: &mut Reporter) -> Result<Summary> {
     })
 }
 
-/// tokenizer.json built from the source's SentencePiece `tokenizer.model`
-/// (and its tokenizer_config.json) as `spm` describes, with the number of
-/// pieces; or why there is none, as a clause for the warning.
-fn tokenizer_from_spm(
+/// tokenizer.json derived from the source's other tokenizer files, for the
+/// families that publish none: a SentencePiece `tokenizer.model` (InternLM2,
+/// Baichuan 2, ChatGLM 3; see `spm`) or a tiktoken rank file (Qwen's
+/// `qwen.tiktoken`, GLM-4's `tokenizer.model`; see `tiktoken`). Returns the
+/// bytes and what they were made from, or why there are none, as a clause
+/// for the warning.
+fn derive_tokenizer(
     paths: &[(&str, PathBuf)],
     family: &str,
-) -> Result<std::result::Result<(Vec<u8>, usize), String>> {
+) -> Result<std::result::Result<(Vec<u8>, String), String>> {
     let find = |name: &str| paths.iter().find(|(n, _)| *n == name).map(|(_, p)| p);
+    let flavor = tiktoken::Flavor::of(family);
+    if let (Some(p), Some(flavor)) = (find(QWEN_TIKTOKEN), &flavor) {
+        return Ok(match tiktoken::parse(&read(p)?) {
+            Ok(ranks) => Ok((
+                tiktoken::tokenizer_json(&ranks, flavor)
+                    .to_string()
+                    .into_bytes(),
+                format!("{QWEN_TIKTOKEN} (tiktoken, {} ranks)", ranks.len()),
+            )),
+            Err(e) => Err(format!(" and its {QWEN_TIKTOKEN} was not converted ({e})")),
+        });
+    }
     let Some(model_path) = find("tokenizer.model") else {
         return Ok(Err(String::new()));
+    };
+    let bytes = read(model_path)?;
+    // GLM-4's tokenizer.model is a tiktoken rank file; the strict line format
+    // tells it from a SentencePiece protobuf, which is binary.
+    if let Some(flavor) = &flavor {
+        if let Ok(ranks) = tiktoken::parse(&bytes) {
+            return Ok(Ok((
+                tiktoken::tokenizer_json(&ranks, flavor)
+                    .to_string()
+                    .into_bytes(),
+                format!("tokenizer.model (tiktoken, {} ranks)", ranks.len()),
+            )));
+        }
+    }
+    let model = match spm::SpmModel::parse(&bytes) {
+        Ok(model) => model,
+        Err(e) => {
+            return Ok(Err(format!(
+                " and its tokenizer.model was not converted ({e})"
+            )))
+        }
     };
     let config = match find("tokenizer_config.json") {
         Some(p) => Some(parse_json(&read(p)?, p)?),
         None => None,
     };
-    let converted = spm::SpmModel::parse(&read(model_path)?).and_then(|model| {
-        let additions = spm::Additions::of(family, config.as_ref().and_then(|c| c.as_object()))?;
-        Ok((spm::tokenizer_json(&model, &additions)?, model.pieces.len()))
-    });
+    let converted = spm::Additions::of(family, config.as_ref().and_then(|c| c.as_object()))
+        .and_then(|additions| spm::tokenizer_json(&model, &additions));
     Ok(match converted {
-        Ok((json, pieces)) => Ok((json.to_string().into_bytes(), pieces)),
+        Ok(json) => Ok((
+            json.to_string().into_bytes(),
+            format!(
+                "tokenizer.model (SentencePiece BPE, {} pieces)",
+                model.pieces.len()
+            ),
+        )),
         Err(e) => Err(format!(" and its tokenizer.model was not converted ({e})")),
     })
 }

@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod base64;
 pub mod config;
 pub mod convert;
 pub mod disk;
@@ -30,6 +31,7 @@ pub mod random;
 pub mod safetensors;
 pub mod source;
 pub mod spm;
+pub mod tiktoken;
 
 pub use convert::{run, Options, Summary};
 pub use error::{PrepError, Result};

@@ -20,8 +20,10 @@ pub const CONFIG: &str = "config.json";
 pub const GENERATION_CONFIG: &str = "generation_config.json";
 /// The Hugging Face tokenizer file the runner reads.
 pub const TOKENIZER_JSON: &str = "tokenizer.json";
+/// Qwen (v1)'s tiktoken rank file.
+pub const QWEN_TIKTOKEN: &str = "qwen.tiktoken";
 /// Files copied verbatim into the container when present (SPEC.md §2).
-pub const TOKENIZER_FILES: [&str; 8] = [
+pub const TOKENIZER_FILES: [&str; 9] = [
     TOKENIZER_JSON,
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -30,6 +32,7 @@ pub const TOKENIZER_FILES: [&str; 8] = [
     "vocab.json",
     "merges.txt",
     "chat_template.jinja",
+    QWEN_TIKTOKEN,
 ];
 
 /// Where the checkpoint comes from.

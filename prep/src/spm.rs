@@ -26,6 +26,8 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
+use crate::base64;
+
 /// SentencePiece's whitespace symbol.
 const SPACE: &str = "\u{2581}";
 
@@ -473,7 +475,7 @@ pub fn tokenizer_json(model: &SpmModel, additions: &Additions) -> Result<Value> 
     if !model.precompiled_charsmap.is_empty() {
         normalizers.push(json!({
             "type": "Precompiled",
-            "precompiled_charsmap": base64(&model.precompiled_charsmap)
+            "precompiled_charsmap": base64::encode(&model.precompiled_charsmap)
         }));
     }
     if model.remove_extra_whitespaces {
@@ -552,47 +554,9 @@ pub fn tokenizer_json(model: &SpmModel, additions: &Additions) -> Result<Value> 
     }))
 }
 
-/// Standard base64 with padding (the encoding tokenizer.json uses for
-/// `precompiled_charsmap`).
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> shift & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_the_rfc_vectors() {
-        for (plain, enc) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(plain.as_bytes()), enc);
-        }
-    }
 
     /// A protobuf of `pieces` (piece, score, type) and a BPE trainer spec.
     fn proto(pieces: &[(&str, f32, u64)], model_type: u64) -> Vec<u8> {
