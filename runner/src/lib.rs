@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod io;
 pub mod kernels;
+pub mod lru;
 pub mod model;
 pub mod plan;
 pub mod sampling;

@@ -14,6 +14,7 @@ use strata_format::compress::Decoder;
 use crate::container::{Container, StageInfo, Weight};
 use crate::error::{Result, RunnerError};
 use crate::io::{read_small, AlignedBuf, Backend, Span, UnitBytes, IO_ALIGN};
+use crate::lru::ByteLru;
 use crate::model::moe::{ExpertFetch, ExpertUse};
 use crate::plan::MemoryPlan;
 
@@ -140,11 +141,8 @@ pub struct Streamer {
 /// Recently used routed experts of streamed MoE layers, least recently used
 /// evicted first, within a byte budget (the memory plan's `expert_cache`).
 struct ExpertCache {
-    budget: u64,
-    used: u64,
-    tick: u64,
-    /// `(layer, expert)` → (bytes from file offset `base`, base, last use, size).
-    held: HashMap<(usize, usize), (UnitBytes, u64, u64, u64)>,
+    /// `(layer, expert)` → (bytes from file offset `base`, base).
+    held: ByteLru<(usize, usize), (UnitBytes, u64)>,
 }
 
 impl ExpertCache {
@@ -159,10 +157,8 @@ impl ExpertCache {
         e: usize,
         f: &mut ExpertUse<'_>,
     ) -> Result<()> {
-        self.tick += 1;
-        if let Some(entry) = self.held.get_mut(&(l, e)) {
-            entry.2 = self.tick;
-            return f(e, entry.0.bytes(), entry.1);
+        if let Some((bytes, base)) = self.held.get(&(l, e)) {
+            return f(e, bytes.bytes(), *base);
         }
         let (start, end) = crate::model::moe::expert_range(stage, e)?;
         let span = Span {
@@ -181,20 +177,7 @@ impl ExpertCache {
             .expert_bytes_read
             .fetch_add(span.len, Ordering::Relaxed);
         f(e, bytes.bytes(), start)?;
-        if span.len > self.budget {
-            return Ok(());
-        }
-        while self.used + span.len > self.budget {
-            let Some(oldest) = self.held.iter().min_by_key(|(_, v)| v.2).map(|(k, _)| *k) else {
-                break;
-            };
-            if let Some((_, _, _, size)) = self.held.remove(&oldest) {
-                self.used -= size;
-            }
-        }
-        self.used += span.len;
-        self.held
-            .insert((l, e), (bytes, start, self.tick, span.len));
+        self.held.insert((l, e), (bytes, start), span.len);
         Ok(())
     }
 }
@@ -488,10 +471,7 @@ impl Streamer {
             stats,
             selective,
             experts: ExpertCache {
-                budget: plan.expert_cache,
-                used: 0,
-                tick: 0,
-                held: HashMap::new(),
+                held: ByteLru::new(plan.expert_cache),
             },
         })
     }

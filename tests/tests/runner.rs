@@ -29,7 +29,7 @@ fn smol(quant: &str, block: &str) -> PathBuf {
 fn runner(args: &[&str], dir: &Path) -> Command {
     let mut c = Command::new(bin("runner"));
     c.arg(args[0]).arg(dir).args(&args[1..]);
-    if !matches!(args[0], "verify" | "inspect") {
+    if !matches!(args[0], "verify" | "inspect" | "plan") {
         c.arg("-q");
     }
     c
@@ -217,11 +217,16 @@ fn argmax(row: &[f32]) -> u32 {
 /// layer (`--max-memory 0`): the prompt in one pass, then one token per pass.
 /// Returns the chosen ids.
 fn cached_greedy(dir: &Path, prompt: &[u32], steps: usize) -> Vec<u32> {
+    cached_greedy_within(dir, prompt, steps, 0)
+}
+
+/// [`cached_greedy`] under a `max_memory` budget.
+fn cached_greedy_within(dir: &Path, prompt: &[u32], steps: usize, max_memory: u64) -> Vec<u32> {
     use strata_runner::engine::{Engine, EngineOptions};
     use strata_runner::io::IoChoice;
     use strata_runner::model::Want;
     let opts = EngineOptions {
-        max_memory: Some(0),
+        max_memory: Some(max_memory),
         io: IoChoice::Auto,
         prefetch: 2,
         verify: true,
@@ -237,6 +242,28 @@ fn cached_greedy(dir: &Path, prompt: &[u32], steps: usize) -> Vec<u32> {
         logits = engine.forward(&[next], Want::Last).expect("decode pass");
     }
     ids
+}
+
+/// The smallest budget (in steps of 1/64 of the streaming-to-resident range)
+/// whose plan streams every layer and keeps recently used experts in a cache
+/// too small for all of them.
+fn budget_keeping_some_experts(dir: &Path) -> u64 {
+    let plan = |args: &[&str]| -> Value {
+        let out = run_ok(&mut runner(&[&["plan", "--json"], args].concat(), dir));
+        serde_json::from_str(stdout(&out).trim()).expect("plan JSON")
+    };
+    let p = plan(&[]);
+    let (lo, hi) = (
+        p["streaming_minimum_bytes"].as_u64().expect("minimum"),
+        p["all_resident_bytes"].as_u64().expect("resident"),
+    );
+    (0..64)
+        .map(|k| lo + (hi - lo) * k / 64)
+        .find(|&b| {
+            let p = plan(&["--max-memory", &b.to_string()])["plan"].clone();
+            p["resident_layers"] == 0 && p["expert_cache_bytes"].as_u64().unwrap_or(0) > 0
+        })
+        .unwrap_or_else(|| panic!("no budget in {lo}..{hi} keeps some experts only"))
 }
 
 /// Runs `logits --all-positions` over `ids` and checks every row against
@@ -361,6 +388,17 @@ fn tiny_architectures_match_transformers() {
             let want = ids_of(&g["greedy"]["new_ids"]);
             let got = cached_greedy(&dir, &ids_of(&g["greedy"]["ids"]), want.len());
             assert_eq!(got, want, "{what}: KV-cached greedy");
+            if g.get("routing").is_some() {
+                // Streamed layers with some experts kept between tokens (the
+                // least recently used evicted): the same ids.
+                let budget = budget_keeping_some_experts(&dir);
+                let got =
+                    cached_greedy_within(&dir, &ids_of(&g["greedy"]["ids"]), want.len(), budget);
+                assert_eq!(
+                    got, want,
+                    "{what}: KV-cached greedy, expert cache, budget {budget}"
+                );
+            }
             // Qwen's dynamic NTK and log-n scaling act past seq_length (256):
             // a longer context is refused, not silently computed without them.
             if variant == "qwen" {

@@ -107,6 +107,7 @@ pub fn run(a: PlanArgs) -> Result<i32> {
                     "streamed_bytes_per_token": p.streamed_bytes,
                     "head_resident": p.head_resident,
                     "resident_layers": p.resident_layers.iter().filter(|r| **r).count(),
+                    "expert_cache_bytes": p.expert_cache,
                 }),
                 Err(e) => serde_json::json!({"error": e.to_string()}),
             },
