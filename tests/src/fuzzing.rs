@@ -16,12 +16,13 @@ use strata_format::header::{FileHeader, PREFIX_LEN};
 use strata_format::manifest::Manifest;
 
 /// The fuzz targets, by the name of their directory under `tests/fuzz/corpus/`.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "stage_header",
     "manifest",
     "safetensors_header",
     "hf_config",
     "tokenizer_config",
+    "tokenizer_model",
 ];
 
 /// Runs `data` through the target named `target` (one of [`TARGETS`]).
@@ -32,6 +33,7 @@ pub fn run_target(target: &str, data: &[u8]) {
         "safetensors_header" => safetensors_header(data),
         "hf_config" => hf_config(data),
         "tokenizer_config" => tokenizer_config(data),
+        "tokenizer_model" => tokenizer_model(data),
         other => panic!("unknown fuzz target {other:?}"),
     }
 }
@@ -138,4 +140,26 @@ pub fn tokenizer_config(data: &[u8]) {
         assert!(tok.is_some(), "tokenizer.json is present");
     }
     let _ = ChatTemplate::load(&dir);
+}
+
+/// A `tokenizer.model` (SentencePiece protobuf) or tiktoken rank file, as
+/// `prep` reads them to write tokenizer.json: on success the conversion gives
+/// a vocabulary with every piece (ranks) under its id, or a clean error.
+pub fn tokenizer_model(data: &[u8]) {
+    use strata_prep::{spm, tiktoken};
+    if let Ok(model) = spm::SpmModel::parse(data) {
+        for family in ["internlm2", "chatglm"] {
+            let additions = spm::Additions::of(family, None).expect("no config");
+            if let Ok(json) = spm::tokenizer_json(&model, &additions) {
+                let vocab = json["model"]["vocab"].as_object().expect("vocab");
+                assert_eq!(vocab.len(), model.pieces.len() + additions.appended.len());
+            }
+        }
+    }
+    if let Ok(ranks) = tiktoken::parse(data) {
+        let flavor = tiktoken::Flavor::of("qwen").expect("qwen");
+        let json = tiktoken::tokenizer_json(&ranks, &flavor);
+        let vocab = json["model"]["vocab"].as_object().expect("vocab");
+        assert_eq!(vocab.len(), ranks.len());
+    }
 }
