@@ -44,17 +44,51 @@ def nf4_code(x):
     return sum(1 for m in MIDS if x >= m)
 
 
+SEARCH_STEPS = 7
+SEARCH_STEP = f32(0.03)
+
+
+def search_nf4_block(vals):
+    """SPEC.md 4.4's scale search for one block's real elements: (f16 scale, codes)."""
+    n = len(vals)
+    absmax = max(abs(v) for v in vals)
+    if absmax == 0.0:
+        return 0.0, [7] * n
+    sum_x2 = 0.0
+    for x in vals:
+        sum_x2 = f32(sum_x2 + f32(x * x))
+    sigma2 = f32(f32(2.0 * sum_x2) / f32(n))
+    best = None
+    for k in range(-SEARCH_STEPS, SEARCH_STEPS + 1):
+        inv = f32(f32(1.0 + f32(k * SEARCH_STEP)) / absmax)
+        codes = [nf4_code(f32(x * inv)) for x in vals]
+        sqx = sq2 = 0.0
+        for x, c in zip(vals, codes):
+            q = NF4[c]
+            wq = f32(f32(sigma2 + f32(x * x)) * q)
+            sqx = f32(sqx + f32(wq * x))
+            sq2 = f32(sq2 + f32(wq * q))
+        if sq2 > 0.0:
+            score = f32(f32(sqx * sqx) / sq2)
+            if best is None or score > best[0]:
+                best = (score, f32(sqx / sq2), codes)
+    if best is None:
+        inv = f32(1.0 / absmax)
+        d, codes = f16(absmax), [nf4_code(f32(x * inv)) for x in vals]
+    else:
+        d, codes = f16(best[1]), best[2]
+    if d == 0.0:
+        codes = [7] * n
+    return d, codes
+
+
 def encode_nf4_row(row, block):
     out = bytearray()
     for start in range(0, len(row), block):
         vals = row[start:start + block]
-        absmax = max(abs(v) for v in vals)
-        d = f16(absmax)
-        codes = [7] * block
-        if d > 0:
-            for i, v in enumerate(vals):
-                codes[i] = nf4_code(f32(v / d))
-        out += f16_bytes(absmax)
+        d, real = search_nf4_block(vals)
+        codes = real + [7] * (block - len(real))
+        out += f16_bytes(d)
         half = block // 2
         for j in range(half):
             out.append(codes[j] | (codes[j + half] << 4))

@@ -158,12 +158,6 @@ fn quantized_error_bounds() {
                 e < bound,
                 "{dtype} block {block} heavy={heavy}: relative RMSE {e} >= {bound}"
             );
-            // Every element is within half a code step of its block's scale.
-            let max_step = if dtype == DType::Nf4 {
-                0.31
-            } else {
-                1.0 / 127.0
-            };
             for (r, (row_in, row_out)) in data.chunks(640).zip(dec.chunks(640)).enumerate() {
                 for (b, (bi, bo)) in row_in
                     .chunks(block as usize)
@@ -171,12 +165,32 @@ fn quantized_error_bounds() {
                     .enumerate()
                 {
                     let absmax = bi.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    for (x, y) in bi.iter().zip(bo) {
-                        assert!(
-                            (x - y).abs() <= absmax * max_step / 2.0 * 1.01 + 1e-6,
-                            "{dtype} row {r} block {b}: {x} -> {y}"
-                        );
+                    if dtype == DType::Int8 {
+                        // Every element is within half a step of its block's scale.
+                        for (x, y) in bi.iter().zip(bo) {
+                            assert!(
+                                (x - y).abs() <= absmax / 127.0 / 2.0 * 1.01 + 1e-6,
+                                "{dtype} row {r} block {b}: {x} -> {y}"
+                            );
+                        }
+                        continue;
                     }
+                    // NF4's scale search: its weighted squared error (weights
+                    // σ² + x²) is no larger than that of the plain absmax scale.
+                    let sigma2 = 2.0 * bi.iter().map(|x| x * x).sum::<f32>() / bi.len() as f32;
+                    let weighted = |dec: &[f32]| -> f64 {
+                        bi.iter()
+                            .zip(dec)
+                            .map(|(x, y)| f64::from(sigma2 + x * x) * f64::from(x - y).powi(2))
+                            .sum()
+                    };
+                    let d = half::f16::from_f32(absmax).to_f32();
+                    let plain: Vec<f32> = bi.iter().map(|x| nearest_value(x / d) * d).collect();
+                    let (searched, absmax_rule) = (weighted(bo), weighted(&plain));
+                    assert!(
+                        searched <= absmax_rule * 1.002 + 1e-12,
+                        "{dtype} block {block} row {r} block {b}: weighted error {searched} > {absmax_rule}"
+                    );
                 }
             }
         }
@@ -226,4 +240,17 @@ fn refuses_bad_input() {
         codec::decode(DType::Int8, &enc, &[1, 64], Some(64)),
         Err(CodecError::BadScale { block: 0, .. })
     ));
+}
+
+/// The NF4 code value nearest to `y` (ties to the larger), as the absmax rule
+/// encodes `y = x / scale`.
+fn nearest_value(y: f32) -> f32 {
+    let codes = strata_format::codec::nf4::CODES;
+    let mut c = 0;
+    for i in 0..15 {
+        if y >= (codes[i] + codes[i + 1]) / 2.0 {
+            c = i + 1;
+        }
+    }
+    codes[c]
 }

@@ -14,7 +14,7 @@ use strata_prep::Options;
 /// Encoding of the decoder layers' linear weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Quant {
-    /// 4-bit NormalFloat, block-wise f16 absmax scale (embeddings and head: int8).
+    /// 4-bit NormalFloat, block-wise f16 scale searched near the absmax (embeddings and head: int8).
     Nf4,
     /// 8-bit symmetric integers, block-wise f16 scale.
     Int8,

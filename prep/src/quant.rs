@@ -72,6 +72,7 @@ mod avx2 {
         let per_block = row_bytes / cols.div_ceil(block);
         let mids = midpoints().map(|m| _mm256_set1_ps(m));
         let mut padded = vec![0f32; block];
+        let mut nf4_buf = vec![0u8; block];
         for (src, dst) in data.chunks_exact(cols).zip(out.chunks_exact_mut(row_bytes)) {
             for (b, o) in dst.chunks_exact_mut(per_block).enumerate() {
                 let start = b * block;
@@ -86,22 +87,29 @@ mod avx2 {
                     &padded[..]
                 };
                 let max = absmax(vals)?;
-                let scale = match dtype {
-                    DType::Nf4 => max,
-                    _ => max / 127.0,
-                };
-                let d = f16::from_f32(scale);
+                if dtype == DType::Nf4 {
+                    // The normative search (SPEC.md §4.4) over the block's
+                    // real elements, with the codes assigned 8 at a time.
+                    let real = &vals[..end - start];
+                    let d = codec::nf4::search_block(real, start, &mut nf4_buf, |id, c| {
+                        nf4_assign(real, id, &mids, c)
+                    })
+                    .ok()?;
+                    o[..2].copy_from_slice(&d.to_le_bytes());
+                    codec::nf4::pack_codes(&nf4_buf[..real.len()], &mut o[2..]);
+                    continue;
+                }
+                let d = f16::from_f32(max / 127.0);
                 if !d.is_finite() {
                     return None;
                 }
                 o[..2].copy_from_slice(&d.to_le_bytes());
                 let df = d.to_f32();
                 let codes = &mut o[2..];
-                match (dtype, df > 0.0) {
-                    (DType::Nf4, true) => nf4_codes(vals, df, &mids, codes),
-                    (DType::Nf4, false) => codes.fill(0x77),
-                    (_, true) => int8_codes(vals, df, codes),
-                    (_, false) => codes.fill(0),
+                if df > 0.0 {
+                    int8_codes(vals, df, codes);
+                } else {
+                    codes.fill(0);
                 }
             }
         }
@@ -145,30 +153,31 @@ mod avx2 {
         out[..8].copy_from_slice(&tmp[..8]);
     }
 
-    /// NF4 codes of one block: byte `j` holds element `j` (low nibble) and
-    /// `j + B/2` (high nibble); the code counts the midpoints `≤ x / d`.
+    /// NF4 code of each of `vals` scaled by `id`: the number of midpoints
+    /// `≤ x × id` (binary32 product), 8 at a time, the rest one by one; the
+    /// same codes as `codec::nf4::nearest_code` gives.
     #[target_feature(enable = "avx2")]
-    fn nf4_codes(vals: &[f32], df: f32, mids: &[__m256; 15], codes: &mut [u8]) {
-        let d = _mm256_set1_ps(df);
-        let half = vals.len() / 2;
-        let (lo, hi) = vals.split_at(half);
-        for ((a, b), out) in lo
+    fn nf4_assign(vals: &[f32], id: f32, mids: &[__m256; 15], codes: &mut [u8]) {
+        let vid = _mm256_set1_ps(id);
+        let whole = vals.len() / 8 * 8;
+        for (v, out) in vals[..whole]
             .chunks_exact(8)
-            .zip(hi.chunks_exact(8))
-            .zip(codes.chunks_exact_mut(8))
+            .zip(codes[..whole].chunks_exact_mut(8))
         {
-            // SAFETY: `a` and `b` hold 8 floats; the loads accept any alignment.
-            let (va, vb) = unsafe { (_mm256_loadu_ps(a.as_ptr()), _mm256_loadu_ps(b.as_ptr())) };
-            let ya = _mm256_div_ps(va, d);
-            let yb = _mm256_div_ps(vb, d);
-            let mut ca = _mm256_setzero_si256();
-            let mut cb = _mm256_setzero_si256();
+            // SAFETY: `v` holds 8 floats; the load accepts any alignment.
+            let y = _mm256_mul_ps(unsafe { _mm256_loadu_ps(v.as_ptr()) }, vid);
+            let mut c = _mm256_setzero_si256();
             for m in mids {
                 // A true comparison is all ones (−1): subtracting counts it.
-                ca = _mm256_sub_epi32(ca, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(ya, *m)));
-                cb = _mm256_sub_epi32(cb, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(yb, *m)));
+                c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(y, *m)));
             }
-            store_bytes(_mm256_or_si256(ca, _mm256_slli_epi32::<4>(cb)), false, out);
+            store_bytes(c, false, out);
+        }
+        if whole < vals.len() {
+            let scalar_mids = midpoints();
+            for (c, &x) in codes[whole..vals.len()].iter_mut().zip(&vals[whole..]) {
+                *c = codec::nf4::nearest_code(x * id, &scalar_mids);
+            }
         }
     }
 

@@ -1,7 +1,8 @@
 //! NF4: 4-bit NormalFloat codes (QLoRA / bitsandbytes) in blocks with an f16
-//! absmax scale. Byte layout of one block of `B` elements (SPEC.md §4.4):
-//! `[scale: f16 LE][B/2 bytes]`, where byte `j` holds element `j` in its low
-//! nibble and element `j + B/2` in its high nibble.
+//! scale chosen by a weighted search near the block's absolute maximum. Byte
+//! layout of one block of `B` elements (SPEC.md §4.4): `[scale: f16 LE][B/2
+//! bytes]`, where byte `j` holds element `j` in its low nibble and element
+//! `j + B/2` in its high nibble.
 
 use crate::codec::{block_scale, scale_to_f16};
 use crate::error::CodecError;
@@ -46,29 +47,116 @@ pub fn nearest_code(x: f32, mids: &[f32; 15]) -> u8 {
     mids.iter().filter(|&&m| x >= m).count() as u8
 }
 
+/// The scale search tries `k = -SEARCH_STEPS ..= SEARCH_STEPS` (SPEC.md §4.4).
+pub const SEARCH_STEPS: i32 = 7;
+/// Relative step between the scales the search tries.
+pub const SEARCH_STEP: f32 = 0.03;
+
+/// The inverse scale of candidate `k` for a block whose largest `|x|` is
+/// `absmax`: `(1 + k × 0.03) / absmax` in binary32 (SPEC.md §4.4). Candidate 0
+/// maps the largest element to the code ±1; the others shrink or stretch
+/// the grid by 3% steps.
+#[inline]
+pub fn candidate_inverse(k: i32, absmax: f32) -> f32 {
+    (1.0 + k as f32 * SEARCH_STEP) / absmax
+}
+
+/// Largest block the search buffers (SPEC.md's largest `block_size`).
+const MAX_BLOCK: usize = 4096;
+
+/// Chooses one block's scale and codes by the normative search of SPEC.md
+/// §4.4. `vals` are the block's real elements (no padding); `codes` receives
+/// the code of each (`codes.len() >= vals.len()`); `block_start` names the
+/// block in errors. `assign(id, c)` must set `c[i]` to the nearest code of
+/// `vals[i] × id` (binary32 product) exactly as [`nearest_code`] does — a
+/// vectorized writer passes its own.
+///
+/// For each candidate `id` of [`candidate_inverse`] the codes `q` are
+/// weighted by `w = σ² + x²` (`σ² = 2 Σx² / n`, more weight to the large
+/// values, which matter most) and the candidate scoring the highest
+/// `(Σ w q x)² / Σ w q²` wins — the one whose weighted least-squares scale
+/// `Σ w q x / Σ w q²` leaves the smallest weighted squared error; that scale,
+/// rounded to binary16, is stored. As llama.cpp's IQ4_NL search does, on the
+/// NF4 grid.
+pub fn search_block(
+    vals: &[f32],
+    block_start: usize,
+    codes: &mut [u8],
+    mut assign: impl FnMut(f32, &mut [u8]),
+) -> Result<half::f16, CodecError> {
+    let n = vals.len();
+    let absmax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+    scale_to_f16(absmax, block_start, absmax)?;
+    let codes = &mut codes[..n];
+    if absmax == 0.0 || n > MAX_BLOCK {
+        codes.fill(ZERO_CODE);
+        return scale_to_f16(absmax, block_start, absmax);
+    }
+    let mut sum_x2 = 0f32;
+    for &x in vals {
+        sum_x2 += x * x;
+    }
+    let sigma2 = 2.0 * sum_x2 / n as f32;
+    let mut tmp = [0u8; MAX_BLOCK];
+    let tmp = &mut tmp[..n];
+    let mut best: Option<(f32, f32)> = None;
+    for k in -SEARCH_STEPS..=SEARCH_STEPS {
+        assign(candidate_inverse(k, absmax), tmp);
+        let (mut sqx, mut sq2) = (0f32, 0f32);
+        for (&x, &c) in vals.iter().zip(tmp.iter()) {
+            let q = CODES[usize::from(c)];
+            let wq = (sigma2 + x * x) * q;
+            sqx += wq * x;
+            sq2 += wq * q;
+        }
+        if sq2 > 0.0 {
+            let score = sqx * sqx / sq2;
+            if best.is_none_or(|(b, _)| score > b) {
+                best = Some((score, sqx / sq2));
+                codes.copy_from_slice(tmp);
+            }
+        }
+    }
+    let d = match best {
+        Some((_, d)) => scale_to_f16(d, block_start, absmax)?,
+        // Every weight underflowed to zero: the plain absmax scale.
+        None => {
+            assign(candidate_inverse(0, absmax), codes);
+            scale_to_f16(absmax, block_start, absmax)?
+        }
+    };
+    if d.to_f32() == 0.0 {
+        codes.fill(ZERO_CODE);
+    }
+    Ok(d)
+}
+
+/// Packs one block's codes (`codes[i]` for element `i`, the rest of the
+/// block padding, coded as the zero code) into its `B/2` code bytes.
+pub fn pack_codes(codes: &[u8], packed: &mut [u8]) {
+    let half = packed.len();
+    let code = |i: usize| codes.get(i).copied().unwrap_or(ZERO_CODE);
+    for (j, b) in packed.iter_mut().enumerate() {
+        *b = code(j) | (code(j + half) << 4);
+    }
+}
+
 /// Encodes one row (`src.len()` elements) into `dst` (whole blocks).
 pub fn encode_row(src: &[f32], block: usize, dst: &mut [u8]) -> Result<(), CodecError> {
     let mids = midpoints();
-    let half = block / 2;
-    let block_bytes = 2 + half;
+    let block_bytes = 2 + block / 2;
     let mut codes = vec![ZERO_CODE; block];
     for (b, out) in dst.chunks_exact_mut(block_bytes).enumerate() {
         let start = b * block;
         let end = (start + block).min(src.len());
         let vals = &src[start..end];
-        let absmax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = scale_to_f16(absmax, start, absmax)?;
-        let df = d.to_f32();
-        codes.fill(ZERO_CODE);
-        if df > 0.0 {
-            for (c, &v) in codes.iter_mut().zip(vals) {
-                *c = nearest_code(v / df, &mids);
+        let d = search_block(vals, start, &mut codes, |id, c| {
+            for (c, &x) in c.iter_mut().zip(vals) {
+                *c = nearest_code(x * id, &mids);
             }
-        }
+        })?;
         out[..2].copy_from_slice(&d.to_le_bytes());
-        for j in 0..half {
-            out[2 + j] = codes[j] | (codes[j + half] << 4);
-        }
+        pack_codes(&codes[..vals.len()], &mut out[2..]);
     }
     Ok(())
 }
