@@ -48,26 +48,34 @@ SEARCH_STEPS = 7
 SEARCH_STEP = f32(0.03)
 
 
+def lane_total(lanes):
+    """((L0 + L1) + (L2 + L3)) + ((L4 + L5) + (L6 + L7)) in binary32."""
+    a = f32(f32(lanes[0] + lanes[1]) + f32(lanes[2] + lanes[3]))
+    b = f32(f32(lanes[4] + lanes[5]) + f32(lanes[6] + lanes[7]))
+    return f32(a + b)
+
+
 def search_nf4_block(vals):
     """SPEC.md 4.4's scale search for one block's real elements: (f16 scale, codes)."""
     n = len(vals)
     absmax = max(abs(v) for v in vals)
     if absmax == 0.0:
         return 0.0, [7] * n
-    sum_x2 = 0.0
-    for x in vals:
-        sum_x2 = f32(sum_x2 + f32(x * x))
-    sigma2 = f32(f32(2.0 * sum_x2) / f32(n))
+    lanes = [0.0] * 8
+    for i, x in enumerate(vals):
+        lanes[i % 8] = f32(lanes[i % 8] + f32(x * x))
+    sigma2 = f32(f32(2.0 * lane_total(lanes)) / f32(n))
     best = None
     for k in range(-SEARCH_STEPS, SEARCH_STEPS + 1):
         inv = f32(f32(1.0 + f32(k * SEARCH_STEP)) / absmax)
         codes = [nf4_code(f32(x * inv)) for x in vals]
-        sqx = sq2 = 0.0
-        for x, c in zip(vals, codes):
+        lx, lq = [0.0] * 8, [0.0] * 8
+        for i, (x, c) in enumerate(zip(vals, codes)):
             q = NF4[c]
             wq = f32(f32(sigma2 + f32(x * x)) * q)
-            sqx = f32(sqx + f32(wq * x))
-            sq2 = f32(sq2 + f32(wq * q))
+            lx[i % 8] = f32(lx[i % 8] + f32(wq * x))
+            lq[i % 8] = f32(lq[i % 8] + f32(wq * q))
+        sqx, sq2 = lane_total(lx), lane_total(lq)
         if sq2 > 0.0:
             score = f32(f32(sqx * sqx) / sq2)
             if best is None or score > best[0]:

@@ -91,9 +91,13 @@ mod avx2 {
                     // The normative search (SPEC.md §4.4) over the block's
                     // real elements, with the codes assigned 8 at a time.
                     let real = &vals[..end - start];
-                    let d = codec::nf4::search_block(real, start, &mut nf4_buf, |id, c| {
-                        nf4_assign(real, id, &mids, c)
-                    })
+                    let d = codec::nf4::search_block(
+                        real,
+                        start,
+                        &mut nf4_buf,
+                        |sigma2, id| nf4_sums(real, sigma2, id, &mids),
+                        |id, c| nf4_assign(real, id, &mids, c),
+                    )
                     .ok()?;
                     o[..2].copy_from_slice(&d.to_le_bytes());
                     codec::nf4::pack_codes(&nf4_buf[..real.len()], &mut o[2..]);
@@ -179,6 +183,56 @@ mod avx2 {
                 *c = codec::nf4::nearest_code(x * id, &scalar_mids);
             }
         }
+    }
+
+    /// `codec::nf4::candidate_sums` 8 elements at a time, bit for bit: lane
+    /// `r` adds the terms of elements `r, r + 8, …` in order (a last partial
+    /// chunk is zero-padded: a zero adds nothing), and the lanes are totalled
+    /// in the spec's order.
+    #[target_feature(enable = "avx2")]
+    fn nf4_sums(vals: &[f32], sigma2: f32, id: f32, mids: &[__m256; 15]) -> (f32, f32) {
+        let table = |h: usize| {
+            let mut t = [0f32; 8];
+            t.copy_from_slice(&CODES[8 * h..8 * h + 8]);
+            // SAFETY: `t` holds 8 floats; the load accepts any alignment.
+            unsafe { _mm256_loadu_ps(t.as_ptr()) }
+        };
+        let (lo, hi) = (table(0), table(1));
+        let seven = _mm256_set1_epi32(7);
+        let (vid, vs) = (_mm256_set1_ps(id), _mm256_set1_ps(sigma2));
+        let (mut sx, mut sq) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut tail = [0f32; 8];
+        for chunk in vals.chunks(8) {
+            let v = if chunk.len() == 8 {
+                chunk
+            } else {
+                tail[..chunk.len()].copy_from_slice(chunk);
+                tail[chunk.len()..].fill(0.0);
+                &tail[..]
+            };
+            // SAFETY: `v` holds 8 floats; the load accepts any alignment.
+            let x = unsafe { _mm256_loadu_ps(v.as_ptr()) };
+            let y = _mm256_mul_ps(x, vid);
+            let mut c = _mm256_setzero_si256();
+            for m in mids {
+                c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(y, *m)));
+            }
+            let q = _mm256_blendv_ps(
+                _mm256_permutevar8x32_ps(lo, c),
+                _mm256_permutevar8x32_ps(hi, c),
+                _mm256_castsi256_ps(_mm256_cmpgt_epi32(c, seven)),
+            );
+            let wq = _mm256_mul_ps(_mm256_add_ps(vs, _mm256_mul_ps(x, x)), q);
+            sx = _mm256_add_ps(sx, _mm256_mul_ps(wq, x));
+            sq = _mm256_add_ps(sq, _mm256_mul_ps(wq, q));
+        }
+        let (mut lx, mut lq) = ([0f32; 8], [0f32; 8]);
+        // SAFETY: each array holds 8 floats; the stores accept any alignment.
+        unsafe {
+            _mm256_storeu_ps(lx.as_mut_ptr(), sx);
+            _mm256_storeu_ps(lq.as_mut_ptr(), sq);
+        }
+        (codec::nf4::lane_total(&lx), codec::nf4::lane_total(&lq))
     }
 
     /// int8 codes of one block: `clamp(round(x / d), −127, 127)`, rounding

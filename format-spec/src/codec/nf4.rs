@@ -61,15 +61,49 @@ pub fn candidate_inverse(k: i32, absmax: f32) -> f32 {
     (1.0 + k as f32 * SEARCH_STEP) / absmax
 }
 
-/// Largest block the search buffers (SPEC.md's largest `block_size`).
-const MAX_BLOCK: usize = 4096;
+/// Lanes of the search's sums (SPEC.md §4.4): element `i` adds into lane
+/// `i mod 8`, so that an 8-wide SIMD writer adds in the same order.
+pub const LANES: usize = 8;
+
+/// The lanes' total in SPEC.md §4.4's order:
+/// `((L0 + L1) + (L2 + L3)) + ((L4 + L5) + (L6 + L7))`.
+#[inline]
+pub fn lane_total(l: &[f32; LANES]) -> f32 {
+    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+}
+
+/// `Σ x²` of a block's real elements in lane order.
+pub fn sum_squares(vals: &[f32]) -> f32 {
+    let mut l = [0f32; LANES];
+    for (i, &x) in vals.iter().enumerate() {
+        l[i % LANES] += x * x;
+    }
+    lane_total(&l)
+}
+
+/// The candidate sums `(Σ (w·q)·x, Σ (w·q)·q)` for inverse scale `id` and
+/// `w = sigma2 + x²`, with `q` the value of the code of `x × id`, each sum
+/// in lane order (SPEC.md §4.4). The scalar reference of what a SIMD writer
+/// computes 8 elements at a time.
+pub fn candidate_sums(vals: &[f32], sigma2: f32, id: f32) -> (f32, f32) {
+    let mids = midpoints();
+    let (mut lx, mut lq) = ([0f32; LANES], [0f32; LANES]);
+    for (i, &x) in vals.iter().enumerate() {
+        let q = CODES[usize::from(nearest_code(x * id, &mids))];
+        let wq = (sigma2 + x * x) * q;
+        lx[i % LANES] += wq * x;
+        lq[i % LANES] += wq * q;
+    }
+    (lane_total(&lx), lane_total(&lq))
+}
 
 /// Chooses one block's scale and codes by the normative search of SPEC.md
 /// §4.4. `vals` are the block's real elements (no padding); `codes` receives
 /// the code of each (`codes.len() >= vals.len()`); `block_start` names the
-/// block in errors. `assign(id, c)` must set `c[i]` to the nearest code of
+/// block in errors. `sums(sigma2, id)` must return [`candidate_sums`]`(vals,
+/// sigma2, id)` and `assign(id, c)` must set `c[i]` to the nearest code of
 /// `vals[i] × id` (binary32 product) exactly as [`nearest_code`] does — a
-/// vectorized writer passes its own.
+/// vectorized writer passes its own, bit for bit the same.
 ///
 /// For each candidate `id` of [`candidate_inverse`] the codes `q` are
 /// weighted by `w = σ² + x²` (`σ² = 2 Σx² / n`, more weight to the large
@@ -82,43 +116,33 @@ pub fn search_block(
     vals: &[f32],
     block_start: usize,
     codes: &mut [u8],
+    mut sums: impl FnMut(f32, f32) -> (f32, f32),
     mut assign: impl FnMut(f32, &mut [u8]),
 ) -> Result<half::f16, CodecError> {
     let n = vals.len();
     let absmax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
     scale_to_f16(absmax, block_start, absmax)?;
     let codes = &mut codes[..n];
-    if absmax == 0.0 || n > MAX_BLOCK {
+    if absmax == 0.0 {
         codes.fill(ZERO_CODE);
         return scale_to_f16(absmax, block_start, absmax);
     }
-    let mut sum_x2 = 0f32;
-    for &x in vals {
-        sum_x2 += x * x;
-    }
-    let sigma2 = 2.0 * sum_x2 / n as f32;
-    let mut tmp = [0u8; MAX_BLOCK];
-    let tmp = &mut tmp[..n];
-    let mut best: Option<(f32, f32)> = None;
+    let sigma2 = 2.0 * sum_squares(vals) / n as f32;
+    let mut best: Option<(f32, f32, i32)> = None;
     for k in -SEARCH_STEPS..=SEARCH_STEPS {
-        assign(candidate_inverse(k, absmax), tmp);
-        let (mut sqx, mut sq2) = (0f32, 0f32);
-        for (&x, &c) in vals.iter().zip(tmp.iter()) {
-            let q = CODES[usize::from(c)];
-            let wq = (sigma2 + x * x) * q;
-            sqx += wq * x;
-            sq2 += wq * q;
-        }
+        let (sqx, sq2) = sums(sigma2, candidate_inverse(k, absmax));
         if sq2 > 0.0 {
             let score = sqx * sqx / sq2;
-            if best.is_none_or(|(b, _)| score > b) {
-                best = Some((score, sqx / sq2));
-                codes.copy_from_slice(tmp);
+            if best.is_none_or(|(b, _, _)| score > b) {
+                best = Some((score, sqx / sq2, k));
             }
         }
     }
     let d = match best {
-        Some((_, d)) => scale_to_f16(d, block_start, absmax)?,
+        Some((_, d, k)) => {
+            assign(candidate_inverse(k, absmax), codes);
+            scale_to_f16(d, block_start, absmax)?
+        }
         // Every weight underflowed to zero: the plain absmax scale.
         None => {
             assign(candidate_inverse(0, absmax), codes);
@@ -150,11 +174,17 @@ pub fn encode_row(src: &[f32], block: usize, dst: &mut [u8]) -> Result<(), Codec
         let start = b * block;
         let end = (start + block).min(src.len());
         let vals = &src[start..end];
-        let d = search_block(vals, start, &mut codes, |id, c| {
-            for (c, &x) in c.iter_mut().zip(vals) {
-                *c = nearest_code(x * id, &mids);
-            }
-        })?;
+        let d = search_block(
+            vals,
+            start,
+            &mut codes,
+            |sigma2, id| candidate_sums(vals, sigma2, id),
+            |id, c| {
+                for (c, &x) in c.iter_mut().zip(vals) {
+                    *c = nearest_code(x * id, &mids);
+                }
+            },
+        )?;
         out[..2].copy_from_slice(&d.to_le_bytes());
         pack_codes(&codes[..vals.len()], &mut out[2..]);
     }
