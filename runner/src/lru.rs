@@ -60,16 +60,6 @@ impl<K: Hash + Eq + Copy, V> ByteLru<K, V> {
         self.held.insert(key, (value, self.tick, size));
         true
     }
-
-    /// Bytes held.
-    pub fn used(&self) -> u64 {
-        self.used
-    }
-
-    /// Whether `key` is held (without marking it used).
-    pub fn contains(&self, key: &K) -> bool {
-        self.held.contains_key(key)
-    }
 }
 
 #[cfg(test)]
@@ -81,22 +71,22 @@ mod tests {
         let mut c: ByteLru<u32, &str> = ByteLru::new(100);
         assert!(c.insert(1, "a", 40));
         assert!(c.insert(2, "b", 40));
-        assert_eq!(c.used(), 80);
+        assert_eq!(c.used, 80);
         // Using 1 makes 2 the oldest: a 30-byte value evicts 2 only.
         assert_eq!(c.get(&1), Some(&"a"));
         assert!(c.insert(3, "c", 30));
-        assert!(c.contains(&1) && !c.contains(&2) && c.contains(&3));
-        assert_eq!(c.used(), 70);
+        assert!(c.held.contains_key(&1) && !c.held.contains_key(&2) && c.held.contains_key(&3));
+        assert_eq!(c.used, 70);
         // 90 bytes need both 1 and 3 gone.
         assert!(c.insert(4, "d", 90));
-        assert!(!c.contains(&1) && !c.contains(&3));
-        assert_eq!(c.used(), 90);
+        assert!(!c.held.contains_key(&1) && !c.held.contains_key(&3));
+        assert_eq!(c.used, 90);
         // Larger than the budget: not kept, nothing evicted.
         assert!(!c.insert(5, "e", 101));
-        assert!(c.contains(&4) && !c.contains(&5));
+        assert!(c.held.contains_key(&4) && !c.held.contains_key(&5));
         // Replacing a key counts its new size only.
         assert!(c.insert(4, "d2", 10));
-        assert_eq!((c.used(), c.get(&4)), (10, Some(&"d2")));
+        assert_eq!((c.used, c.get(&4)), (10, Some(&"d2")));
         assert_eq!(c.get(&2), None);
     }
 
@@ -105,6 +95,6 @@ mod tests {
         let mut c: ByteLru<(usize, usize), u8> = ByteLru::new(0);
         assert!(!c.insert((0, 1), 7, 1));
         assert!(c.insert((0, 2), 8, 0));
-        assert_eq!(c.used(), 0);
+        assert_eq!(c.used, 0);
     }
 }

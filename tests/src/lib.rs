@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
 
 pub mod fuzzing;
+pub mod tokenizers;
 
 /// A minimal `tokenizer.json`: a word-level tokenizer that knows `<s>` (0),
 /// `</s>` (1) and `a` (2), splitting on whitespace; ids it does not know decode

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
+use strata_e2e::tokenizers::{case_failures, prep_with_tokenizer_files};
 use strata_prep::spm::{tokenizer_json, Additions, SpmModel};
 use strata_runner::text::tokenizer::TextTokenizer;
 
@@ -38,40 +39,9 @@ fn converted_sentencepiece_models_encode_and_decode_like_sentencepiece() {
         let tok = TextTokenizer::load(tmp.path())
             .expect("load")
             .expect("tokenizer present");
-        let mut failures = Vec::new();
         let cases = golden["cases"].as_array().expect("cases");
         assert!(cases.len() >= 20);
-        for case in cases {
-            let text = case["text"].as_str().unwrap();
-            let want: Vec<u32> = case["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
-            let got = tok.encode(text, false).expect("encode");
-            if got != want {
-                failures.push(format!(
-                    "{variant} encode {text:?}: got {got:?}, transformers {want:?} ({})",
-                    case["tokens"]
-                ));
-                continue;
-            }
-            let with_special = tok.encode(text, true).expect("encode");
-            if serde_json::json!(with_special) != case["ids_with_special_tokens"] {
-                failures.push(format!(
-                    "{variant} encode {text:?} with special tokens: got {with_special:?}, transformers {}",
-                    case["ids_with_special_tokens"]
-                ));
-            }
-            let decoded = tok.decode(&want, true).expect("decode");
-            if decoded != case["decoded"].as_str().unwrap() {
-                failures.push(format!(
-                    "{variant} decode {text:?}: got {decoded:?}, transformers {}",
-                    case["decoded"]
-                ));
-            }
-        }
+        let failures = case_failures(&tok, cases, true, variant, "transformers");
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }
@@ -82,38 +52,18 @@ fn converted_sentencepiece_models_encode_and_decode_like_sentencepiece() {
 /// runner tokenizes with it as transformers does, BOS included.
 #[test]
 fn prep_writes_tokenizer_json_from_tokenizer_model() {
-    use strata_e2e::{bin, copy_dir, run_ok, stderr, tiny_fixture};
-    let tmp = tempfile::tempdir().expect("tmp");
-    let src = tmp.path().join("src");
-    copy_dir(&tiny_fixture("internlm2"), &src);
     let spm = fixture("llama-like");
-    for f in ["tokenizer.model", "tokenizer_config.json"] {
-        std::fs::copy(spm.join(f), src.join(f)).expect("copy");
-    }
-    let out = tmp.path().join("out");
-    let prep = run_ok(
-        std::process::Command::new(bin("prep"))
-            .arg(&src)
-            .arg("--out")
-            .arg(&out)
-            .args(["--quant", "f32"]),
+    let (model, config) = (
+        spm.join("tokenizer.model"),
+        spm.join("tokenizer_config.json"),
     );
-    assert!(
-        stderr(&prep)
-            .contains("wrote tokenizer.json from tokenizer.model (SentencePiece BPE, 600 pieces)"),
-        "{}",
-        stderr(&prep)
-    );
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest"))
-            .expect("json");
-    let files = manifest["tokenizer"]["files"].as_array().expect("files");
-    assert!(files.iter().any(|f| f == "tokenizer.json"), "{files:?}");
-    assert!(files.iter().any(|f| f == "tokenizer.model"), "{files:?}");
-    run_ok(
-        std::process::Command::new(bin("runner"))
-            .arg("verify")
-            .arg(&out),
+    let (_tmp, out) = prep_with_tokenizer_files(
+        "internlm2",
+        &[
+            (&model, "tokenizer.model"),
+            (&config, "tokenizer_config.json"),
+        ],
+        "tokenizer.model (SentencePiece BPE, 600 pieces)",
     );
     let tok = TextTokenizer::load(&out).expect("load").expect("present");
     let golden: Value =

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
+use strata_e2e::tokenizers::{case_failures, prep_with_tokenizer_files};
 use strata_prep::tiktoken::{parse, tokenizer_json, Flavor};
 use strata_runner::text::tokenizer::TextTokenizer;
 
@@ -38,37 +39,7 @@ fn converted_rank_files_encode_and_decode_like_tiktoken() {
             .expect("present");
         let cases = g["cases"].as_array().expect("cases");
         assert!(cases.len() >= 15);
-        for case in cases {
-            let text = case["text"].as_str().unwrap();
-            let want = &case["ids"];
-            let got = serde_json::json!(tok.encode(text, false).expect("encode"));
-            if &got != want {
-                failures.push(format!(
-                    "{name} encode {text:?}: got {got}, tiktoken {want}"
-                ));
-                continue;
-            }
-            let with = serde_json::json!(tok.encode(text, true).expect("encode"));
-            if with != case["ids_with_special_tokens"] {
-                failures.push(format!(
-                    "{name} encode {text:?} with special tokens: got {with}, want {}",
-                    case["ids_with_special_tokens"]
-                ));
-            }
-            let ids: Vec<u32> = want
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
-            let decoded = tok.decode(&ids, false).expect("decode");
-            if decoded != case["decoded"].as_str().unwrap() {
-                failures.push(format!(
-                    "{name} decode {text:?}: got {decoded:?}, tiktoken {}",
-                    case["decoded"]
-                ));
-            }
-        }
+        failures.extend(case_failures(&tok, cases, false, name, "tiktoken"));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -80,7 +51,6 @@ fn converted_rank_files_encode_and_decode_like_tiktoken() {
 /// `tokenizer.model` (ChatGLM 3) gets `[gMASK] sop` after the pieces instead.
 #[test]
 fn prep_writes_tokenizer_json_from_rank_files() {
-    use strata_e2e::{bin, copy_dir, run_ok, stderr, tiny_fixture};
     let golden: Value =
         serde_json::from_slice(&std::fs::read(fixture().join("golden.json")).expect("golden"))
             .expect("json");
@@ -108,34 +78,7 @@ fn prep_writes_tokenizer_json_from_rank_files() {
             "tokenizer.model (SentencePiece BPE, 600 pieces)",
         ),
     ] {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let src = tmp.path().join("src");
-        copy_dir(&tiny_fixture(variant), &src);
-        std::fs::copy(&from, src.join(file)).expect("copy");
-        let out = tmp.path().join("out");
-        let prep = run_ok(
-            std::process::Command::new(bin("prep"))
-                .arg(&src)
-                .arg("--out")
-                .arg(&out)
-                .args(["--quant", "f32"]),
-        );
-        assert!(
-            stderr(&prep).contains(&format!("wrote tokenizer.json from {note}")),
-            "{family}: {}",
-            stderr(&prep)
-        );
-        let manifest: Value =
-            serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest"))
-                .expect("json");
-        let files = manifest["tokenizer"]["files"].as_array().expect("files");
-        assert!(files.iter().any(|f| f == "tokenizer.json"), "{files:?}");
-        assert!(files.iter().any(|f| f == file), "{files:?}");
-        run_ok(
-            std::process::Command::new(bin("runner"))
-                .arg("verify")
-                .arg(&out),
-        );
+        let (_tmp, out) = prep_with_tokenizer_files(variant, &[(&from, file)], note);
         let tok = TextTokenizer::load(&out).expect("load").expect("present");
         if family == "chatglm3" {
             // [gMASK] = 600 + 1, sop = 600 + 3, before the SentencePiece ids.
