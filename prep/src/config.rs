@@ -661,16 +661,7 @@ fn translate_qwen(c: &Cfg) -> Result<Map<String, Value>> {
     }
     let mut m = rekey(
         c,
-        &[
-            "rms_norm_eps",
-            "rope_theta",
-            "rope_scaling",
-            "rope_parameters",
-            "partial_rotary_factor",
-            "num_key_value_heads",
-            "head_dim",
-            "hidden_act",
-        ],
+        &[],
         &[
             ("layer_norm_epsilon", "rms_norm_eps"),
             ("rotary_emb_base", "rope_theta"),
@@ -687,13 +678,27 @@ fn translate_qwen(c: &Cfg) -> Result<Map<String, Value>> {
     Ok(m)
 }
 
+/// Keys of this module's (transformers') names that the remote-code
+/// families' own code never reads: a stray one in their config must not be
+/// taken for the real value, so [`rekey`] drops them.
+const UNREAD_BY_REMOTE_CODE: [&str; 8] = [
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "partial_rotary_factor",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+];
+
 /// A copy of a remote-code config in the key names this module reads: the
-/// keys in `remove` (which the family's own code never reads, so a stray one
-/// must not be taken for the real value) are dropped, then each `(from, to)`
-/// rename copies the family's key to ours where the config has it.
+/// keys of [`UNREAD_BY_REMOTE_CODE`] and the family's own `remove` are
+/// dropped, then each `(from, to)` rename copies the family's key to ours
+/// where the config has it.
 fn rekey(c: &Cfg, remove: &[&str], renames: &[(&str, &str)]) -> Map<String, Value> {
     let mut m = c.map.clone();
-    for key in remove {
+    for key in UNREAD_BY_REMOTE_CODE.iter().chain(remove) {
         m.remove(*key);
     }
     for (from, to) in renames {
@@ -743,14 +748,6 @@ fn translate_chatglm(c: &Cfg) -> Result<Map<String, Value>> {
             "num_hidden_layers",
             "vocab_size",
             "intermediate_size",
-            "rms_norm_eps",
-            "rope_theta",
-            "rope_scaling",
-            "rope_parameters",
-            "partial_rotary_factor",
-            "num_key_value_heads",
-            "head_dim",
-            "hidden_act",
             "max_position_embeddings",
         ],
         &[

@@ -45,15 +45,6 @@ mod avx2 {
     use strata_format::codec::{self, nf4::CODES};
     use strata_format::dtype::DType;
 
-    /// `(CODES[i] + CODES[i+1]) / 2` in binary32, as SPEC.md §4.4 defines them.
-    fn midpoints() -> [f32; 15] {
-        let mut m = [0f32; 15];
-        for (i, v) in m.iter_mut().enumerate() {
-            *v = (CODES[i] + CODES[i + 1]) / 2.0;
-        }
-        m
-    }
-
     /// Encodes whole rows; `None` when some block needs the reference codec.
     /// `block` is a multiple of 32.
     #[target_feature(enable = "avx2")]
@@ -70,7 +61,7 @@ mod avx2 {
             return Some(out);
         }
         let per_block = row_bytes / cols.div_ceil(block);
-        let mids = midpoints().map(|m| _mm256_set1_ps(m));
+        let mids = codec::nf4::midpoints().map(|m| _mm256_set1_ps(m));
         let mut padded = vec![0f32; block];
         let mut nf4_buf = vec![0u8; block];
         for (src, dst) in data.chunks_exact(cols).zip(out.chunks_exact_mut(row_bytes)) {
@@ -157,6 +148,18 @@ mod avx2 {
         out[..8].copy_from_slice(&tmp[..8]);
     }
 
+    /// The NF4 codes of 8 scaled values `y` (one per 32-bit lane): the
+    /// number of midpoints `≤ y`, as `codec::nf4::nearest_code` counts them.
+    #[target_feature(enable = "avx2")]
+    fn nf4_codes8(y: __m256, mids: &[__m256; 15]) -> __m256i {
+        let mut c = _mm256_setzero_si256();
+        for m in mids {
+            // A true comparison is all ones (−1): subtracting counts it.
+            c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(y, *m)));
+        }
+        c
+    }
+
     /// NF4 code of each of `vals` scaled by `id`: the number of midpoints
     /// `≤ x × id` (binary32 product), 8 at a time, the rest one by one; the
     /// same codes as `codec::nf4::nearest_code` gives.
@@ -170,15 +173,10 @@ mod avx2 {
         {
             // SAFETY: `v` holds 8 floats; the load accepts any alignment.
             let y = _mm256_mul_ps(unsafe { _mm256_loadu_ps(v.as_ptr()) }, vid);
-            let mut c = _mm256_setzero_si256();
-            for m in mids {
-                // A true comparison is all ones (−1): subtracting counts it.
-                c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(y, *m)));
-            }
-            store_bytes(c, false, out);
+            store_bytes(nf4_codes8(y, mids), false, out);
         }
         if whole < vals.len() {
-            let scalar_mids = midpoints();
+            let scalar_mids = codec::nf4::midpoints();
             for (c, &x) in codes[whole..vals.len()].iter_mut().zip(&vals[whole..]) {
                 *c = codec::nf4::nearest_code(x * id, &scalar_mids);
             }
@@ -212,11 +210,7 @@ mod avx2 {
             };
             // SAFETY: `v` holds 8 floats; the load accepts any alignment.
             let x = unsafe { _mm256_loadu_ps(v.as_ptr()) };
-            let y = _mm256_mul_ps(x, vid);
-            let mut c = _mm256_setzero_si256();
-            for m in mids {
-                c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(y, *m)));
-            }
+            let c = nf4_codes8(_mm256_mul_ps(x, vid), mids);
             let q = _mm256_blendv_ps(
                 _mm256_permutevar8x32_ps(lo, c),
                 _mm256_permutevar8x32_ps(hi, c),

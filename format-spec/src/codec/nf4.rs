@@ -31,8 +31,9 @@ pub const CODES: [f32; 16] = [
 /// Code of the value 0.0; used for padding.
 pub const ZERO_CODE: u8 = 7;
 
-/// Midpoints between consecutive codes, computed in f32: `(CODES[i] + CODES[i+1]) / 2`.
-fn midpoints() -> [f32; 15] {
+/// Midpoints between consecutive codes, computed in f32: `(CODES[i] + CODES[i+1]) / 2`
+/// (SPEC.md §4.4), the thresholds of [`nearest_code`].
+pub fn midpoints() -> [f32; 15] {
     let mut m = [0f32; 15];
     for (i, v) in m.iter_mut().enumerate() {
         *v = (CODES[i] + CODES[i + 1]) / 2.0;
