@@ -58,8 +58,13 @@ impl MmapReader {
         // which equals its size at its first mapping, and the size is checked
         // again after the pages are faulted in. On the error path of `map`
         // nothing is mapped.
-        let map = unsafe { memmap2::MmapOptions::new().offset(span.offset).len(len).map(&f) }
-            .map_err(|e| RunnerError::io(path, e))?;
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(span.offset)
+                .len(len)
+                .map(&f)
+        }
+        .map_err(|e| RunnerError::io(path, e))?;
         let mut sum = 0u8;
         for page in map.chunks(4096) {
             sum = sum.wrapping_add(page[0]);

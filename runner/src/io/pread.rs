@@ -112,7 +112,10 @@ mod tests {
             RunnerError::Io { path: p, source } => {
                 assert_eq!(p, path);
                 assert_eq!(source.kind(), std::io::ErrorKind::UnexpectedEof);
-                assert!(source.to_string().contains(&format!("byte {CHUNK}")), "{source}");
+                assert!(
+                    source.to_string().contains(&format!("byte {CHUNK}")),
+                    "{source}"
+                );
             }
             e => panic!("expected an I/O error naming the file, got {e}"),
         }

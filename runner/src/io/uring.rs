@@ -337,7 +337,10 @@ mod tests {
         let (other, want) = file(dir, "other.bin", 0x5a);
         let mut buf = AlignedBuf::new(FILE_LEN).unwrap();
         r.read(&other, whole(), &mut buf).unwrap();
-        assert!(buf.as_slice() == want.as_slice(), "wrong bytes after a failed read");
+        assert!(
+            buf.as_slice() == want.as_slice(),
+            "wrong bytes after a failed read"
+        );
         assert_eq!(r.in_flight(), 0);
     }
 
@@ -376,7 +379,11 @@ mod tests {
         assert_eq!(p, path);
         assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
         assert!(e.to_string().contains("file ended at byte"), "{e}");
-        assert_eq!(buf.capacity(), FILE_LEN, "the buffer was abandoned needlessly");
+        assert_eq!(
+            buf.capacity(),
+            FILE_LEN,
+            "the buffer was abandoned needlessly"
+        );
         check_recovers(&r, dir.path());
     }
 
@@ -392,7 +399,11 @@ mod tests {
         assert_eq!(p, path);
         assert_eq!(e.raw_os_error(), None);
         assert!(e.to_string().contains("Input/output error"), "{e}");
-        assert_eq!(buf.capacity(), FILE_LEN, "the buffer was abandoned needlessly");
+        assert_eq!(
+            buf.capacity(),
+            FILE_LEN,
+            "the buffer was abandoned needlessly"
+        );
         check_recovers(&r, dir.path());
     }
 
