@@ -7,6 +7,8 @@
 //! field before trusting it, and holds the reference quantization codecs.
 //! It contains no model maths.
 
+#![forbid(unsafe_code)]
+
 pub mod checksum;
 pub mod codec;
 pub mod compress;

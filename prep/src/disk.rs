@@ -17,8 +17,11 @@ pub fn available_bytes(dir: &Path) -> Result<u64> {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte"),
         )
     })?;
+    // SAFETY: `statvfs` is a C struct of integers (and padding), for which
+    // all-zero bytes are a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    // SAFETY: `c` is a NUL-terminated path that outlives the call and `st` a
+    // writable statvfs the call may fill; on failure `st` is not read.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(PrepError::io(dir, std::io::Error::last_os_error()));
     }
@@ -36,7 +39,9 @@ pub fn device_of(path: &Path) -> Result<u64> {
 /// next read really comes from the disk.
 pub fn drop_page_cache(path: &Path) -> Result<()> {
     let f = std::fs::File::open(path).map_err(|e| PrepError::io(path, e))?;
-    // SAFETY: a valid open descriptor; offset 0 and length 0 mean the whole file.
+    // SAFETY: `f` stays open across the call, so its descriptor is valid;
+    // offset 0 and length 0 mean the whole file; the call touches no memory of
+    // ours, and a failure only returns an error code.
     let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     if rc != 0 {
         log::debug!(

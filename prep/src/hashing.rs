@@ -25,7 +25,10 @@ pub fn hash_file(path: &Path, stop: &AtomicBool) -> Result<(u64, String)> {
     let len = file.metadata().map_err(|e| PrepError::io(path, e))?.len();
     let mut hasher = Sha256::new();
     if len > 0 {
-        // SAFETY: read-only mapping of a file we do not modify.
+        // SAFETY: memmap2 requires that the file not change while mapped.
+        // prep never writes its source files; another process changing one
+        // during a conversion is outside what prep can defend against (as in
+        // safetensors.rs). On the error path nothing is mapped.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| PrepError::io(path, e))?;
         let _ = map.advise(memmap2::Advice::Sequential);
         for (i, window) in map.chunks(WINDOW).enumerate() {
@@ -36,8 +39,11 @@ pub fn hash_file(path: &Path, stop: &AtomicBool) -> Result<(u64, String)> {
                 ));
             }
             hasher.update(window);
-            // SAFETY: read-only shared mapping; released pages are re-read
-            // from the file if touched again, and `window` is not used after.
+            // SAFETY: the range is the i-th chunk of the mapping, so it lies
+            // inside it (madvise rounds it out to whole pages of this same
+            // mapping). The mapping is read-only and shared: released pages
+            // are re-read from the file if touched again, and `window` is not
+            // used after. A failure only returns an error, ignored here.
             let _ = unsafe {
                 map.unchecked_advise_range(UncheckedAdvice::DontNeed, i * WINDOW, window.len())
             };

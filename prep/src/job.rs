@@ -47,7 +47,9 @@ impl OutDir {
         let lock_path = path.join(LOCK_NAME);
         let lock = File::create(&lock_path)
             .map_err(|e| out_err(format!("cannot write into the directory: {e}")))?;
-        // SAFETY: a valid open descriptor.
+        // SAFETY: `lock` stays open across the call, so its descriptor is
+        // valid; flock touches no memory of ours and reports failure by its
+        // return value (handled below).
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
             return Err(out_err(if e.kind() == std::io::ErrorKind::WouldBlock {

@@ -47,6 +47,10 @@ mod avx2 {
 
     /// Encodes whole rows; `None` when some block needs the reference codec.
     /// `block` is a multiple of 32.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn encode_blocks(
         dtype: DType,

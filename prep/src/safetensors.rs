@@ -238,8 +238,11 @@ impl Shard {
         file.read_exact(&mut json)
             .map_err(|e| PrepError::io(path, e))?;
         let tensors = parse_header(&json, len - 8 - header_len, path)?;
-        // SAFETY: the mapping is read-only; a source file changed by another
-        // process while we convert it is outside what prep can defend against.
+        // SAFETY: memmap2 requires that the file not change while mapped. The
+        // mapping is read-only and prep never writes its sources; a source file
+        // changed by another process while we convert it is outside what prep
+        // can defend against (a size change here is caught just below). On the
+        // error path nothing is mapped.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| PrepError::io(path, e))?;
         if map.len() as u64 != len {
             return Err(bad("the file changed size while being opened".into()));
@@ -270,12 +273,16 @@ impl Shard {
     /// (they stay in the page cache), so converted data stops counting as
     /// resident memory. `range` is in absolute file offsets.
     pub fn release(&self, start: u64, len: u64) {
-        if len == 0 {
+        let end = start.checked_add(len);
+        if len == 0 || end.is_none_or(|end| end > self.map.len() as u64) {
             return;
         }
-        // SAFETY: the mapping is a read-only shared file mapping: after
-        // MADV_DONTNEED the pages are re-read from the file on the next
-        // access, so no slice ever observes different contents.
+        // SAFETY: the range lies inside the mapping (checked just above;
+        // madvise rounds it out to whole pages, still of this mapping, whose
+        // end is page-aligned). The mapping is a read-only shared file
+        // mapping: after MADV_DONTNEED its pages are re-read from the
+        // (unchanged) file on the next access, so no slice ever observes
+        // different contents. A failure only returns an error, logged below.
         let res = unsafe {
             self.map
                 .unchecked_advise_range(UncheckedAdvice::DontNeed, start as usize, len as usize)
@@ -327,6 +334,11 @@ fn f16_to_f32(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// [`f16_to_f32`] with the F16C instructions.
+///
+/// # Safety
+///
+/// The CPU must support F16C and AVX.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "f16c,avx")]
 unsafe fn f16_to_f32_f16c(bytes: &[u8], out: &mut [f32]) {

@@ -40,7 +40,8 @@ pub struct Common {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// I/O path for reading layers.
+    /// I/O path for reading layers. With mmap, the container's files must
+    /// stay unchanged while the runner runs (see mmap below).
     #[arg(long, value_enum, default_value_t = IoChoice::Auto)]
     io: IoChoice,
     /// Layers read ahead of the one being computed.

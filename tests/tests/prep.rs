@@ -1280,11 +1280,10 @@ fn output_directory_is_guarded() {
     let out4 = t.join("out4");
     std::fs::create_dir(&out4).unwrap();
     let lock = std::fs::File::create(out4.join(".prep.lock")).unwrap();
-    // SAFETY: a valid descriptor.
-    assert_eq!(
-        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    // SAFETY: `lock` stays open across the call, so its descriptor is valid;
+    // flock touches no memory of ours.
+    let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(locked, 0);
     assert_fails(&convert(&llama, &out4, &[]), &["another prep"]);
     drop(lock);
     convert_ok(&llama, &out4, &[]);

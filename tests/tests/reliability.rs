@@ -477,12 +477,19 @@ fn a_runner_refuses_a_container_prep_is_still_writing() {
     // Freeze prep as soon as it has written its first stage file, so the
     // runner deterministically sees a half-written container.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !out.join("embed.strata").exists() && writer.try_wait().unwrap().is_none() {
+    let mut reaped = false;
+    while !out.join("embed.strata").exists() {
+        if writer.try_wait().unwrap().is_some() {
+            reaped = true;
+            break;
+        }
         assert!(Instant::now() < deadline, "prep wrote nothing in 60 s");
         std::thread::sleep(Duration::from_micros(200));
     }
-    // SAFETY: signalling our own child process.
-    let stopped = unsafe { libc::kill(pid, libc::SIGSTOP) } == 0;
+    // SAFETY: kill takes no pointers. `pid` is our child and not yet reaped
+    // (a reaped one, whose id may be reused, is not signalled), so it names
+    // no other process.
+    let stopped = !reaped && unsafe { libc::kill(pid, libc::SIGSTOP) } == 0;
     let frozen_midway = stopped && !out.join("manifest.json").exists();
     let runner = run(Command::new(bin("runner")).arg("generate").arg(&out).args([
         "--prompt",
@@ -491,8 +498,11 @@ fn a_runner_refuses_a_container_prep_is_still_writing() {
         "1",
         "-q",
     ]));
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    if stopped {
+        // SAFETY: as above: nothing has waited on the child since, so even if
+        // it died meanwhile it is an unreaped zombie and its id not reused.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
     assert!(writer.wait().expect("prep").success());
     if frozen_midway {
         assert!(!runner.status.success());

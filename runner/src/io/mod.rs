@@ -27,7 +27,9 @@ pub enum IoChoice {
     Uring,
     /// pread, O_DIRECT where the file system supports it.
     Pread,
-    /// Memory-mapped files.
+    /// Memory-mapped files. The container's files must not be modified in
+    /// place while the runner runs: a file truncated under a mapping kills
+    /// the process (SIGBUS); a size change between reads is reported.
     Mmap,
 }
 
@@ -82,7 +84,7 @@ impl Backend {
             );
         }
         match choice {
-            IoChoice::Mmap => Ok(Backend::Mmap(mmap::MmapReader)),
+            IoChoice::Mmap => Ok(Backend::Mmap(mmap::MmapReader::new())),
             IoChoice::Pread => Ok(Backend::Pread(pread::PreadReader::new(direct))),
             IoChoice::Uring => uring::UringReader::new(direct)
                 .map(|r| Backend::Uring(Box::new(r)))
@@ -174,5 +176,67 @@ fn open(path: &Path, direct: bool) -> std::io::Result<File> {
     if direct {
         o.custom_flags(libc::O_DIRECT);
     }
-    o.open(path)
+    let f = o.open(path)?;
+    #[cfg(test)]
+    fault::after_open(path);
+    Ok(f)
+}
+
+/// Test-only fault injection for the readers, per thread (each test runs on
+/// its own thread, so tests cannot disturb one another).
+#[cfg(test)]
+pub(crate) mod fault {
+    use std::cell::{Cell, RefCell};
+    use std::path::Path;
+
+    /// Something to do to a file between its opening and its reads.
+    type Hook = Box<dyn FnOnce(&Path)>;
+
+    thread_local! {
+        static AFTER_OPEN: RefCell<Option<Hook>> = const { RefCell::new(None) };
+        static FAIL_COMPLETION: Cell<Option<(u32, i32)>> = const { Cell::new(None) };
+        static FAIL_WAIT: Cell<Option<i32>> = const { Cell::new(None) };
+    }
+
+    /// Runs `hook` on the path of the next file a reader opens (e.g. to
+    /// truncate it while it is open).
+    pub fn on_next_open(hook: impl FnOnce(&Path) + 'static) {
+        AFTER_OPEN.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+    }
+
+    /// Called by `open`.
+    pub(super) fn after_open(path: &Path) {
+        if let Some(hook) = AFTER_OPEN.with(|h| h.borrow_mut().take()) {
+            hook(path);
+        }
+    }
+
+    /// Makes the io_uring completion number `index` (from 0) of the next
+    /// read report `-errno` instead of its real result.
+    pub fn fail_completion(index: u32, errno: i32) {
+        FAIL_COMPLETION.with(|c| c.set(Some((index, errno))));
+    }
+
+    /// The result to report for completion `index` of a read whose real
+    /// result is `res`; disarms itself once used.
+    pub(super) fn completion(index: u32, res: i32) -> i32 {
+        match FAIL_COMPLETION.with(Cell::get) {
+            Some((i, errno)) if i == index => {
+                FAIL_COMPLETION.with(|c| c.set(None));
+                -errno
+            }
+            _ => res,
+        }
+    }
+
+    /// Makes the next io_uring wait submit its requests and then fail with
+    /// `errno`, as if the ring itself had broken with reads in flight.
+    pub fn fail_wait(errno: i32) {
+        FAIL_WAIT.with(|c| c.set(Some(errno)));
+    }
+
+    /// The armed wait failure, disarming it.
+    pub(super) fn take_wait_failure() -> Option<i32> {
+        FAIL_WAIT.with(Cell::take)
+    }
 }
