@@ -286,7 +286,8 @@ mod tests {
                 .open(&log)
                 .unwrap_or_else(|e| panic!("STRATA_SKIP_LOG={log:?}: {e}"));
             // One append-mode write: parallel tests' lines do not interleave.
-            f.write_all(format!("{line}\n").as_bytes()).unwrap_or_else(|e| panic!("STRATA_SKIP_LOG={log:?}: {e}"));
+            f.write_all(format!("{line}\n").as_bytes())
+                .unwrap_or_else(|e| panic!("STRATA_SKIP_LOG={log:?}: {e}"));
         }
     }
 
