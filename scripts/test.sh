@@ -5,10 +5,24 @@
 # (a private Python venv under the model cache; needs python3 >= 3.11 and PyPI access).
 # Env: STRATA_MODELS (model cache dir, default ~/.cache/strata-models); STRATA_FUZZ=0 skips
 # the bounded fuzz run, STRATA_FUZZ_SECS sets its seconds per target (default 20).
+# Tests that cannot check what they are for here (no permission to mount a tmpfs, no
+# AVX2) append a `SKIP: <test>: <reason>` line to $STRATA_SKIP_LOG; the run ends with
+# `skipped: N` and those lines, passed or failed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n== %s ==\n' "$*" >&2; }
 START=$SECONDS
+
+STRATA_SKIP_LOG="$(mktemp)"
+export STRATA_SKIP_LOG
+FUZZ_SCRATCH=""
+on_exit() {
+  printf '\nskipped: %s\n' "$(grep -c '^SKIP: ' "$STRATA_SKIP_LOG" || true)" >&2
+  sed -n 's/^SKIP: /  /p' "$STRATA_SKIP_LOG" >&2
+  rm -f "$STRATA_SKIP_LOG"
+  if [[ -n "$FUZZ_SCRATCH" ]]; then rm -rf "$FUZZ_SCRATCH"; fi
+}
+trap on_exit EXIT
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -32,13 +46,12 @@ step "bounded fuzz run (tests/fuzz)"
 # cargo-fuzz is installed once (~2 min) unless STRATA_FUZZ=0; the first fuzz
 # build takes ~10 min on 2 cores (later ones are incremental).
 if [[ "${STRATA_FUZZ:-1}" == 0 ]]; then
-  echo "SKIPPED: STRATA_FUZZ=0" >&2
+  echo "SKIP: bounded fuzz run: STRATA_FUZZ=0" | tee -a "$STRATA_SKIP_LOG" >&2
 else
   if ! cargo fuzz --version >/dev/null 2>&1; then
     time cargo install cargo-fuzz --locked
   fi
   FUZZ_SCRATCH="$(mktemp -d)"
-  trap 'rm -rf "$FUZZ_SCRATCH"' EXIT
   RUSTC_BOOTSTRAP=1 cargo fuzz build --fuzz-dir tests/fuzz -s none
   for target in stage_header manifest safetensors_header hf_config tokenizer_config tokenizer_model; do
     mkdir -p "$FUZZ_SCRATCH/$target"

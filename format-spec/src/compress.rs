@@ -490,6 +490,10 @@ mod tests {
                 Err(other) => panic!("unexpected error {other}"),
             }
         }
+        let assert_refused = |wrong: &TensorEntry, why: &str| {
+            let e = validate(wrong, wrong.compression.as_ref().unwrap()).unwrap_err();
+            assert!(e.contains(why), "{why}: {e}");
+        };
         let mut wrong = e.clone();
         wrong
             .compression
@@ -499,19 +503,19 @@ mod tests {
             .as_mut()
             .unwrap()
             .pop();
-        assert!(validate(&wrong, wrong.compression.as_ref().unwrap()).is_err());
+        assert_refused(&wrong, "frames listed");
         let mut wrong = e.clone();
         wrong.compression.as_mut().unwrap().frame_rows = Some(0);
-        assert!(validate(&wrong, wrong.compression.as_ref().unwrap()).is_err());
+        assert_refused(&wrong, "frame_rows is 0");
         let mut wrong = e.clone();
         wrong.length += 1;
-        assert!(validate(&wrong, wrong.compression.as_ref().unwrap()).is_err());
+        assert_refused(&wrong, "frames add up to");
         let mut wrong = e.clone();
         wrong.dtype = DType::F32;
         wrong.compression.as_mut().unwrap().codec = ZSTD_BYTESPLIT.into();
-        assert!(validate(&wrong, wrong.compression.as_ref().unwrap()).is_err());
+        assert_refused(&wrong, "applies to f16/bf16, not f32");
         let mut wrong = e;
         wrong.compression.as_mut().unwrap().codec = "lz4".into();
-        assert!(validate(&wrong, wrong.compression.as_ref().unwrap()).is_err());
+        assert_refused(&wrong, "unknown compression codec \"lz4\"");
     }
 }

@@ -207,7 +207,12 @@ fn writer_is_deterministic_and_refuses_misuse() {
     ));
     w.write("x", &[0; 16]).unwrap();
     // finishing early leaves no file under the final name
-    assert!(w.finish().is_err());
+    let e = w.finish().unwrap_err();
+    assert!(
+        matches!(&e, FormatError::WriterMisuse { reason, .. }
+            if reason.contains("finished before tensor `y`")),
+        "{e}"
+    );
     assert!(!dir.path().join("c.strata").exists());
 }
 
@@ -286,7 +291,11 @@ fn manifest_refuses_path_escapes_and_bad_versions() {
             matches!(err, FormatError::BadManifest { .. }),
             "{evil}: {err}"
         );
-        assert!(Manifest::resolve(dir.path(), evil).is_err(), "{evil}");
+        let err = Manifest::resolve(dir.path(), evil).unwrap_err();
+        assert!(
+            matches!(&err, FormatError::BadManifest { path: p, .. } if p == &path),
+            "{evil}: {err}"
+        );
     }
     let mut v2 = serde_json::to_value(&m).unwrap();
     v2["format_version"] = "2.0".into();
@@ -302,21 +311,29 @@ fn manifest_refuses_path_escapes_and_bad_versions() {
     v11["future_field"] = 1.into();
     Manifest::from_json(&serde_json::to_vec(&v11).unwrap(), &path).unwrap();
     // unlisted stage file, duplicate file, bad sha, layer count mismatch
+    let refused = |bad: &Manifest, why: &str| {
+        let err = Manifest::from_json(&bad.to_json(), &path).unwrap_err();
+        assert!(
+            matches!(&err, FormatError::BadManifest { path: p, reason }
+                if p == &path && reason.contains(why)),
+            "{why}: {err}"
+        );
+    };
     let mut bad = m.clone();
     bad.files.pop();
-    assert!(Manifest::from_json(&bad.to_json(), &path).is_err());
+    refused(&bad, "is used but not listed in `files`");
     let mut bad = m.clone();
     bad.files.push(bad.files[0].clone());
-    assert!(Manifest::from_json(&bad.to_json(), &path).is_err());
+    refused(&bad, "is listed twice");
     let mut bad = m.clone();
     bad.files[0].sha256 = "XYZ".into();
-    assert!(Manifest::from_json(&bad.to_json(), &path).is_err());
+    refused(&bad, "has a malformed sha256");
     let mut bad = m.clone();
     bad.architecture.num_layers = 2;
-    assert!(Manifest::from_json(&bad.to_json(), &path).is_err());
+    refused(&bad, "layer files listed for 2 layers");
     let mut bad = m;
     bad.architecture.num_kv_heads = 3;
-    assert!(Manifest::from_json(&bad.to_json(), &path).is_err());
+    refused(&bad, "is not a multiple of num_kv_heads 3");
 }
 
 #[test]
@@ -403,7 +420,9 @@ proptest! {
         prop_assert_eq!(r.problems.len(), 1);
         prop_assert_eq!(&r.problems[0].file, &names::layer_file(0));
         if truncate {
-            prop_assert!(StageFile::open(&layer).is_err());
+            // a truncated file fails to open, with an error naming it
+            let err = StageFile::open(&layer).err().map(|e| e.to_string()).unwrap_or_default();
+            prop_assert!(err.contains(&layer.display().to_string()), "{}", err);
         }
     }
 }

@@ -1715,6 +1715,11 @@ mod tests {
             }
         );
         let bad = json!({"eos_token_id": -1});
-        assert!(parse_token_ids(None, &bad, p).is_err());
+        let e = parse_token_ids(None, &bad, p).unwrap_err();
+        assert!(
+            matches!(&e, PrepError::Config { path, reason }
+                if path == p && reason.contains("`eos_token_id` must be a token id")),
+            "{e}"
+        );
     }
 }

@@ -99,6 +99,12 @@ mod tests {
         std::fs::write(&f, b"abc").unwrap();
         assert_eq!(device_of(&f).unwrap(), device_of(d.path()).unwrap());
         drop_page_cache(&f).unwrap();
-        assert!(available_bytes(&d.path().join("missing")).is_err());
+        let missing = d.path().join("missing");
+        let e = available_bytes(&missing).unwrap_err();
+        assert!(
+            matches!(&e, PrepError::Io { path, source } if path == &missing
+                && source.kind() == std::io::ErrorKind::NotFound),
+            "{e}"
+        );
     }
 }

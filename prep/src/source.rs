@@ -286,7 +286,12 @@ mod tests {
             .contains("config.json"));
         std::fs::write(d.path().join(SINGLE_WEIGHTS), b"x").unwrap();
         assert_eq!(s.weight_layout().unwrap().shards, [SINGLE_WEIGHTS]);
-        assert!(Source::resolve(arg, Some("main"), no_hub).is_err());
+        let e = Source::resolve(arg, Some("main"), no_hub).unwrap_err();
+        assert!(
+            matches!(&e, PrepError::Source { source_arg, reason }
+                if source_arg == arg && reason.contains("--revision")),
+            "{e}"
+        );
         let e = Source::resolve("no-such-dir-xyz", None, no_hub)
             .unwrap_err()
             .to_string();

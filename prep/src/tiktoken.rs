@@ -313,8 +313,10 @@ mod tests {
             let e = parse(bad.as_bytes()).unwrap_err();
             assert!(e.to_string().contains(why), "{why}: {e}");
         }
-        assert!(parse(&[0xff, 0xfe]).is_err());
+        let e = parse(&[0xff, 0xfe]).unwrap_err().to_string();
+        assert!(e.contains("not UTF-8"), "{e}");
         // A SentencePiece protobuf is not a rank file.
-        assert!(parse(b"\x0a\x05\x0a\x01a\x15").is_err());
+        let e = parse(b"\x0a\x05\x0a\x01a\x15").unwrap_err().to_string();
+        assert!(e.contains("line 2 is not `base64 rank`"), "{e}");
     }
 }

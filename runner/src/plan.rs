@@ -491,7 +491,12 @@ mod tests {
         let p = MemoryPlan::for_sizes(&s, req(min)).unwrap();
         assert!(p.streams());
         assert_eq!(p.streamed_bytes, s.total());
-        assert!(MemoryPlan::for_sizes(&s, req(min - 1)).is_err());
+        let e = MemoryPlan::for_sizes(&s, req(min - 1)).unwrap_err();
+        assert!(
+            matches!(&e, RunnerError::Memory { budget, reason }
+                if budget == &human(min - 1) && reason.contains("of read buffers")),
+            "{e}"
+        );
         let all = s.all_resident(16);
         let p = MemoryPlan::for_sizes(&s, req(all)).unwrap();
         assert!(!p.streams());

@@ -128,8 +128,14 @@ mod tests {
         assert_eq!(parse_size("4G"), Ok(4 << 30));
         assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
         assert_eq!(parse_size(" 8 KiB "), Ok(8192));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("5 parsecs").is_err());
+        assert_eq!(
+            parse_size("lots"),
+            Err(r#""lots" is not a size (e.g. 512MiB, 4GiB, 0)"#.into())
+        );
+        assert_eq!(
+            parse_size("5 parsecs"),
+            Err(r#"unknown size unit "parsecs" in "5 parsecs""#.into())
+        );
         assert_eq!(human(1536), "1.50 KiB");
         assert_eq!(human(10), "10 B");
     }

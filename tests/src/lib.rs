@@ -96,6 +96,28 @@ pub fn tiny_fixture(variant: &str) -> PathBuf {
     d
 }
 
+/// Says that test `name` could not check what it is for in this environment
+/// (no permission to mount, a CPU feature missing): prints
+/// `SKIP: <name>: <reason>` to stderr and appends the same line to the file
+/// `$STRATA_SKIP_LOG` names, if set, so that `scripts/test.sh` counts it in its
+/// summary (cargo shows no stderr of passing tests). The caller then returns.
+pub fn skip(name: &str, reason: &str) {
+    use std::io::Write;
+    let line = format!("SKIP: {name}: {}", reason.replace('\n', " "));
+    eprintln!("{line}");
+    if let Some(log) = std::env::var_os("STRATA_SKIP_LOG").filter(|l| !l.is_empty()) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap_or_else(|e| panic!("STRATA_SKIP_LOG={}: {e}", Path::new(&log).display()));
+        // One write to a file opened for appending: lines from tests running
+        // in parallel do not interleave.
+        f.write_all(format!("{line}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("STRATA_SKIP_LOG={}: {e}", Path::new(&log).display()));
+    }
+}
+
 /// Runs a command to completion and returns its output; panics only if it
 /// cannot be started.
 pub fn run(cmd: &mut Command) -> Output {

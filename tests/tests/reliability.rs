@@ -3,8 +3,8 @@
 //! `--delete-originals` (no shard is gone before every stage it feeds is
 //! complete; the rerun is byte-identical to an uninterrupted run), a disk
 //! that fills up mid-run and one too small from the start (a size-limited
-//! tmpfs; skipped with a message where mounting is not permitted), and two
-//! preps racing for one output directory.
+//! tmpfs; a counted SKIP where mounting is not permitted), two preps racing
+//! for one output directory, and a runner on a container prep is writing.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use strata_e2e::{bin, hash_dir, run, run_ok, sha256_file, stderr};
+use strata_e2e::{bin, hash_dir, run, run_ok, sha256_file, skip, stderr};
 use strata_format::manifest::Manifest;
 use strata_format::verify::verify_container;
 
@@ -317,23 +317,24 @@ fn sigkill_at_random_moments_then_resume_is_byte_identical() {
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    /// Mounts a tmpfs of `size` (e.g. `8m`) at `dir`; `None` (after saying
-    /// why) where mounting is not permitted.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+    /// Mounts a tmpfs of `size` (e.g. `8m`) at `dir`; the reason where
+    /// mounting is not permitted (or `mount` cannot run).
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(dir).unwrap();
-        let out = run(Command::new("mount")
+        let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir));
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
         if out.status.success() {
-            Some(Tmpfs(dir.to_path_buf()))
+            Ok(Tmpfs(dir.to_path_buf()))
         } else {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs at {} ({}): {}",
+            Err(format!(
+                "cannot mount a tmpfs at {} ({}): {}",
                 dir.display(),
                 out.status,
                 stderr(&out).trim()
-            );
-            None
+            ))
         }
     }
 }
@@ -362,8 +363,15 @@ fn full_disk_fails_cleanly_and_small_disk_is_refused_up_front() {
     let src = tmp.path().join("src");
 
     // Too small from the start: refused before anything is written.
-    let Some(small) = Tmpfs::mount(&tmp.path().join("small"), "1m") else {
-        return;
+    let small = match Tmpfs::mount(&tmp.path().join("small"), "1m") {
+        Ok(t) => t,
+        Err(why) => {
+            skip(
+                "reliability::full_disk_fails_cleanly_and_small_disk_is_refused_up_front",
+                &format!("{why} (needs root or CAP_SYS_ADMIN)"),
+            );
+            return;
+        }
     };
     fresh_source(&master, &src);
     let out = small.0.join("out");
@@ -462,49 +470,92 @@ fn a_second_prep_into_the_same_directory_is_refused() {
     panic!("the first prep always ended before the second one started");
 }
 
+/// Waits until child `pid` has stopped (`true`) or ended (`false`), leaving
+/// it waitable so that [`std::process::Child::wait`] still reaps it.
+fn stopped_or_ended(pid: libc::pid_t) -> bool {
+    // SAFETY: all-zero bytes are a valid `siginfo_t`.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `info` is a writable `siginfo_t`; with WNOWAIT the call
+        // only reports the child's state and reaps nothing.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WSTOPPED | libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            return info.si_code == libc::CLD_STOPPED;
+        }
+        let e = std::io::Error::last_os_error();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::Interrupted,
+            "waitid({pid}): {e}"
+        );
+    }
+}
+
 #[test]
 fn a_runner_refuses_a_container_prep_is_still_writing() {
     let tmp = tmpdir();
     let master = tmp.path().join("master");
     write_checkpoint(&master);
-    let out = tmp.path().join("out");
-    let mut writer = prep(&master, &out, &[])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn prep");
-    let pid = writer.id() as libc::pid_t;
     // Freeze prep as soon as it has written its first stage file, so the
-    // runner deterministically sees a half-written container.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut reaped = false;
-    while !out.join("embed.strata").exists() {
-        if writer.try_wait().unwrap().is_some() {
-            reaped = true;
-            break;
+    // runner deterministically sees a half-written container; where prep
+    // ends first, try again.
+    const ATTEMPTS: usize = 10;
+    for attempt in 0..ATTEMPTS {
+        let out = tmp.path().join(format!("out-{attempt}"));
+        let mut writer = prep(&master, &out, &[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn prep");
+        let pid = writer.id() as libc::pid_t;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let ended = loop {
+            if let Some(status) = writer.try_wait().unwrap() {
+                break Some(status);
+            }
+            if out.join("embed.strata").exists() {
+                break None;
+            }
+            assert!(Instant::now() < deadline, "prep wrote nothing in 60 s");
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        if let Some(status) = ended {
+            assert!(status.success(), "prep failed: {status}");
+            eprintln!("attempt {attempt}: prep ended before it wrote a stage file");
+            continue;
         }
-        assert!(Instant::now() < deadline, "prep wrote nothing in 60 s");
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    // SAFETY: kill takes no pointers. `pid` is our child and not yet reaped
-    // (a reaped one, whose id may be reused, is not signalled), so it names
-    // no other process.
-    let stopped = !reaped && unsafe { libc::kill(pid, libc::SIGSTOP) } == 0;
-    let frozen_midway = stopped && !out.join("manifest.json").exists();
-    let runner = run(Command::new(bin("runner")).arg("generate").arg(&out).args([
-        "--prompt",
-        "a",
-        "--max-new-tokens",
-        "1",
-        "-q",
-    ]));
-    if stopped {
-        // SAFETY: as above: nothing has waited on the child since, so even if
-        // it died meanwhile it is an unreaped zombie and its id not reused.
-        unsafe { libc::kill(pid, libc::SIGCONT) };
-    }
-    assert!(writer.wait().expect("prep").success());
-    if frozen_midway {
+        // SAFETY: kill takes no pointers. `pid` is our child and nothing has
+        // waited on it since try_wait last saw it running, so it is alive or an
+        // unreaped zombie and its id names no other process.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
+        let stopped = stopped_or_ended(pid);
+        let frozen_midway = stopped && !out.join("manifest.json").exists();
+        let runner = frozen_midway.then(|| {
+            run(Command::new(bin("runner")).arg("generate").arg(&out).args([
+                "--prompt",
+                "a",
+                "--max-new-tokens",
+                "1",
+                "-q",
+            ]))
+        });
+        if stopped {
+            // SAFETY: as above: `stopped_or_ended` waits with WNOWAIT, so the
+            // child is still unreaped and its id not reused.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "SIGCONT");
+        }
+        assert!(writer.wait().expect("prep").success());
+        let Some(runner) = runner else {
+            eprintln!("attempt {attempt}: prep finished before it could be frozen");
+            continue;
+        };
         assert!(!runner.status.success());
         let err = stderr(&runner);
         assert!(
@@ -512,10 +563,10 @@ fn a_runner_refuses_a_container_prep_is_still_writing() {
             "{err}"
         );
         assert!(!err.contains("panicked"), "{err}");
-    } else {
-        eprintln!("prep finished before it could be frozen; the complete container must then run");
+        // Once prep is done, the same container verifies.
+        let m = Manifest::load(&out).expect("manifest after prep");
+        assert!(verify_container(&out, &m).ok());
+        return;
     }
-    // Once prep is done, the same container verifies.
-    let m = Manifest::load(&out).expect("manifest after prep");
-    assert!(verify_container(&out, &m).ok());
+    panic!("prep finished before it could be frozen in all {ATTEMPTS} attempts");
 }

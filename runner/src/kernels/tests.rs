@@ -299,10 +299,24 @@ fn inconsistent_lengths_are_errors() {
     let bytes = vec![0u8; 2 * 34];
     let w = weight(DType::Nf4, 2, 64, 64, &bytes);
     let mut out = vec![0f32; 2];
-    assert!(linear_t(Isa::Scalar, &w, &[0.0; 63], 1, &mut out).is_err());
-    assert!(linear_t(Isa::Scalar, &w, &[0.0; 64], 1, &mut out[..1]).is_err());
+    let length = |what, expected, actual| CodecError::Length {
+        what,
+        expected,
+        actual,
+    };
+    assert_eq!(
+        linear_t(Isa::Scalar, &w, &[0.0; 63], 1, &mut out).map_err(|e| e.to_string()),
+        Err(length("activations", 64, 63).to_string())
+    );
+    assert_eq!(
+        linear_t(Isa::Scalar, &w, &[0.0; 64], 1, &mut out[..1]).map_err(|e| e.to_string()),
+        Err(length("outputs", 2, 1).to_string())
+    );
     let short = weight(DType::Nf4, 2, 64, 64, &bytes[..60]);
-    assert!(linear_t(Isa::Scalar, &short, &[0.0; 64], 1, &mut out).is_err());
+    assert_eq!(
+        linear_t(Isa::Scalar, &short, &[0.0; 64], 1, &mut out).map_err(|e| e.to_string()),
+        Err(length("weight bytes", 68, 60).to_string())
+    );
     let odd = weight(DType::Nf4, 2, 64, 48, &bytes);
     assert!(matches!(
         linear_t(Isa::Scalar, &odd, &[0.0; 64], 1, &mut out),

@@ -155,8 +155,16 @@ mod tests {
             bytes: &bytes,
         };
         let mut y = vec![0f32; 3];
-        assert!(linear_into(&[1.0; 4], 1, &w, &mut y, 2, 2, ("f", "t")).is_err());
-        assert!(linear_into(&[1.0; 3], 1, &w, &mut y, 2, 0, ("f", "t")).is_err());
+        let e = linear_into(&[1.0; 4], 1, &w, &mut y, 2, 2, ("f", "t")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "f: tensor `t`: output of 3 values cannot hold 1 rows of 2 at column 2 (stride 2)"
+        );
+        let e = linear_into(&[1.0; 3], 1, &w, &mut y, 2, 0, ("f", "t")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "f: tensor `t`: input has 3 values, expected 1 × 4"
+        );
         linear_into(&[1.0; 4], 1, &w, &mut y, 2, 1, ("f", "t")).unwrap();
         assert_eq!(y, [0.0, 4.0, 4.0]);
     }

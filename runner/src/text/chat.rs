@@ -1117,7 +1117,9 @@ mod tests {
             "Friday July 208 13:05:09.000042 % 24-07-26 Fri PM"
         );
         assert_eq!(format_time(&tm, 0, "").expect("format"), "");
-        assert!(format_time(&tm, 0, "a\0b").is_err());
+        let e = format_time(&tm, 0, "a\0b").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidOperation);
+        assert!(e.to_string().contains("must not contain NUL"), "{e}");
 
         let out = render_source("{{ strftime_now('%d %b %Y') }}", serde_json::Value::Null)
             .expect("render");
