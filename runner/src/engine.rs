@@ -10,7 +10,7 @@ use crate::container::Container;
 use crate::error::Result;
 use crate::io::{Backend, IoChoice};
 use crate::model::{Logits, Model, Want};
-use crate::plan::{MemoryPlan, PlanRequest};
+use crate::plan::{self, MemoryPlan, PlanRequest, PlanSizes};
 use crate::stream::Streamer;
 use crate::text::tokenizer::TextTokenizer;
 
@@ -66,14 +66,25 @@ impl Engine {
     pub fn open(dir: &Path, o: &EngineOptions) -> Result<Engine> {
         let container = Arc::new(Container::open(dir, o.verify)?);
         let arch = &container.manifest.architecture;
-        let ctx = o
-            .ctx
-            .unwrap_or_else(|| (arch.max_position_embeddings as usize).min(DEFAULT_CTX))
-            .max(1);
-        let plan = MemoryPlan::new(
-            &container,
+        let sizes = PlanSizes::of_container(&container)?;
+        // The budget is read once, so that the context chosen for it and the
+        // plan agree (`Some(0)`: keep nothing resident).
+        let budget = plan::resolve_budget(o.max_memory);
+        let ctx = match o.ctx {
+            Some(ctx) => ctx.max(1),
+            None => {
+                let want = (arch.max_position_embeddings as usize).min(DEFAULT_CTX);
+                let (ctx, note) = plan::fit_default_ctx(&sizes, budget, o.prefetch, want)?;
+                if let Some(note) = note {
+                    log::warn!("{note}");
+                }
+                ctx
+            }
+        };
+        let plan = MemoryPlan::for_sizes(
+            &sizes,
             PlanRequest {
-                max_memory: o.max_memory,
+                max_memory: Some(budget.unwrap_or(0)),
                 prefetch: o.prefetch,
                 ctx,
                 keep_compressed: o.keep_compressed,

@@ -13,6 +13,113 @@ use crate::units::human;
 pub const OVERHEAD: u64 = 96 << 20;
 /// Smallest head streaming unit.
 const MIN_UNIT: u64 = 8 << 20;
+/// Part of the default margin that does not scale with memory: the runtime's
+/// own fixed cost outside [`OVERHEAD`] (binary and libraries, thread stacks,
+/// allocator slack, the few pages of embedding rows and checksummed reads that
+/// go through the page cache).
+pub const RUNTIME_RESERVE: u64 = 32 << 20;
+/// The default context is shrunk to fit a budget in steps of this many positions
+/// (down to one step; a model whose maximum is smaller keeps its maximum).
+pub const CTX_STEP: usize = 256;
+
+/// The margin the default budget leaves out of `available` bytes (the
+/// process's cgroup limit, v1 or v2, or `MemAvailable`, whichever is smaller):
+/// [`RUNTIME_RESERVE`] plus an eighth, for the page cache that buffered reads
+/// and mmap leave charged to the cgroup (O_DIRECT reads, the default, leave
+/// none) and allocator fragmentation; never more than 512 MiB unless that is
+/// under a tenth (large machines keep a tenth).
+pub fn default_margin(available: u64) -> u64 {
+    let scaled = RUNTIME_RESERVE.saturating_add(available / 8).min(512 << 20);
+    scaled.max(available / 10)
+}
+
+/// The budget used when `--max-memory` is not given: `available` less
+/// [`default_margin`] (640 MiB -> 528 MiB, 1 GiB -> 864 MiB, 4 GiB and more ->
+/// less 512 MiB or a tenth). At least 1 byte, so that it never reads as
+/// `--max-memory 0`.
+pub fn default_budget(available: u64) -> u64 {
+    available.saturating_sub(default_margin(available)).max(1)
+}
+
+/// The budget a plan fits in: `--max-memory` as given (`None` for 0: no
+/// limit, keep nothing resident), or [`default_budget`] of the available
+/// memory (4 GiB when it cannot be read).
+pub fn resolve_budget(max_memory: Option<u64>) -> Option<u64> {
+    match max_memory {
+        Some(0) => None,
+        Some(b) => Some(b),
+        None => {
+            let available = crate::units::available_memory().unwrap_or(4 << 30);
+            let budget = default_budget(available);
+            log::debug!(
+                "memory: default budget {} = available {} less a margin of {}",
+                human(budget),
+                human(available),
+                human(default_margin(available))
+            );
+            Some(budget)
+        }
+    }
+}
+
+/// The context length to use when the user did not give `--ctx`: `want` (the
+/// default), or, when the KV cache for `want` positions does not fit in
+/// `budget` beside the runtime and the read buffers (or beside the whole
+/// model, when that is smaller), the largest multiple of [`CTX_STEP`] that
+/// does; then the second value says so, for the log. Refuses, naming the
+/// numbers, when even [`CTX_STEP`] positions (or `want`, if smaller) do not fit.
+pub fn fit_default_ctx(
+    sizes: &PlanSizes,
+    budget: Option<u64>,
+    prefetch: usize,
+    want: usize,
+) -> Result<(usize, Option<String>)> {
+    let want = want.max(1);
+    let Some(budget) = budget else {
+        return Ok((want, None));
+    };
+    if sizes.smallest_budget(want, prefetch) <= budget {
+        return Ok((want, None));
+    }
+    let floor = want.min(CTX_STEP);
+    let per = sizes.kv_bytes_per_position.max(1);
+    // Positions that fit beside each way of running: streaming, or all resident.
+    let fits = [
+        OVERHEAD.saturating_add(sizes.buffers(prefetch)),
+        OVERHEAD.saturating_add(sizes.total_decoded()),
+    ]
+    .iter()
+    .filter_map(|&base| budget.checked_sub(base))
+    .map(|room| usize::try_from(room / per).unwrap_or(usize::MAX))
+    .max()
+    .unwrap_or(0);
+    let ctx = if fits >= CTX_STEP {
+        (fits.min(want) / CTX_STEP) * CTX_STEP
+    } else {
+        fits.min(want)
+    };
+    if ctx < floor {
+        let need = sizes.smallest_budget(floor, prefetch);
+        return Err(RunnerError::Memory {
+            budget: human(budget),
+            reason: format!(
+                "even a context of {floor} positions needs {} (KV cache {}, runtime {}, read buffers {} with --prefetch {prefetch}); the default of {want} positions needs {}; raise --max-memory (or free memory), or lower --prefetch",
+                human(need),
+                human(sizes.kv_cache(floor)),
+                human(OVERHEAD),
+                human(sizes.buffers(prefetch)),
+                human(sizes.smallest_budget(want, prefetch)),
+            ),
+        });
+    }
+    let note = format!(
+        "memory: the default context of {want} positions needs a {} KV cache, more than the budget of {} leaves; using --ctx {ctx} ({}). Give --ctx or --max-memory to choose",
+        human(sizes.kv_cache(want)),
+        human(budget),
+        human(sizes.kv_cache(ctx)),
+    );
+    Ok((ctx, Some(note)))
+}
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy)]
@@ -274,17 +381,10 @@ impl MemoryPlan {
             expert_cache: 0,
             expert_unit: sizes.expert_unit,
         };
-        let budget = match req.max_memory {
-            Some(0) => {
-                plan.buffers = sizes.buffers(req.prefetch);
-                plan.streamed_bytes = sizes.total();
-                return Ok(plan);
-            }
-            Some(b) => b,
-            None => {
-                let avail = crate::units::available_memory().unwrap_or(4 << 30);
-                avail.saturating_sub((avail / 10).max(512 << 20))
-            }
+        let Some(budget) = resolve_budget(req.max_memory) else {
+            plan.buffers = sizes.buffers(req.prefetch);
+            plan.streamed_bytes = sizes.total();
+            return Ok(plan);
         };
         plan.budget = Some(budget);
         let fixed = kv_cache + OVERHEAD;
@@ -586,6 +686,98 @@ mod tests {
         assert_eq!(p.resident_layers.iter().filter(|&&r| r).count(), 1);
         assert_eq!(p.expert_cache, 10 << 20);
         assert_eq!(MemoryPlan::for_sizes(&s, req(0)).unwrap().expert_cache, 0);
+    }
+
+    #[test]
+    fn the_default_budget_scales_its_margin() {
+        const MIB: u64 = 1 << 20;
+        // Small cgroups: 32 MiB + an eighth.
+        assert_eq!(default_budget(640 * MIB), 528 * MIB);
+        assert_eq!(default_budget(1024 * MIB), 864 * MIB);
+        assert_eq!(default_budget(2048 * MIB), 1760 * MIB);
+        // From about 3.75 GiB on the margin is 512 MiB, as it always was...
+        assert_eq!(default_budget(4096 * MIB), 3584 * MIB);
+        assert_eq!(default_margin(4096 * MIB), 512 * MIB);
+        // ... and a tenth from 5 GiB on.
+        assert_eq!(default_margin(64 << 30), (64 << 30) / 10);
+        // Never 0 (that would mean `--max-memory 0`), never an overflow.
+        assert_eq!(default_budget(0), 1);
+        assert_eq!(default_budget(16 * MIB), 1);
+        assert!(default_budget(u64::MAX) < u64::MAX);
+        // The margin grows with the memory, the budget too.
+        let mut last = (0, 0);
+        for m in (1..=8192).map(|m| m * MIB) {
+            let now = (default_margin(m), default_budget(m));
+            assert!(now.0 >= last.0 && now.1 >= last.1, "at {m}");
+            last = now;
+        }
+    }
+
+    /// A model like Qwen2.5-1.5B in nf4: 56 KiB of KV cache per position.
+    fn kv_sizes() -> PlanSizes {
+        PlanSizes {
+            kv_bytes_per_position: 56 << 10,
+            ..sizes()
+        }
+    }
+
+    #[test]
+    fn the_default_context_shrinks_to_fit_the_budget() {
+        let s = kv_sizes();
+        let want = 4096;
+        // It fits: unchanged, nothing said.
+        let need = s.smallest_budget(want, 2);
+        assert_eq!(
+            fit_default_ctx(&s, Some(need), 2, want).unwrap(),
+            (want, None)
+        );
+        assert_eq!(fit_default_ctx(&s, None, 2, want).unwrap(), (want, None));
+        // 100 MiB for the KV cache beside the runtime and the buffers: 1828
+        // positions fit, rounded down to 1792.
+        let budget = OVERHEAD + s.buffers(2) + (100 << 20);
+        let (ctx, note) = fit_default_ctx(&s, Some(budget), 2, want).unwrap();
+        assert_eq!(ctx, 1792);
+        let note = note.unwrap();
+        assert!(note.contains("using --ctx 1792"), "{note}");
+        assert!(note.contains("default context of 4096"), "{note}");
+        assert!(note.contains("224.00 MiB KV cache"), "{note}");
+        // The plan for the chosen context is accepted, and streams.
+        let plan = MemoryPlan::for_sizes(&s, PlanRequest { ctx, ..req(budget) }).unwrap();
+        assert!(plan.streams());
+        assert_eq!(plan.kv_cache, s.kv_cache(1792));
+        // With --prefetch 1 the buffers are smaller: more context fits.
+        let (ctx1, _) = fit_default_ctx(&s, Some(budget), 1, want).unwrap();
+        assert_eq!(ctx1, 3584);
+    }
+
+    #[test]
+    fn a_budget_too_small_for_the_smallest_context_is_refused_with_numbers() {
+        let s = kv_sizes();
+        // One position short of 256.
+        let budget = OVERHEAD + s.buffers(2) + s.kv_cache(255);
+        let err = fit_default_ctx(&s, Some(budget), 2, 4096)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&human(budget)), "{err}");
+        assert!(
+            err.contains("context of 256 positions needs 410.00 MiB"),
+            "{err}"
+        );
+        assert!(err.contains("KV cache 14.00 MiB"), "{err}");
+        assert!(err.contains("read buffers 300.00 MiB"), "{err}");
+        assert!(err.contains("--max-memory"), "{err}");
+        // 256 positions exactly: accepted.
+        let budget = OVERHEAD + s.buffers(2) + s.kv_cache(256);
+        assert_eq!(fit_default_ctx(&s, Some(budget), 2, 4096).unwrap().0, 256);
+        // A model whose maximum is under one step keeps it or is refused.
+        let small = OVERHEAD + s.buffers(2) + s.kv_cache(100);
+        assert_eq!(
+            fit_default_ctx(&s, Some(small), 2, 100).unwrap(),
+            (100, None)
+        );
+        assert!(fit_default_ctx(&s, Some(small - 1), 2, 100).is_err());
+        // Nothing fits beside the runtime: refused, not an underflow.
+        assert!(fit_default_ctx(&s, Some(1), 2, 4096).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use strata_format::manifest::{Architecture, MANIFEST_NAME};
 use strata_format::shapes::{Shape, SHAPE_NAMES};
 use strata_runner::container::Container;
 use strata_runner::engine::DEFAULT_CTX;
-use strata_runner::plan::{MemoryPlan, PlanRequest, PlanSizes, OVERHEAD};
+use strata_runner::plan::{self, MemoryPlan, PlanRequest, PlanSizes, OVERHEAD};
 use strata_runner::units::{human, parse_size};
 
 /// Arguments of `plan`.
@@ -64,14 +64,28 @@ pub fn run(a: PlanArgs) -> Result<i32> {
     };
     // As the engine does: at least one unit is read ahead.
     let prefetch = a.prefetch.max(1);
-    let ctx = a
-        .ctx
-        .unwrap_or_else(|| (arch.max_position_embeddings as usize).min(DEFAULT_CTX))
-        .max(1);
+    // As the engine does: the budget is read once, and a default context
+    // shrinks to fit it (when not even the smallest fits, the plan says why).
+    let budget = plan::resolve_budget(a.max_memory);
+    let ctx = match a.ctx {
+        Some(ctx) => ctx.max(1),
+        None => {
+            let want = (arch.max_position_embeddings as usize).min(DEFAULT_CTX);
+            match plan::fit_default_ctx(&sizes, budget, prefetch, want) {
+                Ok((ctx, note)) => {
+                    if let Some(note) = note {
+                        eprintln!("{note}");
+                    }
+                    ctx
+                }
+                Err(_) => want,
+            }
+        }
+    };
     let plan = MemoryPlan::for_sizes(
         &sizes,
         PlanRequest {
-            max_memory: a.max_memory,
+            max_memory: Some(budget.unwrap_or(0)),
             prefetch,
             ctx,
             keep_compressed: None,
