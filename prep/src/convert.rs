@@ -147,399 +147,597 @@ enum Work {
     Write(Vec<(usize, usize)>),
 }
 
-/// Runs one conversion.
+/// Runs one conversion: resolve the source, lock the output directory, then
+/// the steps of the job, one method each, in order.
 pub fn run(opts: &Options, rep: &mut Reporter) -> Result<Summary> {
     let started = Instant::now();
-    let interactive = rep.interactive();
-    let (source, warning) = Source::resolve(&opts.source, opts.revision.as_deref(), || {
-        HubSettings::from_env(opts.hf_token.clone(), interactive)
-    })?;
-    if let Some(w) = warning {
-        rep.warn(&w);
+    let input = Input::resolve(opts, rep)?;
+    let out = input.lock_output(opts)?;
+    if out.path().join(MANIFEST_NAME).exists() {
+        let (source, layout, identity) = (&input.source, &input.layout, &input.identity);
+        return already_complete(out.path(), source, layout, identity, opts, started);
     }
-    let config_path = source.required(CONFIG)?;
-    let config_bytes = read(&config_path)?;
-    let config = parse_json(&config_bytes, &config_path)?;
-    let arch = parse_architecture(&config, &config_path)?;
-    let generation = match source.file(GENERATION_CONFIG)? {
-        Some(p) => {
-            let bytes = read(&p)?;
-            Some((parse_json(&bytes, &p)?, p))
-        }
-        None => None,
-    };
-    let tokens = parse_token_ids(
-        generation.as_ref().map(|(v, p)| (v, p.as_path())),
-        &config,
-        &config_path,
-    )?;
-    let layout = source.weight_layout()?;
-    // Small files first, so a Hub source fails early rather than after hours.
-    let mut tokenizer_paths = Vec::new();
-    for name in TOKENIZER_FILES {
-        if let Some(p) = source.file(name)? {
-            tokenizer_paths.push((name, p));
-        }
-    }
-    let stages = plan(&arch, &opts.quant);
-    let identity = JobIdentity {
-        tool: format!("{TOOL_NAME} {}", env!("CARGO_PKG_VERSION")),
-        source_kind: kind_name(&source).into(),
-        location: source.location.clone(),
-        revision: source.revision.clone(),
-        quant: opts.quant.weights,
-        block_size: opts.quant.manifest().block_size,
-        weights: layout.shards.clone(),
-        compress: opts.quant.manifest().compression,
-    };
-    // Catch architecture bounds before anything is written.
-    provisional_manifest(&stages, &arch, opts, &tokens).validate(&config_path)?;
+    let mut job = Conversion::resume(opts, &input, out, rep)?;
+    job.open_shards()?;
+    job.plan_work(rep)?;
+    job.check_space()?;
+    job.finish_recorded_deletions(rep)?;
+    let mut hasher = job.start_hashing();
+    job.write_stages(&mut hasher, rep)?;
+    job.copy_tokenizer(rep)?;
+    job.record_sources(hasher)?;
+    job.finish(started)
+}
 
-    let out = OutDir::lock(&opts.out)?;
-    let dir = out.path().to_path_buf();
-    if dir.canonicalize().ok() == source.dir.canonicalize().ok() {
-        return Err(PrepError::Output {
-            dir,
-            reason: "is the source folder; the container needs a directory of its own".into(),
-        });
-    }
-    if dir.join(MANIFEST_NAME).exists() {
-        return already_complete(&dir, &source, &layout, &identity, opts, started);
-    }
-    let mut job = match JobFile::load(&dir)? {
-        Some(j) if j.identity == identity => {
-            rep.note(&format!("resuming the interrupted job in {}", dir.display()));
-            j
+/// Everything read from the source before the output directory is touched.
+struct Input {
+    /// The resolved source.
+    source: Source,
+    /// The bytes of its config.json.
+    config_bytes: Vec<u8>,
+    /// The architecture config.json describes.
+    arch: strata_format::manifest::Architecture,
+    /// BOS / EOS / PAD ids.
+    tokens: crate::config::TokenIds,
+    /// The weight shards and their index.
+    layout: WeightLayout,
+    /// The tokenizer files the source has, by name.
+    tokenizer_paths: Vec<(&'static str, PathBuf)>,
+    /// The stage files to write.
+    stages: Vec<Stage>,
+    /// What this conversion is, as recorded in the job file.
+    identity: JobIdentity,
+}
+
+impl Input {
+    /// Resolves the source and reads its configuration, weight layout and
+    /// tokenizer files; plans the stages and checks the architecture's bounds.
+    fn resolve(opts: &Options, rep: &Reporter) -> Result<Input> {
+        let interactive = rep.interactive();
+        let (source, warning) = Source::resolve(&opts.source, opts.revision.as_deref(), || {
+            HubSettings::from_env(opts.hf_token.clone(), interactive)
+        })?;
+        if let Some(w) = warning {
+            rep.warn(&w);
         }
-        Some(j) => {
+        let config_path = source.required(CONFIG)?;
+        let config_bytes = read(&config_path)?;
+        let config = parse_json(&config_bytes, &config_path)?;
+        let arch = parse_architecture(&config, &config_path)?;
+        let generation = match source.file(GENERATION_CONFIG)? {
+            Some(p) => {
+                let bytes = read(&p)?;
+                Some((parse_json(&bytes, &p)?, p))
+            }
+            None => None,
+        };
+        let tokens = parse_token_ids(
+            generation.as_ref().map(|(v, p)| (v, p.as_path())),
+            &config,
+            &config_path,
+        )?;
+        let layout = source.weight_layout()?;
+        // Small files first, so a Hub source fails early rather than after hours.
+        let mut tokenizer_paths = Vec::new();
+        for name in TOKENIZER_FILES {
+            if let Some(p) = source.file(name)? {
+                tokenizer_paths.push((name, p));
+            }
+        }
+        let stages = plan(&arch, &opts.quant);
+        let identity = JobIdentity {
+            tool: format!("{TOOL_NAME} {}", env!("CARGO_PKG_VERSION")),
+            source_kind: kind_name(&source).into(),
+            location: source.location.clone(),
+            revision: source.revision.clone(),
+            quant: opts.quant.weights,
+            block_size: opts.quant.manifest().block_size,
+            weights: layout.shards.clone(),
+            compress: opts.quant.manifest().compression,
+        };
+        // Catch architecture bounds before anything is written.
+        provisional_manifest(&stages, &arch, opts, &tokens).validate(&config_path)?;
+        Ok(Input {
+            source,
+            config_bytes,
+            arch,
+            tokens,
+            layout,
+            tokenizer_paths,
+            stages,
+            identity,
+        })
+    }
+
+    /// Locks the output directory, refusing the source folder itself.
+    fn lock_output(&self, opts: &Options) -> Result<OutDir> {
+        let out = OutDir::lock(&opts.out)?;
+        let dir = out.path().to_path_buf();
+        if dir.canonicalize().ok() == self.source.dir.canonicalize().ok() {
             return Err(PrepError::Output {
                 dir,
-                reason: format!(
-                    "holds an interrupted conversion of {}, but this run converts {}; rerun the original command to finish it, or choose another --out",
-                    j.identity.describe(),
-                    identity.describe()
-                ),
-            })
+                reason: "is the source folder; the container needs a directory of its own".into(),
+            });
         }
-        None => {
-            if let Some(s) = stages.iter().find(|s| dir.join(&s.file).exists()) {
-                return Err(PrepError::Output {
-                    dir,
-                    reason: format!(
-                        "holds {} but no {JOB_NAME}: it is not an interrupted conversion of this model; choose another --out or empty it",
-                        s.file
-                    ),
-                });
-            }
-            JobFile {
-                identity: identity.clone(),
-                weight_sizes: BTreeMap::new(),
-                stages: BTreeMap::new(),
-                deleted: Vec::new(),
-            }
-        }
-    };
+        Ok(out)
+    }
+}
 
-    let deleted: HashSet<String> = job.deleted.iter().map(|f| f.path.clone()).collect();
-    let shard_paths = source.shard_paths(&layout.shards, &deleted)?;
-    for (name, path) in layout.shards.iter().zip(&shard_paths) {
-        let Some(path) = path else { continue };
-        let len = std::fs::metadata(path)
-            .map_err(|e| PrepError::io(path, e))?
-            .len();
-        match job.weight_sizes.get(name) {
-            Some(&old) if old != len => {
+/// The state of a conversion into a locked directory, from the job record
+/// to the manifest; one method per step, called in order by [`run`].
+struct Conversion<'a> {
+    opts: &'a Options,
+    input: &'a Input,
+    /// The locked output directory (released by [`Conversion::finish`]).
+    out: OutDir,
+    /// `out`'s path.
+    dir: PathBuf,
+    /// The job record, saved after every step that changes it.
+    job: JobFile,
+    /// Source shards deleted by earlier `--delete-originals` runs.
+    deleted: HashSet<String>,
+    /// Each shard's path, `None` once deleted.
+    shard_paths: Vec<Option<PathBuf>>,
+    /// Each shard, mapped, `None` once deleted.
+    shards: Vec<Option<Shard>>,
+    /// What happens to each stage.
+    work: Vec<Work>,
+    /// The stage after which each present shard holds nothing more to convert.
+    last_use: Vec<usize>,
+    /// Source tensor bytes this run converts.
+    total_in: u64,
+    stages_written: usize,
+    stages_reused: usize,
+    bytes_out: u64,
+    /// The manifest's file list, as files are written.
+    files: Vec<FileEntry>,
+    /// The tokenizer files the container holds.
+    tokenizer_files: Vec<String>,
+    /// The source files the manifest records, by name.
+    source_files: BTreeMap<String, FileEntry>,
+    /// Source files deleted by this run.
+    deleted_now: Vec<String>,
+    bytes_freed: u64,
+}
+
+impl<'a> Conversion<'a> {
+    /// Takes up the interrupted job the directory holds (the same conversion),
+    /// or starts a new one in a directory that holds no stage file; refuses
+    /// anything else.
+    fn resume(
+        opts: &'a Options,
+        input: &'a Input,
+        out: OutDir,
+        rep: &Reporter,
+    ) -> Result<Conversion<'a>> {
+        let (identity, stages) = (&input.identity, &input.stages);
+        let dir = out.path().to_path_buf();
+        let job = match JobFile::load(&dir)? {
+            Some(j) if j.identity == *identity => {
+                rep.note(&format!("resuming the interrupted job in {}", dir.display()));
+                j
+            }
+            Some(j) => {
                 return Err(PrepError::Output {
                     dir,
                     reason: format!(
-                        "the interrupted job read {name} when it was {old} bytes; it is now {len} bytes (the source changed); empty the directory to start over"
+                        "holds an interrupted conversion of {}, but this run converts {}; rerun the original command to finish it, or choose another --out",
+                        j.identity.describe(),
+                        identity.describe()
                     ),
                 })
             }
-            Some(_) => {}
             None => {
-                job.weight_sizes.insert(name.clone(), len);
+                if let Some(s) = stages.iter().find(|s| dir.join(&s.file).exists()) {
+                    return Err(PrepError::Output {
+                        dir,
+                        reason: format!(
+                            "holds {} but no {JOB_NAME}: it is not an interrupted conversion of this model; choose another --out or empty it",
+                            s.file
+                        ),
+                    });
+                }
+                JobFile {
+                    identity: identity.clone(),
+                    weight_sizes: BTreeMap::new(),
+                    stages: BTreeMap::new(),
+                    deleted: Vec::new(),
+                }
+            }
+        };
+        let deleted: HashSet<String> = job.deleted.iter().map(|f| f.path.clone()).collect();
+        Ok(Conversion {
+            opts,
+            input,
+            out,
+            dir,
+            job,
+            deleted,
+            shard_paths: Vec::new(),
+            shards: Vec::new(),
+            work: Vec::new(),
+            last_use: Vec::new(),
+            total_in: 0,
+            stages_written: 0,
+            stages_reused: 0,
+            bytes_out: 0,
+            files: Vec::new(),
+            tokenizer_files: Vec::new(),
+            source_files: BTreeMap::new(),
+            deleted_now: Vec::new(),
+            bytes_freed: 0,
+        })
+    }
+
+    /// Maps the shards not yet deleted, refusing any whose size changed since
+    /// the interrupted job read it.
+    fn open_shards(&mut self) -> Result<()> {
+        let (source, layout, dir) = (&self.input.source, &self.input.layout, &self.dir);
+        let job = &mut self.job;
+        let shard_paths = source.shard_paths(&layout.shards, &self.deleted)?;
+        for (name, path) in layout.shards.iter().zip(&shard_paths) {
+            let Some(path) = path else { continue };
+            let len = std::fs::metadata(path)
+                .map_err(|e| PrepError::io(path, e))?
+                .len();
+            match job.weight_sizes.get(name) {
+                Some(&old) if old != len => {
+                    return Err(PrepError::Output {
+                        dir: dir.clone(),
+                        reason: format!(
+                            "the interrupted job read {name} when it was {old} bytes; it is now {len} bytes (the source changed); empty the directory to start over"
+                        ),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    job.weight_sizes.insert(name.clone(), len);
+                }
             }
         }
+        self.shards = shard_paths
+            .iter()
+            .map(|p| p.as_deref().map(Shard::open).transpose())
+            .collect::<Result<_>>()?;
+        self.shard_paths = shard_paths;
+        Ok(())
     }
-    let mut shards: Vec<Option<Shard>> = shard_paths
-        .iter()
-        .map(|p| p.as_deref().map(Shard::open).transpose())
-        .collect::<Result<_>>()?;
 
-    let located = locate(&stages, &arch, &layout, &shards, &source)?;
+    /// Finds every planned tensor in the shards and decides, stage by stage,
+    /// whether an interrupted run's file is kept or the stage is written; notes
+    /// the last stage each shard feeds.
+    fn plan_work(&mut self, rep: &Reporter) -> Result<()> {
+        let (source, layout, arch, stages) = (
+            &self.input.source,
+            &self.input.layout,
+            &self.input.arch,
+            &self.input.stages,
+        );
+        let (dir, opts, shards) = (&self.dir, self.opts, &self.shards);
+        let located = locate(stages, arch, layout, shards, source)?;
 
-    remove_stale_tmp(&dir, &stages)?;
-    let mut work: Vec<Work> = Vec::with_capacity(stages.len());
-    for (i, stage) in stages.iter().enumerate() {
-        if let Some(rec) = reusable(
-            &dir,
-            stage,
-            &job,
-            opts.delete_originals,
-            opts.quant.compress.is_some(),
-            rep,
-        )? {
-            work.push(Work::Reuse(rec));
-            continue;
+        remove_stale_tmp(dir, stages)?;
+        let mut work: Vec<Work> = Vec::with_capacity(stages.len());
+        for (i, stage) in stages.iter().enumerate() {
+            if let Some(rec) = reusable(
+                dir,
+                stage,
+                &self.job,
+                opts.delete_originals,
+                opts.quant.compress.is_some(),
+                rep,
+            )? {
+                work.push(Work::Reuse(rec));
+                continue;
+            }
+            let mut locs = Vec::with_capacity(stage.tensors.len());
+            for (t, pt) in stage.tensors.iter().enumerate() {
+                match located[i][t] {
+                    Some(l) => locs.push(l),
+                    None => return Err(missing(stage, pt, layout, &self.deleted, source, dir)),
+                }
+            }
+            work.push(Work::Write(locs));
         }
-        let mut locs = Vec::with_capacity(stage.tensors.len());
-        for (t, pt) in stage.tensors.iter().enumerate() {
-            match located[i][t] {
-                Some(l) => locs.push(l),
-                None => return Err(missing(stage, pt, &layout, &deleted, &source, &dir)),
+
+        // The stage after which each present shard holds nothing more to convert.
+        let mut last_use: Vec<usize> = vec![0; shards.len()];
+        let mut used_any = vec![false; shards.len()];
+        for (i, locs) in located.iter().enumerate() {
+            for &(s, _) in locs.iter().flatten() {
+                last_use[s] = last_use[s].max(i);
+                used_any[s] = true;
             }
         }
-        work.push(Work::Write(locs));
-    }
-
-    // The stage after which each present shard holds nothing more to convert.
-    let mut last_use: Vec<usize> = vec![0; shards.len()];
-    let mut used_any = vec![false; shards.len()];
-    for (i, locs) in located.iter().enumerate() {
-        for &(s, _) in locs.iter().flatten() {
-            last_use[s] = last_use[s].max(i);
-            used_any[s] = true;
+        for (s, used) in used_any.iter().enumerate() {
+            if !used {
+                last_use[s] = stages.len() - 1;
+            }
         }
+        self.work = work;
+        self.last_use = last_use;
+        Ok(())
     }
-    for (s, used) in used_any.iter().enumerate() {
-        if !used {
-            last_use[s] = stages.len() - 1;
+
+    /// Refuses a disk too small for the peak need, then saves the job record.
+    fn check_space(&self) -> Result<()> {
+        SpaceCheck {
+            dir: &self.dir,
+            stages: &self.input.stages,
+            work: &self.work,
+            tokenizer_paths: &self.input.tokenizer_paths,
+            shard_paths: &self.shard_paths,
+            last_use: &self.last_use,
+            source: &self.input.source,
+            delete: self.opts.delete_originals,
         }
+        .run()?;
+        self.job.save(&self.dir)
     }
 
-    SpaceCheck {
-        dir: &dir,
-        stages: &stages,
-        work: &work,
-        tokenizer_paths: &tokenizer_paths,
-        shard_paths: &shard_paths,
-        last_use: &last_use,
-        source: &source,
-        delete: opts.delete_originals,
-    }
-    .run()?;
-    job.save(&dir)?;
-
-    let mut deleted_now: Vec<String> = Vec::new();
-    let mut bytes_freed = 0u64;
-    if opts.delete_originals {
-        // Deletions recorded (after verification) by a run killed before it
-        // could carry them out.
-        for d in &job.deleted {
+    /// Carries out the deletions recorded (after verification) by a run killed
+    /// before it could carry them out.
+    fn finish_recorded_deletions(&mut self, rep: &Reporter) -> Result<()> {
+        if !self.opts.delete_originals {
+            return Ok(());
+        }
+        let source = &self.input.source;
+        for d in &self.job.deleted {
             let path = source.dir.join(&d.path);
             if std::fs::symlink_metadata(&path).is_ok() {
-                bytes_freed += delete_source(&source, &path, rep)?;
+                self.bytes_freed += delete_source(source, &path, rep)?;
                 rep.note(&format!(
                     "deleted {} (verified by an earlier run)",
                     path.display()
                 ));
-                deleted_now.push(d.path.clone());
+                self.deleted_now.push(d.path.clone());
             }
         }
+        Ok(())
     }
 
-    let mut hash_order: Vec<usize> = (0..shards.len()).filter(|&s| shards[s].is_some()).collect();
-    hash_order.sort_by_key(|&s| (last_use[s], s));
-    let mut hasher = ShardHasher::spawn(
-        hash_order
+    /// Starts hashing the present shards in the background, in the order the
+    /// stages finish with them.
+    fn start_hashing(&self) -> ShardHasher {
+        let (shards, shard_paths, last_use) = (&self.shards, &self.shard_paths, &self.last_use);
+        let mut hash_order: Vec<usize> =
+            (0..shards.len()).filter(|&s| shards[s].is_some()).collect();
+        hash_order.sort_by_key(|&s| (last_use[s], s));
+        ShardHasher::spawn(
+            hash_order
+                .iter()
+                .filter_map(|&s| shard_paths[s].clone().map(|p| (s, p)))
+                .collect(),
+        )
+    }
+
+    /// Writes (or keeps) the stage files in order, recording each in the job
+    /// file; with `--delete-originals`, verifies each on disk and deletes every
+    /// shard once the last stage it feeds is written.
+    fn write_stages(&mut self, hasher: &mut ShardHasher, rep: &mut Reporter) -> Result<()> {
+        let (source, layout, stages) = (&self.input.source, &self.input.layout, &self.input.stages);
+        let (dir, opts, work, last_use) = (&self.dir, self.opts, &self.work, &self.last_use);
+        let (job, shards, shard_paths) = (&mut self.job, &mut self.shards, &self.shard_paths);
+        let total_in: u64 = stages
             .iter()
-            .filter_map(|&s| shard_paths[s].clone().map(|p| (s, p)))
-            .collect(),
-    );
-
-    let total_in: u64 = stages
-        .iter()
-        .zip(&work)
-        .filter_map(|(stage, w)| match w {
-            Work::Write(locs) => Some(stage.tensors.iter().zip(locs)),
-            Work::Reuse(_) => None,
-        })
-        .flatten()
-        .map(|(pt, &(s, t))| {
-            shards[s]
-                .as_ref()
-                .map_or(0, |sh| pt.source_bytes(sh.tensors()[t].len))
-        })
-        .sum();
-    rep.start(total_in);
-    let (mut stages_written, mut stages_reused, mut bytes_out) = (0usize, 0usize, 0u64);
-    let mut files: Vec<FileEntry> = Vec::new();
-    for (i, stage) in stages.iter().enumerate() {
-        let record = match &work[i] {
-            Work::Reuse(rec) => {
-                stages_reused += 1;
-                if !job.stages.contains_key(&stage.file) {
+            .zip(work)
+            .filter_map(|(stage, w)| match w {
+                Work::Write(locs) => Some(stage.tensors.iter().zip(locs)),
+                Work::Reuse(_) => None,
+            })
+            .flatten()
+            .map(|(pt, &(s, t))| {
+                shards[s]
+                    .as_ref()
+                    .map_or(0, |sh| pt.source_bytes(sh.tensors()[t].len))
+            })
+            .sum();
+        self.total_in = total_in;
+        rep.start(total_in);
+        for (i, stage) in stages.iter().enumerate() {
+            let record = match &work[i] {
+                Work::Reuse(rec) => {
+                    self.stages_reused += 1;
+                    if !job.stages.contains_key(&stage.file) {
+                        job.stages.insert(stage.file.clone(), rec.clone());
+                        job.save(dir)?;
+                    }
+                    rec.clone()
+                }
+                Work::Write(locs) => {
+                    rep.stage(&stage.label());
+                    let w = write_stage(dir, stage, locs, shards, opts.quant.compress, rep)?;
+                    if opts.delete_originals {
+                        verify_on_disk(&w)?;
+                    }
+                    self.stages_written += 1;
+                    self.bytes_out += w.bytes;
+                    let rec = StageRecord {
+                        bytes: w.bytes,
+                        sha256: w.sha256,
+                    };
                     job.stages.insert(stage.file.clone(), rec.clone());
-                    job.save(&dir)?;
+                    job.save(dir)?;
+                    rec
                 }
-                rec.clone()
-            }
-            Work::Write(locs) => {
-                rep.stage(&stage.label());
-                let w = write_stage(&dir, stage, locs, &shards, opts.quant.compress, rep)?;
-                if opts.delete_originals {
-                    verify_on_disk(&w)?;
+            };
+            self.files.push(FileEntry {
+                path: stage.file.clone(),
+                bytes: record.bytes,
+                sha256: record.sha256,
+            });
+            if opts.delete_originals {
+                let complete: Vec<usize> = (0..shards.len())
+                    .filter(|&s| last_use[s] == i && shards[s].is_some())
+                    .collect();
+                for s in complete {
+                    let (bytes, sha256) = hasher.wait(s)?;
+                    let name = layout.shards[s].clone();
+                    job.deleted.push(FileEntry {
+                        path: name.clone(),
+                        bytes,
+                        sha256,
+                    });
+                    job.save(dir)?;
+                    shards[s] = None;
+                    let path = shard_paths[s].as_deref().unwrap_or(Path::new(&name));
+                    let freed = delete_source(source, path, rep)?;
+                    rep.note(&format!(
+                        "deleted {} ({}) after verifying every stage it fed",
+                        path.display(),
+                        human_bytes(freed)
+                    ));
+                    self.bytes_freed += freed;
+                    self.deleted_now.push(name);
                 }
-                stages_written += 1;
-                bytes_out += w.bytes;
-                let rec = StageRecord {
-                    bytes: w.bytes,
-                    sha256: w.sha256,
-                };
-                job.stages.insert(stage.file.clone(), rec.clone());
-                job.save(&dir)?;
-                rec
-            }
-        };
-        files.push(FileEntry {
-            path: stage.file.clone(),
-            bytes: record.bytes,
-            sha256: record.sha256,
-        });
-        if opts.delete_originals {
-            let complete: Vec<usize> = (0..shards.len())
-                .filter(|&s| last_use[s] == i && shards[s].is_some())
-                .collect();
-            for s in complete {
-                let (bytes, sha256) = hasher.wait(s)?;
-                let name = layout.shards[s].clone();
-                job.deleted.push(FileEntry {
-                    path: name.clone(),
-                    bytes,
-                    sha256,
-                });
-                job.save(&dir)?;
-                shards[s] = None;
-                let path = shard_paths[s].as_deref().unwrap_or(Path::new(&name));
-                let freed = delete_source(&source, path, rep)?;
-                rep.note(&format!(
-                    "deleted {} ({}) after verifying every stage it fed",
-                    path.display(),
-                    human_bytes(freed)
-                ));
-                bytes_freed += freed;
-                deleted_now.push(name);
             }
         }
+        rep.finish();
+        // Unmap the shards.
+        shards.clear();
+        Ok(())
     }
-    rep.finish();
-    drop(shards);
 
-    // Tokenizer files, copied verbatim.
-    let mut source_files: BTreeMap<String, FileEntry> = BTreeMap::new();
-    let mut tokenizer_files = Vec::new();
-    for (name, p) in &tokenizer_paths {
-        let bytes = read(p)?;
-        write_atomic(&dir.join(name), &bytes)?;
-        let entry = FileEntry {
-            path: name.to_string(),
-            bytes: bytes.len() as u64,
-            sha256: sha256_hex(&bytes),
-        };
-        files.push(entry.clone());
-        source_files.insert(name.to_string(), entry);
-        tokenizer_files.push(name.to_string());
-    }
-    if !tokenizer_files.iter().any(|f| f == TOKENIZER_JSON) {
-        match derive_tokenizer(&tokenizer_paths, &arch.family)? {
-            Ok((bytes, from)) => {
-                write_atomic(&dir.join(TOKENIZER_JSON), &bytes)?;
-                files.push(FileEntry {
-                    path: TOKENIZER_JSON.into(),
-                    bytes: bytes.len() as u64,
-                    sha256: sha256_hex(&bytes),
-                });
-                tokenizer_files.push(TOKENIZER_JSON.into());
-                rep.note(&format!("wrote tokenizer.json from {from}"));
-            }
-            Err(why) => rep.warn(&format!(
-                "{} has no tokenizer.json{why}: the container holds no tokenizer, so the runner will need token ids",
-                source.location
-            )),
+    /// Copies the tokenizer files verbatim, and writes a tokenizer.json
+    /// derived from the others when the source has none.
+    fn copy_tokenizer(&mut self, rep: &Reporter) -> Result<()> {
+        let (source, arch, tokenizer_paths) = (
+            &self.input.source,
+            &self.input.arch,
+            &self.input.tokenizer_paths,
+        );
+        let (dir, files, source_files, tokenizer_files) = (
+            &self.dir,
+            &mut self.files,
+            &mut self.source_files,
+            &mut self.tokenizer_files,
+        );
+        for (name, p) in tokenizer_paths {
+            let bytes = read(p)?;
+            write_atomic(&dir.join(name), &bytes)?;
+            let entry = FileEntry {
+                path: name.to_string(),
+                bytes: bytes.len() as u64,
+                sha256: sha256_hex(&bytes),
+            };
+            files.push(entry.clone());
+            source_files.insert(name.to_string(), entry);
+            tokenizer_files.push(name.to_string());
         }
+        if !tokenizer_files.iter().any(|f| f == TOKENIZER_JSON) {
+            match derive_tokenizer(tokenizer_paths, &arch.family)? {
+                Ok((bytes, from)) => {
+                    write_atomic(&dir.join(TOKENIZER_JSON), &bytes)?;
+                    files.push(FileEntry {
+                        path: TOKENIZER_JSON.into(),
+                        bytes: bytes.len() as u64,
+                        sha256: sha256_hex(&bytes),
+                    });
+                    tokenizer_files.push(TOKENIZER_JSON.into());
+                    rep.note(&format!("wrote tokenizer.json from {from}"));
+                }
+                Err(why) => rep.warn(&format!(
+                    "{} has no tokenizer.json{why}: the container holds no tokenizer, so the runner will need token ids",
+                    source.location
+                )),
+            }
+        }
+        Ok(())
     }
 
-    // Source files: configuration, index, shards (hashed in the background,
-    // or recorded before they were deleted).
-    source_files.insert(
-        CONFIG.into(),
-        FileEntry {
-            path: CONFIG.into(),
-            bytes: config_bytes.len() as u64,
-            sha256: sha256_hex(&config_bytes),
-        },
-    );
-    if let Some(index) = &layout.index {
-        let (bytes, sha256) = sha256_file(index)?;
-        let name = file_name(index);
+    /// Records the source files: configuration, index, shards (hashed in the
+    /// background, or recorded before they were deleted).
+    fn record_sources(&mut self, mut hasher: ShardHasher) -> Result<()> {
+        let (layout, config_bytes) = (&self.input.layout, &self.input.config_bytes);
+        let source_files = &mut self.source_files;
         source_files.insert(
-            name.clone(),
+            CONFIG.into(),
             FileEntry {
-                path: name,
-                bytes,
-                sha256,
+                path: CONFIG.into(),
+                bytes: config_bytes.len() as u64,
+                sha256: sha256_hex(config_bytes),
             },
         );
-    }
-    for d in &job.deleted {
-        source_files.insert(d.path.clone(), d.clone());
-    }
-    for (s, name) in layout.shards.iter().enumerate() {
-        if shard_paths[s].is_some() && !source_files.contains_key(name) {
-            let (bytes, sha256) = hasher.wait(s)?;
+        if let Some(index) = &layout.index {
+            let (bytes, sha256) = sha256_file(index)?;
+            let name = file_name(index);
             source_files.insert(
                 name.clone(),
                 FileEntry {
-                    path: name.clone(),
+                    path: name,
                     bytes,
                     sha256,
                 },
             );
         }
+        for d in &self.job.deleted {
+            source_files.insert(d.path.clone(), d.clone());
+        }
+        for (s, name) in layout.shards.iter().enumerate() {
+            if self.shard_paths[s].is_some() && !source_files.contains_key(name) {
+                let (bytes, sha256) = hasher.wait(s)?;
+                source_files.insert(
+                    name.clone(),
+                    FileEntry {
+                        path: name.clone(),
+                        bytes,
+                        sha256,
+                    },
+                );
+            }
+        }
+        drop(hasher);
+        Ok(())
     }
-    drop(hasher);
 
-    let mut manifest = provisional_manifest(&stages, &arch, opts, &tokens);
-    manifest.tokenizer.files = tokenizer_files;
-    manifest.files = files;
-    manifest.source = SourceInfo {
-        kind: kind_name(&source).into(),
-        location: source.location.clone(),
-        revision: source.revision.clone(),
-        files: source_files.into_values().collect(),
-    };
-    let manifest_path = dir.join(MANIFEST_NAME);
-    manifest.validate(&manifest_path)?;
-    write_atomic(&manifest_path, &manifest.to_json())?;
-    JobFile::remove(&dir)?;
-    sync_dir(&dir)?;
-    drop(out);
+    /// Writes the manifest (last), removes the job record and releases the
+    /// directory.
+    fn finish(mut self, started: Instant) -> Result<Summary> {
+        let (opts, input, dir) = (self.opts, self.input, &self.dir);
+        let source = &input.source;
+        let mut manifest = provisional_manifest(&input.stages, &input.arch, opts, &input.tokens);
+        manifest.tokenizer.files = std::mem::take(&mut self.tokenizer_files);
+        manifest.files = std::mem::take(&mut self.files);
+        manifest.source = SourceInfo {
+            kind: kind_name(source).into(),
+            location: source.location.clone(),
+            revision: source.revision.clone(),
+            files: std::mem::take(&mut self.source_files)
+                .into_values()
+                .collect(),
+        };
+        let manifest_path = dir.join(MANIFEST_NAME);
+        manifest.validate(&manifest_path)?;
+        write_atomic(&manifest_path, &manifest.to_json())?;
+        JobFile::remove(dir)?;
+        sync_dir(dir)?;
+        drop(self.out);
 
-    let seconds = started.elapsed().as_secs_f64();
-    let bytes_in = total_in;
-    Ok(Summary {
-        out: dir.display().to_string(),
-        source: source.location.clone(),
-        revision: source.revision.clone(),
-        quant: opts.quant.weights.name().into(),
-        block_size: opts.quant.manifest().block_size,
-        already_complete: false,
-        stages_written,
-        stages_reused,
-        bytes_in,
-        bytes_out,
-        container_bytes: manifest.files.iter().map(|f| f.bytes).sum(),
-        ratio: if bytes_in > 0 {
-            bytes_out as f64 / bytes_in as f64
-        } else {
-            0.0
-        },
-        seconds,
-        mb_per_s: bytes_in as f64 / 1e6 / seconds.max(1e-9),
-        deleted: deleted_now,
-        bytes_freed,
-    })
+        let seconds = started.elapsed().as_secs_f64();
+        let (bytes_in, bytes_out) = (self.total_in, self.bytes_out);
+        Ok(Summary {
+            out: self.dir.display().to_string(),
+            source: source.location.clone(),
+            revision: source.revision.clone(),
+            quant: opts.quant.weights.name().into(),
+            block_size: opts.quant.manifest().block_size,
+            already_complete: false,
+            stages_written: self.stages_written,
+            stages_reused: self.stages_reused,
+            bytes_in,
+            bytes_out,
+            container_bytes: manifest.files.iter().map(|f| f.bytes).sum(),
+            ratio: if bytes_in > 0 {
+                bytes_out as f64 / bytes_in as f64
+            } else {
+                0.0
+            },
+            seconds,
+            mb_per_s: bytes_in as f64 / 1e6 / seconds.max(1e-9),
+            deleted: self.deleted_now,
+            bytes_freed: self.bytes_freed,
+        })
+    }
 }
 
 /// tokenizer.json derived from the source's other tokenizer files, for the

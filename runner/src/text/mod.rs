@@ -6,6 +6,7 @@
 //! the Python reference would tokenize them.
 
 pub mod chat;
+mod pycompat;
 pub mod stream;
 pub mod tokenizer;
 
