@@ -525,3 +525,46 @@ impl Container {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_views_outside_the_weight_are_errors() {
+        let bytes = [0u8; 24];
+        let w = Weight {
+            dtype: DType::F32,
+            rows: 3,
+            cols: 2,
+            block: 1,
+            bytes: &bytes,
+        };
+        let v = w.rows_view(1, 3).unwrap();
+        assert_eq!((v.rows, v.bytes.len()), (2, 16));
+        assert_eq!(w.rows_view(3, 3).unwrap().rows, 0);
+        for (r0, r1) in [(2, 1), (0, 4), (4, 4), (usize::MAX, usize::MAX)] {
+            assert!(w.rows_view(r0, r1).is_err(), "{r0}..{r1}");
+        }
+        assert_eq!(w.to_f32("f", "t").unwrap(), vec![0.0; 6]);
+        let short = Weight {
+            bytes: &bytes[..20],
+            ..w
+        };
+        assert!(short.rows_view(2, 3).is_err());
+        let err = short.to_f32("f", "t").unwrap_err().to_string();
+        assert!(err.contains("f: tensor `t`"), "{err}");
+        let huge = Weight {
+            rows: usize::MAX,
+            ..w
+        };
+        assert!(huge.to_f32("f", "t").is_err());
+    }
+
+    #[test]
+    fn slice_ranges_that_overflow_are_none() {
+        assert_eq!(slice_range(4, 8), Some(4..12));
+        assert_eq!(slice_range(u64::MAX, 1), None);
+        assert_eq!(slice_range(1, u64::MAX), None);
+    }
+}

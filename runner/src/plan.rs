@@ -512,6 +512,45 @@ mod tests {
     }
 
     #[test]
+    fn sizes_from_headers_never_overflow() {
+        let mut a = strata_format::shapes::Shape::named("tiny")
+            .expect("the tiny shape")
+            .architecture;
+        assert!(kv_cache_bytes(&a, 1).is_ok());
+        (a.num_kv_heads, a.head_dim, a.num_layers) = (1 << 20, 1 << 24, 1 << 20);
+        assert!(kv_cache_bytes(&a, 1).is_err());
+        // Sizes no file can have, with a context and read-ahead no one asks
+        // for: every minimum saturates and every plan but the keep-nothing
+        // one is a named error (the real sizes fit an unlimited budget).
+        let huge = PlanSizes {
+            layer_bytes: vec![u64::MAX / 2; 4],
+            layer_decoded: vec![u64::MAX; 4],
+            head_bytes: u64::MAX,
+            head_decoded: u64::MAX,
+            kv_bytes_per_position: u64::MAX / 3,
+            expert_bytes: vec![u64::MAX; 4],
+            expert_unit: u64::MAX,
+        };
+        for (s, fits) in [(sizes(), true), (huge, false)] {
+            for (ctx, prefetch) in [(usize::MAX, usize::MAX), (1, usize::MAX), (usize::MAX, 1)] {
+                assert_eq!(s.streaming_minimum(ctx, prefetch), u64::MAX);
+                assert_eq!(s.all_resident(ctx).max(s.total()), s.all_resident(ctx));
+                for max_memory in [Some(0), Some(1 << 30), Some(u64::MAX)] {
+                    let r = PlanRequest {
+                        max_memory,
+                        prefetch,
+                        ctx,
+                        keep_compressed: None,
+                    };
+                    if let Ok(p) = MemoryPlan::for_sizes(&s, r) {
+                        assert!(fits || max_memory == Some(0), "{}", p.describe());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_minimum_budgets_are_exact() {
         let s = sizes();
         let min = s.streaming_minimum(16, 2);
