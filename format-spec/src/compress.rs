@@ -20,6 +20,10 @@ pub const ZSTD_BYTESPLIT: &str = "zstd-bytesplit";
 /// Decoded bytes per frame that writers aim for (a frame holds at least one row).
 pub const FRAME_TARGET_BYTES: u64 = 1 << 20;
 
+/// Most decoded bytes [`Decoder::decode_all`] accepts per stored byte (twice
+/// zstd's largest expansion).
+const MAX_EXPANSION: u64 = 1 << 16;
+
 /// What a writer compresses with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Codec {
@@ -251,17 +255,21 @@ impl Frames {
         self.row_bytes
     }
 
-    /// Rows `r0..r1` decoded by frames `f0..f1`.
+    /// Rows `r0..r1` decoded by frames `f0..f1` (clamped to the tensor's rows).
     pub fn rows_of(&self, f0: usize, f1: usize) -> (u64, u64) {
         (
-            (f0 as u64 * self.frame_rows).min(self.rows),
-            (f1 as u64 * self.frame_rows).min(self.rows),
+            (f0 as u64).saturating_mul(self.frame_rows).min(self.rows),
+            (f1 as u64).saturating_mul(self.frame_rows).min(self.rows),
         )
     }
 
-    /// Byte range, relative to the tensor's stored data, of frames `f0..f1`.
-    pub fn stored_range(&self, f0: usize, f1: usize) -> std::ops::Range<u64> {
-        self.starts[f0]..self.starts[f1]
+    /// Byte range, relative to the tensor's stored data, of frames `f0..f1`;
+    /// `None` unless `f0 <= f1 <= count()`.
+    pub fn stored_range(&self, f0: usize, f1: usize) -> Option<std::ops::Range<u64>> {
+        if f0 > f1 {
+            return None;
+        }
+        Some(*self.starts.get(f0)?..*self.starts.get(f1)?)
     }
 
     /// The frame holding row `r`.
@@ -346,10 +354,50 @@ impl Decoder {
         Ok(())
     }
 
-    /// Decodes a whole compressed tensor from its stored bytes.
+    /// Decodes a whole compressed tensor from its stored bytes. The decoded
+    /// length the entry claims must be what its shape and dtype take, and the
+    /// buffer is allocated fallibly: a claim beyond memory is an error naming
+    /// the tensor, never an abort.
     pub fn decode_all(&mut self, e: &TensorEntry, stored: &[u8], path: &Path) -> Result<Vec<u8>> {
+        let bad = |reason: String| FormatError::BadTensor {
+            path: path.to_path_buf(),
+            tensor: e.name.clone(),
+            reason,
+        };
+        let claimed = e.encoded_length();
+        if e.dtype.encoded_len(&e.shape, e.block_size) != Some(claimed) {
+            return Err(bad(format!(
+                "decoded length {claimed} but shape {:?} as {} takes {}",
+                e.shape,
+                e.dtype,
+                e.dtype
+                    .encoded_len(&e.shape, e.block_size)
+                    .map_or("no valid size".to_string(), |n| format!("{n} bytes"))
+            )));
+        }
+        // zstd cannot expand a stored byte into more than 32768 (an RLE
+        // block: a 3-byte header and 1 byte for 128 KiB); twice that bound
+        // leaves room and still stops a small file claiming terabytes.
+        let most = (stored.len() as u64).saturating_mul(MAX_EXPANSION);
+        if claimed > most {
+            return Err(bad(format!(
+                "decoded length {claimed} is more than {} stored bytes can decode to",
+                stored.len()
+            )));
+        }
         let fr = Frames::of(e, path)?;
-        let mut out = vec![0u8; e.encoded_length() as usize];
+        let len = usize::try_from(claimed).map_err(|_| {
+            bad(format!(
+                "decoded length {claimed} exceeds the address space"
+            ))
+        })?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(len).map_err(|err| {
+            bad(format!(
+                "cannot allocate the {claimed}-byte decoded tensor: {err}"
+            ))
+        })?;
+        out.resize(len, 0);
         self.decode(e, &fr, 0, fr.count(), stored, &mut out, path)?;
         Ok(out)
     }
@@ -407,7 +455,7 @@ mod tests {
             for f0 in 0..fr.count() {
                 for f1 in f0..=fr.count() {
                     let (r0, r1) = fr.rows_of(f0, f1);
-                    let sr = fr.stored_range(f0, f1);
+                    let sr = fr.stored_range(f0, f1).unwrap();
                     let mut out = vec![0u8; ((r1 - r0) as usize) * cols * 2];
                     d.decode(
                         &e,
@@ -517,5 +565,60 @@ mod tests {
         let mut wrong = e;
         wrong.compression.as_mut().unwrap().codec = "lz4".into();
         assert_refused(&wrong, "unknown compression codec \"lz4\"");
+    }
+
+    #[test]
+    fn huge_claimed_lengths_are_errors_before_any_allocation() {
+        let p = Path::new("t");
+        let stored = vec![0u8; 4096];
+        let huge = |shape: Vec<u64>, decoded_length: u64| TensorEntry {
+            name: "w".into(),
+            dtype: DType::F32,
+            shape,
+            block_size: None,
+            offset: 4096,
+            length: 4096,
+            compression: Some(Compression {
+                codec: ZSTD.into(),
+                decoded_length,
+                frame_rows: None,
+                frames: None,
+            }),
+        };
+        let mut d = Decoder::new().unwrap();
+        // Terabytes its shape does not take, terabytes its shape takes, and
+        // more than the address space: each an error naming the tensor.
+        for e in [
+            huge(vec![4, 4], 1 << 40),
+            huge(vec![1 << 19, 1 << 19], 1 << 40),
+            huge(vec![1 << 31, 1 << 31], u64::MAX),
+        ] {
+            match d.decode_all(&e, &stored, p) {
+                Err(FormatError::BadTensor { tensor, reason, .. }) => {
+                    assert_eq!(tensor, "w");
+                    assert!(reason.contains("decoded length"), "{reason}");
+                }
+                other => panic!("{:?}", other.map(|v| v.len())),
+            }
+        }
+    }
+
+    #[test]
+    fn stored_range_outside_the_frames_is_none() {
+        let enc = bf16_rows(16, 64);
+        let p = Path::new("t");
+        let codec = Codec {
+            level: 3,
+            bytesplit: false,
+        };
+        let c = compress(&enc, 128, 4, codec, p, "w").unwrap();
+        let fr = Frames::of(&entry(DType::Bf16, vec![16, 64], &c), p).unwrap();
+        assert_eq!(fr.count(), 4);
+        assert_eq!(fr.stored_range(0, 4), Some(0..c.bytes.len() as u64));
+        assert_eq!(fr.stored_range(2, 2).map(|r| r.is_empty()), Some(true));
+        assert_eq!(fr.stored_range(3, 2), None);
+        assert_eq!(fr.stored_range(0, 5), None);
+        assert_eq!(fr.stored_range(usize::MAX, usize::MAX), None);
+        assert_eq!(fr.rows_of(usize::MAX, usize::MAX), (16, 16));
     }
 }

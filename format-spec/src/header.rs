@@ -77,9 +77,10 @@ impl TensorEntry {
             .map_or(self.length, |c| c.decoded_length)
     }
 
-    /// Byte range of the stored data within the file.
+    /// Byte range of the stored data within the file (its end saturates for
+    /// an entry no validated header holds).
     pub fn range(&self) -> std::ops::Range<u64> {
-        self.offset..self.offset + self.length
+        self.offset..self.offset.saturating_add(self.length)
     }
 }
 

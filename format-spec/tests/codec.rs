@@ -254,3 +254,44 @@ fn nearest_value(y: f32) -> f32 {
     }
     codes[c]
 }
+
+#[test]
+fn quantized_rows_of_the_wrong_length_are_errors() {
+    use strata_format::codec::int8;
+    let vals = [0.5f32; 40];
+    let mut out = [0f32; 40];
+    // 40 values in blocks of 32: two blocks (the second padded).
+    let (nf4_len, int8_len) = (2 * (2 + 16), 2 * (2 + 32));
+    for (name, len, encode, decode) in [
+        (
+            "nf4",
+            nf4_len,
+            nf4::encode_row as fn(&[f32], usize, &mut [u8]) -> Result<(), CodecError>,
+            nf4::decode_row as fn(&[u8], usize, &mut [f32]) -> Result<(), CodecError>,
+        ),
+        ("int8", int8_len, int8::encode_row, int8::decode_row),
+    ] {
+        let mut good = vec![0u8; len];
+        encode(&vals, 32, &mut good).unwrap_or_else(|e| panic!("{name}: {e}"));
+        decode(&good, 32, &mut out).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for wrong in [0, len - 1, len + 1, 3 * len] {
+            let mut dst = vec![0u8; wrong];
+            assert!(
+                matches!(encode(&vals, 32, &mut dst), Err(CodecError::Length { .. })),
+                "{name}: encode into {wrong} bytes"
+            );
+            assert!(
+                matches!(decode(&dst, 32, &mut out), Err(CodecError::Length { .. })),
+                "{name}: decode {wrong} bytes"
+            );
+        }
+        assert!(matches!(
+            encode(&vals, 0, &mut good),
+            Err(CodecError::BlockSize(0))
+        ));
+        assert!(matches!(
+            decode(&good, 0, &mut out),
+            Err(CodecError::BlockSize(0))
+        ));
+    }
+}

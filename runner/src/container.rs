@@ -66,7 +66,17 @@ impl DecodedLayout {
             t.offset = cursor;
             t.length = t.encoded_length();
             t.compression = None;
-            cursor = (cursor + t.length).next_multiple_of(IO_ALIGN as u64);
+            cursor = cursor
+                .checked_add(t.length)
+                .and_then(|end| end.checked_next_multiple_of(IO_ALIGN as u64))
+                .ok_or_else(|| RunnerError::Tensor {
+                    file: path.display().to_string(),
+                    tensor: t.name.clone(),
+                    reason: format!(
+                        "decoded length {} at offset {} of the decoded layout overflows",
+                        t.length, t.offset
+                    ),
+                })?;
         }
         Ok(Some(DecodedLayout {
             header: h,
@@ -95,7 +105,7 @@ impl StageInfo {
                 self.name
             )));
         };
-        if out.len() < d.len as usize || file.len() as u64 != self.len {
+        if (out.len() as u64) < d.len || file.len() as u64 != self.len {
             return Err(RunnerError::Invalid(format!(
                 "{}: {} file bytes and a {}-byte buffer for a {}-byte file decoding to {}",
                 self.name,
@@ -112,8 +122,17 @@ impl StageInfo {
             .zip(&d.header.tensors)
             .zip(&d.frames)
         {
-            let src = &file[e.offset as usize..(e.offset + e.length) as usize];
-            let dst = &mut out[v.offset as usize..(v.offset + v.length) as usize];
+            let outside = || RunnerError::Tensor {
+                file: self.name.clone(),
+                tensor: e.name.clone(),
+                reason: "lies outside the file or its decoded layout".into(),
+            };
+            let src = slice_range(e.offset, e.length)
+                .and_then(|r| file.get(r))
+                .ok_or_else(outside)?;
+            let dst = slice_range(v.offset, v.length)
+                .and_then(|r| out.get_mut(r))
+                .ok_or_else(outside)?;
             match fr {
                 Some(fr) => dec.decode(e, fr, 0, fr.count(), src, dst, &self.path)?,
                 None => dst.copy_from_slice(src),
@@ -192,36 +211,51 @@ impl StageInfo {
         r1: usize,
     ) -> Result<Weight<'a>> {
         let e = self.view_entry(name)?;
-        let mut w = Weight::new(e, &[], &self.name)?;
-        let need = (r1 - r0) * w.row_bytes();
-        if r1 > w.rows || r0 > r1 || bytes.len() < need {
-            return Err(RunnerError::Tensor {
+        let w = Weight::new(e, &[], &self.name)?;
+        let need = r1
+            .checked_sub(r0)
+            .filter(|_| r1 <= w.rows)
+            .and_then(|n| n.checked_mul(w.row_bytes()))
+            .filter(|&need| need <= bytes.len())
+            .ok_or_else(|| RunnerError::Tensor {
                 file: self.name.clone(),
                 tensor: name.into(),
-                reason: format!("rows {r0}..{r1} are outside the bytes read"),
-            });
-        }
-        w.rows = r1 - r0;
-        w.bytes = &bytes[..need];
-        Ok(w)
+                reason: format!(
+                    "rows {r0}..{r1} of {} are outside the {} bytes read",
+                    w.rows,
+                    bytes.len()
+                ),
+            })?;
+        Ok(Weight {
+            rows: r1 - r0,
+            bytes: &bytes[..need],
+            ..w
+        })
     }
 
     /// A view of tensor `name` inside `data`, the bytes the model is handed
     /// (the whole file, or its decoded layout when it holds compressed tensors).
     pub fn weight<'a>(&self, data: &'a [u8], base: u64, name: &str) -> Result<Weight<'a>> {
         let e = self.view_entry(name)?;
-        let start = e
+        let bytes = e
             .offset
             .checked_sub(base)
-            .map(|s| s as usize)
-            .filter(|&s| s + e.length as usize <= data.len())
+            .and_then(|start| slice_range(start, e.length))
+            .and_then(|r| data.get(r))
             .ok_or_else(|| RunnerError::Tensor {
                 file: self.name.clone(),
                 tensor: name.into(),
                 reason: "outside the bytes read".into(),
             })?;
-        Weight::new(e, &data[start..start + e.length as usize], &self.name)
+        Weight::new(e, bytes, &self.name)
     }
+}
+
+/// The `usize` range of `len` bytes at `offset`, when it is addressable.
+fn slice_range(offset: u64, len: u64) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    Some(start..end)
 }
 
 /// A tensor's encoded bytes with what is needed to decode them.
@@ -269,20 +303,50 @@ impl<'a> Weight<'a> {
         strata_format::codec::row_bytes(self.dtype, self.cols, self.block)
     }
 
-    /// Rows `r0..r1` as their own view.
-    pub fn rows_view(&self, r0: usize, r1: usize) -> Weight<'a> {
+    /// Rows `r0..r1` as their own view; an error when they are not rows of
+    /// this view (`r0 > r1`, `r1 > rows`) or its bytes do not hold them.
+    pub fn rows_view(&self, r0: usize, r1: usize) -> Result<Weight<'a>> {
         let rb = self.row_bytes();
-        Weight {
+        let bytes = (r0 <= r1 && r1 <= self.rows)
+            .then(|| Some(r0.checked_mul(rb)?..r1.checked_mul(rb)?))
+            .flatten()
+            .and_then(|r| self.bytes.get(r))
+            .ok_or_else(|| {
+                RunnerError::Invalid(format!(
+                    "rows {r0}..{r1} of a {}-row weight view of {} bytes",
+                    self.rows,
+                    self.bytes.len()
+                ))
+            })?;
+        Ok(Weight {
             rows: r1 - r0,
-            bytes: &self.bytes[r0 * rb..r1 * rb],
+            bytes,
             ..*self
-        }
+        })
     }
 
-    /// Decodes the whole tensor as a flat f32 vector (for norms and biases).
+    /// Decodes the whole tensor as a flat f32 vector (for norms and biases);
+    /// an error names `file` and `tensor` when the bytes are not
+    /// `rows × row_bytes()`.
     pub fn to_f32(&self, file: &str, tensor: &str) -> Result<Vec<f32>> {
-        let mut out = vec![0f32; self.rows * self.cols];
         let rb = self.row_bytes();
+        let bad = |reason: String| RunnerError::Tensor {
+            file: file.into(),
+            tensor: tensor.into(),
+            reason,
+        };
+        let n = self
+            .rows
+            .checked_mul(self.cols)
+            .ok_or_else(|| bad(format!("{} rows of {} overflow", self.rows, self.cols)))?;
+        if self.rows.checked_mul(rb) != Some(self.bytes.len()) {
+            return Err(bad(format!(
+                "{} bytes for {} rows of {rb} bytes",
+                self.bytes.len(),
+                self.rows
+            )));
+        }
+        let mut out = vec![0f32; n];
         for (dst, src) in out
             .chunks_mut(self.cols.max(1))
             .zip(self.bytes.chunks(rb.max(1)))
@@ -459,5 +523,48 @@ impl Container {
         }
         self.mark_checked(stage);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_views_outside_the_weight_are_errors() {
+        let bytes = [0u8; 24];
+        let w = Weight {
+            dtype: DType::F32,
+            rows: 3,
+            cols: 2,
+            block: 1,
+            bytes: &bytes,
+        };
+        let v = w.rows_view(1, 3).unwrap();
+        assert_eq!((v.rows, v.bytes.len()), (2, 16));
+        assert_eq!(w.rows_view(3, 3).unwrap().rows, 0);
+        for (r0, r1) in [(2, 1), (0, 4), (4, 4), (usize::MAX, usize::MAX)] {
+            assert!(w.rows_view(r0, r1).is_err(), "{r0}..{r1}");
+        }
+        assert_eq!(w.to_f32("f", "t").unwrap(), vec![0.0; 6]);
+        let short = Weight {
+            bytes: &bytes[..20],
+            ..w
+        };
+        assert!(short.rows_view(2, 3).is_err());
+        let err = short.to_f32("f", "t").unwrap_err().to_string();
+        assert!(err.contains("f: tensor `t`"), "{err}");
+        let huge = Weight {
+            rows: usize::MAX,
+            ..w
+        };
+        assert!(huge.to_f32("f", "t").is_err());
+    }
+
+    #[test]
+    fn slice_ranges_that_overflow_are_none() {
+        assert_eq!(slice_range(4, 8), Some(4..12));
+        assert_eq!(slice_range(u64::MAX, 1), None);
+        assert_eq!(slice_range(1, u64::MAX), None);
     }
 }

@@ -167,9 +167,18 @@ pub struct MemoryPlan {
     pub expert_unit: u64,
 }
 
-/// Bytes of the KV cache for `ctx` positions (f32 keys and values).
-pub fn kv_cache_bytes(a: &Architecture, ctx: usize) -> u64 {
-    ctx as u64 * a.num_kv_heads * a.head_dim * 2 * 4 * a.num_layers
+/// Bytes of the KV cache for `ctx` positions (f32 keys and values), or an
+/// error naming the manifest's numbers when they overflow 64 bits.
+pub fn kv_cache_bytes(a: &Architecture, ctx: usize) -> Result<u64> {
+    [a.num_kv_heads, a.head_dim, 2 * 4, a.num_layers]
+        .into_iter()
+        .try_fold(ctx as u64, u64::checked_mul)
+        .ok_or_else(|| {
+            RunnerError::Invalid(format!(
+                "manifest.json: a KV cache of {ctx} positions × {} KV heads × head_dim {} × {} layers overflows 64 bits",
+                a.num_kv_heads, a.head_dim, a.num_layers
+            ))
+        })
 }
 
 /// Bytes of the head's weight tensor.
@@ -209,7 +218,7 @@ impl PlanSizes {
             layer_decoded: c.layers.iter().map(|l| l.view_len()).collect(),
             head_bytes: head_weight_bytes(c)?,
             head_decoded: stage.entry(name)?.encoded_length(),
-            kv_bytes_per_position: kv_cache_bytes(&c.manifest.architecture, 1),
+            kv_bytes_per_position: kv_cache_bytes(&c.manifest.architecture, 1)?,
             expert_bytes: c
                 .layers
                 .iter()
@@ -217,7 +226,12 @@ impl PlanSizes {
                     if c.manifest.architecture.moe.is_none() || l.compressed() {
                         return Ok(0);
                     }
-                    Ok(l.len - crate::stream::experts_start(l)?)
+                    let start = crate::stream::experts_start(l)?;
+                    l.len.checked_sub(start).ok_or_else(|| RunnerError::Tensor {
+                        file: l.name.clone(),
+                        tensor: strata_format::names::moe_expert(0, "gate"),
+                        reason: format!("starts at {start}, past the file's {} bytes", l.len),
+                    })
                 })
                 .collect::<Result<Vec<u64>>>()?,
             expert_unit: match &c.manifest.architecture.moe {
@@ -255,7 +269,7 @@ impl PlanSizes {
                 tensors: rest,
                 ..s.clone()
             };
-            expert_bytes.push(size - before.file_size()?);
+            expert_bytes.push(size.saturating_sub(before.file_size()?));
         }
         let head_bytes = shapes::head_weight_bytes(arch, stages)
             .ok_or_else(|| RunnerError::Invalid("the layout holds no output head weight".into()))?;
@@ -264,7 +278,7 @@ impl PlanSizes {
             layer_bytes,
             head_bytes,
             head_decoded: head_bytes,
-            kv_bytes_per_position: kv_cache_bytes(arch, 1),
+            kv_bytes_per_position: kv_cache_bytes(arch, 1)?,
             // Every expert of a layer has the same page-aligned size.
             expert_unit: arch.moe.as_ref().map_or(0, |m| {
                 expert_bytes.iter().copied().max().unwrap_or(0) / m.num_experts.max(1)
@@ -278,6 +292,9 @@ impl PlanSizes {
         self.kv_bytes_per_position.saturating_mul(ctx as u64)
     }
 
+    // Sums and products of sizes saturate: a saturated size exceeds every
+    // budget, so a plan for it fails with the sizes named, never wraps.
+
     /// Size of one streaming unit: the largest layer read (an MoE layer's
     /// part before its experts), or a head chunk of at least 8 MiB (never
     /// more than the head itself when layers are smaller).
@@ -286,7 +303,7 @@ impl PlanSizes {
             .layer_bytes
             .iter()
             .zip(self.expert_bytes.iter().chain(std::iter::repeat(&0)))
-            .map(|(l, e)| l - e)
+            .map(|(l, e)| l.saturating_sub(*e))
             .max()
             .unwrap_or(0);
         max_layer.max(MIN_UNIT).min(self.head_bytes.max(max_layer))
@@ -294,12 +311,12 @@ impl PlanSizes {
 
     /// Bytes of every layer and the head weight together, as stored.
     pub fn total(&self) -> u64 {
-        self.head_bytes + self.layer_bytes.iter().sum::<u64>()
+        saturating_sum(std::iter::once(&self.head_bytes).chain(&self.layer_bytes))
     }
 
     /// Bytes of every layer and the head weight together, decoded.
     pub fn total_decoded(&self) -> u64 {
-        self.head_decoded + self.layer_decoded.iter().sum::<u64>()
+        saturating_sum(std::iter::once(&self.head_decoded).chain(&self.layer_decoded))
     }
 
     /// Whether some layer or the head holds compressed tensors.
@@ -325,24 +342,29 @@ impl PlanSizes {
     /// compressed stages, two read units and `(prefetch + 1)` decode buffers;
     /// plus one routed expert being computed with, for MoE layers.
     pub fn buffers(&self, prefetch: usize) -> u64 {
-        let n = prefetch as u64 + 1;
-        self.expert_unit
-            + if self.compressed() {
-                2 * self.unit() + n * self.decode_unit()
-            } else {
-                n * self.unit()
-            }
+        let n = (prefetch as u64).saturating_add(1);
+        self.expert_unit.saturating_add(if self.compressed() {
+            self.unit()
+                .saturating_mul(2)
+                .saturating_add(n.saturating_mul(self.decode_unit()))
+        } else {
+            n.saturating_mul(self.unit())
+        })
     }
 
     /// The smallest `--max-memory` with which streaming works: KV cache,
     /// runtime allowance and the pipeline's buffers.
     pub fn streaming_minimum(&self, ctx: usize, prefetch: usize) -> u64 {
-        self.kv_cache(ctx) + OVERHEAD + self.buffers(prefetch)
+        self.kv_cache(ctx)
+            .saturating_add(OVERHEAD)
+            .saturating_add(self.buffers(prefetch))
     }
 
     /// The smallest `--max-memory` that keeps every layer and the head resident (decoded).
     pub fn all_resident(&self, ctx: usize) -> u64 {
-        self.kv_cache(ctx) + OVERHEAD + self.total_decoded()
+        self.kv_cache(ctx)
+            .saturating_add(OVERHEAD)
+            .saturating_add(self.total_decoded())
     }
 
     /// The smallest budget a plan accepts: streaming, or all resident when
@@ -351,6 +373,11 @@ impl PlanSizes {
         self.streaming_minimum(ctx, prefetch)
             .min(self.all_resident(ctx))
     }
+}
+
+/// The sum of `sizes`, saturating at `u64::MAX`.
+fn saturating_sum<'a>(sizes: impl IntoIterator<Item = &'a u64>) -> u64 {
+    sizes.into_iter().fold(0, |a, &b| a.saturating_add(b))
 }
 
 impl MemoryPlan {
@@ -387,7 +414,7 @@ impl MemoryPlan {
             return Ok(plan);
         };
         plan.budget = Some(budget);
-        let fixed = kv_cache + OVERHEAD;
+        let fixed = kv_cache.saturating_add(OVERHEAD);
         let Some(room) = budget.checked_sub(fixed) else {
             return Err(RunnerError::Memory {
                 budget: human(budget),
@@ -427,7 +454,7 @@ impl MemoryPlan {
             left -= head_decoded;
             plan.resident_bytes += head_decoded;
         } else {
-            plan.streamed_bytes += head_bytes;
+            plan.streamed_bytes = plan.streamed_bytes.saturating_add(head_bytes);
         }
         // Resident layers cost their decoded size, or their stored size when
         // held compressed; holding them compressed is chosen (unless the user
@@ -463,8 +490,9 @@ impl MemoryPlan {
                 plan.resident_bytes += costs[i];
                 left -= costs[i];
             } else {
-                plan.streamed_bytes += layer_bytes[i];
-                streamed_experts += sizes.expert_bytes.get(i).copied().unwrap_or(0);
+                plan.streamed_bytes = plan.streamed_bytes.saturating_add(layer_bytes[i]);
+                streamed_experts = streamed_experts
+                    .saturating_add(sizes.expert_bytes.get(i).copied().unwrap_or(0));
             }
         }
         plan.resident_layers = resident;
@@ -580,6 +608,45 @@ mod tests {
             prefetch: 2,
             ctx: 16,
             keep_compressed: None,
+        }
+    }
+
+    #[test]
+    fn sizes_from_headers_never_overflow() {
+        let mut a = strata_format::shapes::Shape::named("tiny")
+            .expect("the tiny shape")
+            .architecture;
+        assert!(kv_cache_bytes(&a, 1).is_ok());
+        (a.num_kv_heads, a.head_dim, a.num_layers) = (1 << 20, 1 << 24, 1 << 20);
+        assert!(kv_cache_bytes(&a, 1).is_err());
+        // Sizes no file can have, with a context and read-ahead no one asks
+        // for: every minimum saturates and every plan but the keep-nothing
+        // one is a named error (the real sizes fit an unlimited budget).
+        let huge = PlanSizes {
+            layer_bytes: vec![u64::MAX / 2; 4],
+            layer_decoded: vec![u64::MAX; 4],
+            head_bytes: u64::MAX,
+            head_decoded: u64::MAX,
+            kv_bytes_per_position: u64::MAX / 3,
+            expert_bytes: vec![u64::MAX; 4],
+            expert_unit: u64::MAX,
+        };
+        for (s, fits) in [(sizes(), true), (huge, false)] {
+            for (ctx, prefetch) in [(usize::MAX, usize::MAX), (1, usize::MAX), (usize::MAX, 1)] {
+                assert_eq!(s.streaming_minimum(ctx, prefetch), u64::MAX);
+                assert_eq!(s.all_resident(ctx).max(s.total()), s.all_resident(ctx));
+                for max_memory in [Some(0), Some(1 << 30), Some(u64::MAX)] {
+                    let r = PlanRequest {
+                        max_memory,
+                        prefetch,
+                        ctx,
+                        keep_compressed: None,
+                    };
+                    if let Ok(p) = MemoryPlan::for_sizes(&s, r) {
+                        assert!(fits || max_memory == Some(0), "{}", p.describe());
+                    }
+                }
+            }
         }
     }
 

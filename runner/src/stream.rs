@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use strata_format::compress::Decoder;
+use strata_format::compress::{Decoder, Frames};
 
 use crate::container::{Container, StageInfo, Weight};
 use crate::error::{Result, RunnerError};
@@ -264,22 +264,37 @@ fn head_chunks(c: &Container, plan: &MemoryPlan) -> Result<Vec<HeadChunk>> {
     } else {
         (fit / frame_rows).max(1)
     };
-    Ok((0..fr.count())
+    (0..fr.count())
         .step_by(per_chunk)
         .map(|f0| {
             let f1 = (f0 + per_chunk).min(fr.count());
             let (r0, r1) = fr.rows_of(f0, f1);
-            let sr = fr.stored_range(f0, f1);
+            let sr = frames_range(fr, f0, f1, &hstage.name, &hentry.name)?;
             let (span, skip) = span_for(hentry.offset + sr.start, sr.end - sr.start, hstage.len);
-            HeadChunk {
+            Ok(HeadChunk {
                 r0: r0 as usize,
                 r1: r1 as usize,
                 span,
                 decode: Decode::Frames { f0, f1, skip },
                 view_skip: 0,
-            }
+            })
         })
-        .collect())
+        .collect()
+}
+
+/// The stored byte range of frames `f0..f1` of tensor `tensor` of `file`.
+fn frames_range(
+    fr: &Frames,
+    f0: usize,
+    f1: usize,
+    file: &str,
+    tensor: &str,
+) -> Result<std::ops::Range<u64>> {
+    fr.stored_range(f0, f1).ok_or_else(|| RunnerError::Tensor {
+        file: file.into(),
+        tensor: tensor.into(),
+        reason: format!("frames {f0}..{f1} of {}", fr.count()),
+    })
 }
 
 /// Decodes one unit's bytes `src` into `out` as `unit.decode` says; returns the length.
@@ -306,7 +321,7 @@ fn decode_unit(
             let (stage, name) = container.head_weight_stage();
             let e = stage.entry(name)?;
             let fr = stage.frames(name)?;
-            let sr = fr.stored_range(f0, f1);
+            let sr = frames_range(fr, f0, f1, &stage.name, name)?;
             let (r0, r1) = fr.rows_of(f0, f1);
             let n = ((r1 - r0) * fr.row_bytes()) as usize;
             let stored = src
@@ -623,7 +638,7 @@ impl Streamer {
                 let rows = match decoded.entry(f) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => {
-                        let sr = fr.stored_range(f, f + 1);
+                        let sr = frames_range(fr, f, f + 1, &c.embed.name, &e.name)?;
                         let started = Instant::now();
                         let stored = read_small(
                             &c.embed.path,

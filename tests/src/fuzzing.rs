@@ -16,13 +16,14 @@ use strata_format::header::{FileHeader, PREFIX_LEN};
 use strata_format::manifest::Manifest;
 
 /// The fuzz targets, by the name of their directory under `tests/fuzz/corpus/`.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "stage_header",
     "manifest",
     "safetensors_header",
     "hf_config",
     "tokenizer_config",
     "tokenizer_model",
+    "container_open",
 ];
 
 /// Runs `data` through the target named `target` (one of [`TARGETS`]).
@@ -34,6 +35,7 @@ pub fn run_target(target: &str, data: &[u8]) {
         "hf_config" => hf_config(data),
         "tokenizer_config" => tokenizer_config(data),
         "tokenizer_model" => tokenizer_model(data),
+        "container_open" => container_open(data),
         other => panic!("unknown fuzz target {other:?}"),
     }
 }
@@ -162,4 +164,122 @@ pub fn tokenizer_model(data: &[u8]) {
         let vocab = json["model"]["vocab"].as_object().expect("vocab");
         assert_eq!(vocab.len(), ranks.len());
     }
+}
+
+/// Separates the parts of a [`container_open`] input: the manifest, then the
+/// bytes of each file it lists, in the order of its `files`.
+pub const CONTAINER_PART_SEPARATOR: &[u8] = b"\n--strata-fuzz-file--\n";
+
+/// Largest size a [`container_open`] file is zero-extended to (sparse).
+const MAX_FUZZ_FILE: u64 = 1 << 30;
+
+/// Most files a [`container_open`] input writes.
+const MAX_FUZZ_FILES: usize = 64;
+
+/// A scratch container folder for [`container_open`], emptied by each call
+/// (the lock serializes them).
+fn scratch_container_dir() -> &'static Mutex<PathBuf> {
+    static DIR: OnceLock<Mutex<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("strata-fuzz-container-{}", std::process::id()));
+        Mutex::new(dir)
+    })
+}
+
+/// A whole container, opened as `runner plan DIR` opens it, then planned for.
+///
+/// `data` is the manifest JSON, then for each file the manifest lists (in its
+/// `files` order) [`CONTAINER_PART_SEPARATOR`] and the file's first bytes:
+/// the file is zero-extended to the size the manifest lists (at most 1 GiB,
+/// sparse), so an input carries stage headers and not their weights. The
+/// container is opened with [`strata_runner::container::Container::open`]
+/// (without sha256 checks, which no fuzzed input passes), and on success its
+/// plan sizes are taken and plans made for several budgets, contexts and
+/// read-ahead depths; every step is a value or a named error, never a panic.
+pub fn container_open(data: &[u8]) {
+    let _ = container_open_planned(data);
+}
+
+/// [`container_open`], telling whether the input got as far as the plans
+/// (the seed corpus must, or it exercises little).
+pub fn container_open_planned(data: &[u8]) -> bool {
+    use strata_runner::container::Container;
+    use strata_runner::plan::{MemoryPlan, PlanRequest, PlanSizes};
+
+    let mut parts = split_parts(data, CONTAINER_PART_SEPARATOR);
+    let manifest_bytes = parts.next().unwrap_or_default();
+    let Ok(m) = Manifest::from_json(manifest_bytes, Path::new("manifest.json")) else {
+        return false;
+    };
+    let dir = scratch_container_dir()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let _ = std::fs::remove_dir_all(&*dir);
+    std::fs::create_dir_all(&*dir).expect("scratch container dir");
+    std::fs::write(dir.join("manifest.json"), manifest_bytes).expect("write manifest.json");
+    for (f, bytes) in m.files.iter().zip(parts).take(MAX_FUZZ_FILES) {
+        // Names the manifest accepts are plain file names; one the file
+        // system refuses (too long) is left missing.
+        let path = dir.join(&f.path);
+        let Ok(file) = std::fs::File::create(&path) else {
+            continue;
+        };
+        let mut file = std::io::BufWriter::new(file);
+        file.write_all(bytes).expect("write container file");
+        let file = file.into_inner().expect("flush container file");
+        if (bytes.len() as u64) < f.bytes && f.bytes <= MAX_FUZZ_FILE {
+            file.set_len(f.bytes).expect("extend container file");
+        }
+    }
+    let Ok(c) = Container::open(&dir, false) else {
+        return false;
+    };
+    assert_eq!(c.layers.len() as u64, c.manifest.architecture.num_layers);
+    let _ = c.head_weight_row_bytes();
+    let Ok(sizes) = PlanSizes::of_container(&c) else {
+        return false;
+    };
+    assert_eq!(sizes.layer_bytes.len(), c.layers.len());
+    let max_ctx = c.manifest.architecture.max_position_embeddings as usize;
+    for ctx in [1, 4096.min(max_ctx).max(1), max_ctx.max(1), usize::MAX] {
+        for prefetch in [1, 2, 64] {
+            let _ = sizes.streaming_minimum(ctx, prefetch);
+            let _ = sizes.all_resident(ctx);
+            let _ = sizes.smallest_budget(ctx, prefetch);
+            for max_memory in [Some(0), Some(1 << 20), Some(1 << 30), Some(u64::MAX), None] {
+                for keep_compressed in [None, Some(true)] {
+                    let req = PlanRequest {
+                        max_memory,
+                        prefetch,
+                        ctx,
+                        keep_compressed,
+                    };
+                    if let Ok(plan) = MemoryPlan::for_sizes(&sizes, req) {
+                        assert_eq!(plan.resident_layers.len(), c.layers.len());
+                        let _ = plan.describe();
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
+/// The parts of `data` between occurrences of `sep`.
+fn split_parts<'a>(data: &'a [u8], sep: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut rest = Some(data);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.windows(sep.len()).position(|w| w == sep) {
+            Some(i) => {
+                rest = Some(&r[i + sep.len()..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }

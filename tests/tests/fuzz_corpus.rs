@@ -47,3 +47,24 @@ fn fuzz_corpus_and_regressions_replay_cleanly() {
     }
     eprintln!("replayed {total} fuzz inputs");
 }
+
+#[test]
+fn container_open_seeds_reach_the_plan() {
+    let dir = repo_root().join("tests/fuzz/corpus/container_open");
+    let seeds: Vec<_> = inputs(&dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
+        })
+        .collect();
+    assert!(!seeds.is_empty(), "no seed-* inputs in {}", dir.display());
+    for seed in seeds {
+        let data = std::fs::read(&seed).unwrap_or_else(|e| panic!("{}: {e}", seed.display()));
+        assert!(
+            strata_e2e::fuzzing::container_open_planned(&data),
+            "{} does not open as a container (regenerate it: see tests/fuzz/README.md)",
+            seed.display()
+        );
+    }
+}

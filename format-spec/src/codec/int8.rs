@@ -2,11 +2,13 @@
 //! Byte layout of one block of `B` elements (SPEC.md §4.5):
 //! `[scale: f16 LE][B × i8]`, value = `q × scale`.
 
-use crate::codec::{block_scale, scale_to_f16};
+use crate::codec::{block_scale, check_quantized_row, scale_to_f16};
 use crate::error::CodecError;
 
-/// Encodes one row (`src.len()` elements) into `dst` (whole blocks).
+/// Encodes one row (`src.len()` elements) into `dst` (whole blocks); an
+/// error when `dst` is not exactly those blocks or `block` is unusable.
 pub fn encode_row(src: &[f32], block: usize, dst: &mut [u8]) -> Result<(), CodecError> {
+    check_quantized_row(block, 2 + block, src.len(), dst.len())?;
     for (b, out) in dst.chunks_exact_mut(2 + block).enumerate() {
         let start = b * block;
         let end = (start + block).min(src.len());
@@ -27,8 +29,10 @@ pub fn encode_row(src: &[f32], block: usize, dst: &mut [u8]) -> Result<(), Codec
     Ok(())
 }
 
-/// Decodes one row from whole blocks into `out` (padding is dropped).
+/// Decodes one row from whole blocks into `out` (padding is dropped); an
+/// error when `bytes` is not exactly the blocks of `out.len()` elements.
 pub fn decode_row(bytes: &[u8], block: usize, out: &mut [f32]) -> Result<(), CodecError> {
+    check_quantized_row(block, 2 + block, out.len(), bytes.len())?;
     let cols = out.len();
     for (b, blk) in bytes.chunks_exact(2 + block).enumerate() {
         let d = block_scale(blk, b)?;

@@ -105,6 +105,31 @@ fn offset_error(e: CodecError, base: usize) -> CodecError {
     }
 }
 
+/// Checks that a quantized row of `values` elements, in blocks of `block`
+/// elements stored in `block_bytes` bytes each, takes exactly `bytes` bytes
+/// (whole blocks, the last one padded), and that `block` is usable.
+pub(crate) fn check_quantized_row(
+    block: usize,
+    block_bytes: usize,
+    values: usize,
+    bytes: usize,
+) -> Result<(), CodecError> {
+    if block == 0 || block % 2 != 0 {
+        return Err(CodecError::BlockSize(
+            u32::try_from(block).unwrap_or(u32::MAX),
+        ));
+    }
+    let expected = values.div_ceil(block).saturating_mul(block_bytes);
+    if bytes != expected {
+        return Err(CodecError::Length {
+            what: "bytes",
+            expected,
+            actual: bytes,
+        });
+    }
+    Ok(())
+}
+
 /// Bytes of one encoded row of `cols` elements for a quantized `dtype`.
 pub fn row_bytes(dtype: DType, cols: usize, block: usize) -> usize {
     let per_block = match dtype {
@@ -174,7 +199,12 @@ pub fn decode(
             actual: bytes.len(),
         });
     }
-    let mut out = vec![0f32; rows * cols];
+    let n = rows.checked_mul(cols).ok_or(CodecError::Length {
+        what: "elements",
+        expected: usize::MAX,
+        actual: rows,
+    })?;
+    let mut out = vec![0f32; n];
     if cols == 0 {
         return Ok(out);
     }

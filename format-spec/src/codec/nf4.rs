@@ -166,8 +166,10 @@ pub fn pack_codes(codes: &[u8], packed: &mut [u8]) {
     }
 }
 
-/// Encodes one row (`src.len()` elements) into `dst` (whole blocks).
+/// Encodes one row (`src.len()` elements) into `dst` (whole blocks); an
+/// error when `dst` is not exactly those blocks or `block` is unusable.
 pub fn encode_row(src: &[f32], block: usize, dst: &mut [u8]) -> Result<(), CodecError> {
+    super::check_quantized_row(block, 2 + block / 2, src.len(), dst.len())?;
     let mids = midpoints();
     let block_bytes = 2 + block / 2;
     let mut codes = vec![ZERO_CODE; block];
@@ -192,8 +194,10 @@ pub fn encode_row(src: &[f32], block: usize, dst: &mut [u8]) -> Result<(), Codec
     Ok(())
 }
 
-/// Decodes one row from whole blocks into `out` (padding is dropped).
+/// Decodes one row from whole blocks into `out` (padding is dropped); an
+/// error when `bytes` is not exactly the blocks of `out.len()` elements.
 pub fn decode_row(bytes: &[u8], block: usize, out: &mut [f32]) -> Result<(), CodecError> {
+    super::check_quantized_row(block, 2 + block / 2, out.len(), bytes.len())?;
     let half = block / 2;
     let cols = out.len();
     for (b, blk) in bytes.chunks_exact(2 + half).enumerate() {
