@@ -154,8 +154,17 @@ impl Role {
         match self {
             EmbedTokens => Encoding::Embeddings,
             Head => Encoding::Head,
-            AttnQ | AttnK | AttnV | AttnO | MlpGate | MlpUp | MlpDown | MoeSharedGate
-            | MoeSharedUp | MoeSharedDown | MoeExpert { .. } => Encoding::Weights,
+            AttnQ
+            | AttnK
+            | AttnV
+            | AttnO
+            | MlpGate
+            | MlpUp
+            | MlpDown
+            | MoeSharedGate
+            | MoeSharedUp
+            | MoeSharedDown
+            | MoeExpert { .. } => Encoding::Weights,
             AttnNorm | AttnQBias | AttnKBias | AttnVBias | AttnOBias | AttnQNorm | AttnKNorm
             | AttnPostNorm | MlpNorm | MlpGateBias | MlpUpBias | MlpDownBias | MlpPostNorm
             | MoeRouter | MoeSharedGateScalar | FinalNorm => Encoding::F32,
@@ -423,7 +432,12 @@ fn entry<'a>(header: &'a FileHeader, file: &Path, name: &str) -> Result<&'a Tens
 /// runner reads the bytes before it and then only the experts it routes to).
 /// `file` names the file in errors.
 pub fn experts_start(header: &FileHeader, file: &Path) -> Result<u64> {
-    Ok(entry(header, file, &names::moe_expert(0, ExpertPart::Gate.as_str()))?.offset)
+    Ok(entry(
+        header,
+        file,
+        &names::moe_expert(0, ExpertPart::Gate.as_str()),
+    )?
+    .offset)
 }
 
 /// The byte range `start..end` of routed expert `e` in an MoE layer file of
@@ -432,12 +446,7 @@ pub fn experts_start(header: &FileHeader, file: &Path) -> Result<u64> {
 /// nothing of another expert), with all three of its tensors inside. An
 /// error names the file and tensor when a part is missing or the three are
 /// not stored together.
-pub fn expert_range(
-    header: &FileHeader,
-    file: &Path,
-    file_len: u64,
-    e: u64,
-) -> Result<(u64, u64)> {
+pub fn expert_range(header: &FileHeader, file: &Path, file_len: u64, e: u64) -> Result<(u64, u64)> {
     let name = |p: ExpertPart| names::moe_expert(e, p.as_str());
     let first = entry(header, file, &name(ExpertPart::Gate))?;
     let last = entry(header, file, &name(ExpertPart::Down))?;
@@ -517,8 +526,7 @@ mod tests {
     fn header_of(stage: &StageLayout) -> FileHeader {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(&stage.file);
-        let w = crate::StageWriter::create(&path, stage.kind, stage.layer, &stage.tensors)
-            .unwrap();
+        let w = crate::StageWriter::create(&path, stage.kind, stage.layer, &stage.tensors).unwrap();
         w.header().clone()
     }
 
@@ -546,7 +554,10 @@ mod tests {
         }
         assert_eq!(at, len);
         let err = expert_range(&header, file, len, 3).unwrap_err().to_string();
-        assert!(err.contains("moe.expert.3.gate") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("moe.expert.3.gate") && err.contains("missing"),
+            "{err}"
+        );
         // An `up` stored after another expert's tensors is refused.
         let mut moved = header.clone();
         let up = moved
