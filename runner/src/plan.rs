@@ -110,7 +110,8 @@ impl PlanSizes {
                     if c.manifest.architecture.moe.is_none() || l.compressed() {
                         return Ok(0);
                     }
-                    Ok(l.len - crate::stream::experts_start(l)?)
+                    let file = std::path::Path::new(&l.name);
+                    Ok(l.len - strata_format::layout::experts_start(&l.header, file)?)
                 })
                 .collect::<Result<Vec<u64>>>()?,
             expert_unit: match &c.manifest.architecture.moe {
@@ -119,8 +120,12 @@ impl PlanSizes {
                     .iter()
                     .filter(|l| !l.compressed())
                     .map(|l| {
-                        (0..m.num_experts as usize)
-                            .map(|e| crate::model::moe::expert_range(l, e).map(|(a, b)| b - a))
+                        let file = std::path::Path::new(&l.name);
+                        (0..m.num_experts)
+                            .map(|e| {
+                                strata_format::layout::expert_range(&l.header, file, l.len, e)
+                                    .map(|(a, b)| b - a)
+                            })
                             .try_fold(0, |x, y| y.map(|y| x.max(y)))
                     })
                     .try_fold(0, |x, y| y.map(|y: u64| x.max(y)))?,
