@@ -16,6 +16,7 @@ pub mod dtype;
 pub mod error;
 pub mod fsutil;
 pub mod header;
+pub mod layout;
 pub mod manifest;
 pub mod names;
 pub mod reader;

@@ -52,6 +52,12 @@ pub const MLP_GATE: &str = "mlp.gate";
 pub const MLP_UP: &str = "mlp.up";
 /// Down projection `[hidden, intermediate]`.
 pub const MLP_DOWN: &str = "mlp.down";
+/// Gate projection bias `[intermediate]` (when the architecture has `mlp_bias`).
+pub const MLP_GATE_BIAS: &str = "mlp.gate.bias";
+/// Up projection bias `[intermediate]` (when the architecture has `mlp_bias`).
+pub const MLP_UP_BIAS: &str = "mlp.up.bias";
+/// Down projection bias `[hidden]` (when the architecture has `mlp_bias`).
+pub const MLP_DOWN_BIAS: &str = "mlp.down.bias";
 /// MoE router `[num_experts, hidden]` (stored f32).
 pub const MOE_ROUTER: &str = "moe.router";
 /// Shared expert's gate projection `[shared_expert_intermediate_size, hidden]`.

@@ -1,18 +1,13 @@
-//! Named model shapes (the dimensions of real Llama-family models) and the
-//! exact stage layout of a container for an architecture: which stage files
-//! exist, the tensor table of each (SPEC.md §6, in the order `strata-prep`
-//! writes it) and each file's exact size, computed with the writer's own
-//! header layout. Used to write random-weight containers of a real shape and
-//! to plan memory for a model without its files.
-
-use std::path::Path;
+//! Named model shapes (the dimensions of real Llama-family models) with the
+//! encodings `prep --quant nf4` gives them. Their stage layout (tensor tables
+//! and exact file sizes) comes from [`crate::layout`], re-exported here. Used
+//! to write random-weight containers of a real shape and to plan memory for a
+//! model without its files.
 
 use crate::dtype::{DType, DEFAULT_BLOCK};
-use crate::error::Result;
-use crate::header::StageKind;
 use crate::manifest::{Activation, Architecture, Moe, Quantization, Rope, RopeScaling};
-use crate::names;
-use crate::writer::{stage_file_size, TensorSpec};
+
+pub use crate::layout::{head_weight_bytes, stage_layouts, StageLayout};
 
 /// The names [`Shape::named`] knows, smallest first.
 pub const SHAPE_NAMES: [&str; 7] = [
@@ -202,151 +197,6 @@ impl Shape {
     }
 }
 
-/// One stage file of a container, before it is written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StageLayout {
-    /// File name inside the container.
-    pub file: String,
-    /// What the stage holds.
-    pub kind: StageKind,
-    /// Layer index for layer stages.
-    pub layer: Option<u32>,
-    /// The tensor table, in file order.
-    pub tensors: Vec<TensorSpec>,
-}
-
-impl StageLayout {
-    /// Exact size of the stage file, from the same layout the writer uses.
-    pub fn file_size(&self) -> Result<u64> {
-        stage_file_size(self.kind, self.layer, &self.tensors, Path::new(&self.file))
-    }
-
-    /// The spec of tensor `name`, if the stage holds it.
-    pub fn tensor(&self, name: &str) -> Option<&TensorSpec> {
-        self.tensors.iter().find(|t| t.name == name)
-    }
-}
-
-/// The stages of a container for a dense decoder `arch` encoded as `q`:
-/// the embeddings, each layer, then the final norm and (untied) head, with
-/// the tensor tables of SPEC.md §6 (norms and biases in f32, linear weights
-/// in `q.weights`, the embedding matrix in `q.embeddings`, an untied head in
-/// `q.head`). An MoE layer (`arch.moe`) has, after `mlp_norm`, the f32
-/// router, the shared expert (if any; its scalar gate f32) and then every
-/// routed expert's `gate`, `up`, `down`, expert by expert, in place of `mlp.*`.
-pub fn stage_layouts(arch: &Architecture, q: &Quantization) -> Vec<StageLayout> {
-    let spec = |name: &str, dtype: DType, shape: Vec<u64>| TensorSpec {
-        name: name.to_string(),
-        dtype,
-        shape,
-        block_size: if dtype.is_quantized() {
-            q.block_size
-        } else {
-            None
-        },
-        compression: None,
-    };
-    let h = arch.hidden_size;
-    let attn_out = arch.num_attention_heads * arch.head_dim;
-    let kv_out = arch.num_kv_heads * arch.head_dim;
-    let inter = arch.intermediate_size;
-    let (lin, f32_) = (q.weights, DType::F32);
-    let mut stages = Vec::with_capacity(arch.num_layers as usize + 2);
-    stages.push(StageLayout {
-        file: names::EMBED_FILE.into(),
-        kind: StageKind::Embed,
-        layer: None,
-        tensors: vec![spec(
-            names::EMBED_TOKENS,
-            q.embeddings,
-            vec![arch.vocab_size, h],
-        )],
-    });
-    for i in 0..arch.num_layers {
-        let mut t = vec![
-            spec(names::ATTN_NORM, f32_, vec![h]),
-            spec(names::ATTN_Q, lin, vec![attn_out, h]),
-            spec(names::ATTN_K, lin, vec![kv_out, h]),
-            spec(names::ATTN_V, lin, vec![kv_out, h]),
-            spec(names::ATTN_O, lin, vec![h, attn_out]),
-        ];
-        if arch.attention_bias {
-            t.push(spec(names::ATTN_Q_BIAS, f32_, vec![attn_out]));
-            t.push(spec(names::ATTN_K_BIAS, f32_, vec![kv_out]));
-            t.push(spec(names::ATTN_V_BIAS, f32_, vec![kv_out]));
-        }
-        if arch.attention_out_bias {
-            t.push(spec(names::ATTN_O_BIAS, f32_, vec![h]));
-        }
-        if arch.qk_norm {
-            t.push(spec(names::ATTN_Q_NORM, f32_, vec![arch.head_dim]));
-            t.push(spec(names::ATTN_K_NORM, f32_, vec![arch.head_dim]));
-        }
-        if arch.post_norms {
-            t.push(spec(names::ATTN_POST_NORM, f32_, vec![h]));
-        }
-        t.push(spec(names::MLP_NORM, f32_, vec![h]));
-        if arch.moe.is_none() {
-            t.push(spec(names::MLP_GATE, lin, vec![inter, h]));
-            t.push(spec(names::MLP_UP, lin, vec![inter, h]));
-            t.push(spec(names::MLP_DOWN, lin, vec![h, inter]));
-        }
-        if arch.mlp_bias {
-            t.push(spec("mlp.gate.bias", f32_, vec![inter]));
-            t.push(spec("mlp.up.bias", f32_, vec![inter]));
-            t.push(spec("mlp.down.bias", f32_, vec![h]));
-        }
-        if arch.post_norms {
-            t.push(spec(names::MLP_POST_NORM, f32_, vec![h]));
-        }
-        if let Some(m) = &arch.moe {
-            let w = m.expert_intermediate_size;
-            t.push(spec(names::MOE_ROUTER, f32_, vec![m.num_experts, h]));
-            if let Some(sw) = m.shared_expert_intermediate_size {
-                t.push(spec(names::MOE_SHARED_GATE, lin, vec![sw, h]));
-                t.push(spec(names::MOE_SHARED_UP, lin, vec![sw, h]));
-                t.push(spec(names::MOE_SHARED_DOWN, lin, vec![h, sw]));
-                t.push(spec(names::MOE_SHARED_GATE_SCALAR, f32_, vec![1, h]));
-            }
-            for e in 0..m.num_experts {
-                t.push(spec(&names::moe_expert(e, "gate"), lin, vec![w, h]));
-                t.push(spec(&names::moe_expert(e, "up"), lin, vec![w, h]));
-                t.push(spec(&names::moe_expert(e, "down"), lin, vec![h, w]));
-            }
-        }
-        stages.push(StageLayout {
-            file: names::layer_file(i),
-            kind: StageKind::Layer,
-            layer: Some(i as u32),
-            tensors: t,
-        });
-    }
-    let mut head = vec![spec(names::FINAL_NORM, f32_, vec![h])];
-    if !arch.tie_word_embeddings {
-        head.push(spec(names::HEAD, q.head, vec![arch.vocab_size, h]));
-    }
-    stages.push(StageLayout {
-        file: names::HEAD_FILE.into(),
-        kind: StageKind::Head,
-        layer: None,
-        tensors: head,
-    });
-    stages
-}
-
-/// Bytes of the tensor the output head multiplies with: `head` in the head
-/// stage, or `embed.tokens` when the embeddings are tied. `None` when the
-/// stages hold neither.
-pub fn head_weight_bytes(arch: &Architecture, stages: &[StageLayout]) -> Option<u64> {
-    let (kind, name) = if arch.tie_word_embeddings {
-        (StageKind::Embed, names::EMBED_TOKENS)
-    } else {
-        (StageKind::Head, names::HEAD)
-    };
-    let t = stages.iter().find(|s| s.kind == kind)?.tensor(name)?;
-    t.dtype.encoded_len(&t.shape, t.block_size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,30 +229,6 @@ mod tests {
         assert_eq!(
             head_weight_bytes(&s.architecture, &stages),
             Some(128_256 * 8192 / 64 * 66)
-        );
-    }
-
-    #[test]
-    fn optional_tensors_follow_the_architecture() {
-        let mut a = Shape::named("tiny").unwrap().architecture;
-        a.attention_bias = true;
-        a.qk_norm = true;
-        a.mlp_bias = true;
-        a.tie_word_embeddings = false;
-        let q = Shape::named("tiny").unwrap().quantization;
-        let plain = stage_layouts(&a, &q);
-        assert!(plain[1].tensor(names::ATTN_POST_NORM).is_none());
-        a.post_norms = true;
-        let stages = stage_layouts(&a, &q);
-        let names: Vec<&str> = stages[1].tensors.iter().map(|t| t.name.as_str()).collect();
-        assert!(names.contains(&names::ATTN_Q_BIAS) && names.contains(&names::ATTN_K_NORM));
-        assert!(names.contains(&"mlp.down.bias"));
-        assert!(names.contains(&names::ATTN_POST_NORM) && names.contains(&names::MLP_POST_NORM));
-        assert!(stages.last().unwrap().tensor(names::HEAD).is_some());
-        assert_eq!(stages[1].tensor(names::ATTN_NORM).unwrap().block_size, None);
-        assert_eq!(
-            stages[1].tensor(names::ATTN_Q).unwrap().block_size,
-            Some(64)
         );
     }
 }

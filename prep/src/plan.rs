@@ -2,14 +2,15 @@
 //! table (normalized name, encoding, shape) and the source tensor each entry
 //! comes from; and how every source tensor name is classified.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
 use strata_format::compress::Codec;
 use strata_format::dtype::DType;
 use strata_format::header::StageKind;
+use strata_format::layout::{self, ExpertPart, Role};
 use strata_format::manifest::{Architecture, Quantization};
-use strata_format::names;
 use strata_format::writer::{stage_file_size, TensorSpec};
 
 use crate::error::Result;
@@ -33,16 +34,6 @@ impl QuantPolicy {
         match self.weights {
             DType::Nf4 => DType::Int8,
             other => other,
-        }
-    }
-
-    fn spec(&self, name: &str, dtype: DType, shape: Vec<u64>) -> TensorSpec {
-        TensorSpec {
-            name: name.to_string(),
-            dtype,
-            shape,
-            block_size: dtype.is_quantized().then_some(self.block_size),
-            compression: None,
         }
     }
 
@@ -372,43 +363,56 @@ impl Stage {
     }
 }
 
-/// The whole container's stages: embed, layers in order, head.
+/// The whole container's stages: embed, layers in order, head. The tensor
+/// tables are [`strata_format::layout`]'s; this adds where each tensor comes
+/// from in the family's checkpoint.
 pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
-    let layout = Layout::of(arch);
-    let src = layout.names();
-    let h = arch.hidden_size;
-    let attn_out = arch.num_attention_heads * arch.head_dim;
-    let kv_out = arch.num_kv_heads * arch.head_dim;
-    let inter = arch.intermediate_size;
-    let lin = q.weights;
-    let f32_ = DType::F32;
-    let norm = if layout == Layout::Gemma2 {
-        Derive::PlusOne
-    } else {
-        Derive::Whole
-    };
-    let whole = Derive::Whole;
-    let mut stages = Vec::with_capacity(arch.num_layers as usize + 2);
-    stages.push(Stage {
-        file: names::EMBED_FILE.into(),
-        kind: StageKind::Embed,
-        layer: None,
-        tensors: vec![PlannedTensor {
-            spec: q.spec(
-                names::EMBED_TOKENS,
-                q.embeddings(),
-                vec![arch.vocab_size, h],
-            ),
-            source: src.embed.into(),
-            derive: whole,
-        }],
-    });
-    for i in 0..arch.num_layers {
-        let p = format!("{}{i}.", src.layer);
-        // (name, dtype, shape, source name, derivation)
-        let mut t: Vec<(&str, DType, Vec<u64>, &str, Derive)> =
-            vec![(names::ATTN_NORM, f32_, vec![h], src.attn_norm, norm)];
-        // q, k and v: (weight source, bias source, derivation) each.
+    let sources = Sources::new(arch);
+    let quant = q.manifest();
+    layout::stage_tables(arch)
+        .into_iter()
+        .map(|table| {
+            let prefix = table.layer.map(|i| format!("{}{i}.", sources.names.layer));
+            let tensors = table
+                .tensors
+                .iter()
+                .map(|slot| {
+                    let (src, derive) = sources.of(slot.role);
+                    PlannedTensor {
+                        spec: slot.spec(&quant),
+                        source: format!("{}{src}", prefix.as_deref().unwrap_or("")),
+                        derive,
+                    }
+                })
+                .collect();
+            Stage {
+                file: table.file,
+                kind: table.kind,
+                layer: table.layer,
+                tensors,
+            }
+        })
+        .collect()
+}
+
+/// Where each tensor of SPEC.md §6 comes from in one family's checkpoint:
+/// its source name (within the layer for layer tensors) and derivation.
+struct Sources<'a> {
+    arch: &'a Architecture,
+    layout: Layout,
+    names: LayoutNames,
+    /// q, k and v: (weight source, bias source, derivation) each.
+    qkv: [(&'static str, &'static str, Derive); 3],
+    /// Derivation of every norm weight.
+    norm: Derive,
+}
+
+impl<'a> Sources<'a> {
+    fn new(arch: &'a Architecture) -> Sources<'a> {
+        let layout = Layout::of(arch);
+        let attn_out = arch.num_attention_heads * arch.head_dim;
+        let kv_out = arch.num_kv_heads * arch.head_dim;
+        let whole = Derive::Whole;
         let source_rows = attn_out + 2 * kv_out;
         let qkv: [(&str, &str, Derive); 3] = match layout {
             Layout::Phi3 | Layout::Baichuan | Layout::Qwen | Layout::ChatGlm => {
@@ -465,209 +469,96 @@ pub fn plan(arch: &Architecture, q: &QuantPolicy) -> Vec<Stage> {
                 ("self_attn.v_proj.weight", "self_attn.v_proj.bias", whole),
             ],
         };
-        let [(qw, qb, qd), (kw, kb, kd), (vw, vb, vd)] = qkv;
-        t.push((names::ATTN_Q, lin, vec![attn_out, h], qw, qd));
-        t.push((names::ATTN_K, lin, vec![kv_out, h], kw, kd));
-        t.push((names::ATTN_V, lin, vec![kv_out, h], vw, vd));
-        t.push((names::ATTN_O, lin, vec![h, attn_out], src.attn_o, whole));
-        if arch.attention_bias {
-            t.push((names::ATTN_Q_BIAS, f32_, vec![attn_out], qb, qd));
-            t.push((names::ATTN_K_BIAS, f32_, vec![kv_out], kb, kd));
-            t.push((names::ATTN_V_BIAS, f32_, vec![kv_out], vb, vd));
+        Sources {
+            arch,
+            layout,
+            names: layout.names(),
+            qkv,
+            norm: if layout == Layout::Gemma2 {
+                Derive::PlusOne
+            } else {
+                Derive::Whole
+            },
         }
-        if arch.attention_out_bias {
-            t.push((
-                names::ATTN_O_BIAS,
-                f32_,
-                vec![h],
-                "self_attn.o_proj.bias",
-                whole,
-            ));
-        }
-        if arch.qk_norm {
-            t.push((
-                names::ATTN_Q_NORM,
-                f32_,
-                vec![arch.head_dim],
-                "self_attn.q_norm.weight",
-                norm,
-            ));
-            t.push((
-                names::ATTN_K_NORM,
-                f32_,
-                vec![arch.head_dim],
-                "self_attn.k_norm.weight",
-                norm,
-            ));
-        }
-        // Gemma 2's `post_attention_layernorm` normalizes the attention
-        // output; Llama's is the norm before the feed-forward block.
-        let mlp_norm_source = if arch.post_norms {
-            t.push((
-                names::ATTN_POST_NORM,
-                f32_,
-                vec![h],
-                "post_attention_layernorm.weight",
-                norm,
-            ));
-            "pre_feedforward_layernorm.weight"
+    }
+
+    /// The source name and derivation of the tensor `role`.
+    fn of(&self, role: Role) -> (Cow<'static, str>, Derive) {
+        let (src, norm, whole) = (&self.names, self.norm, Derive::Whole);
+        let inter = self.arch.intermediate_size;
+        let [(qw, qb, qd), (kw, kb, kd), (vw, vb, vd)] = self.qkv;
+        // MoE blocks: Mixtral's block_sparse_moe.gate and experts.E.{w1
+        // (gate), w3 (up), w2 (down)}; Qwen2/3-MoE's mlp.gate and
+        // mlp.experts.E.{gate,up,down}_proj.
+        let moe_block = if self.layout == Layout::Mixtral {
+            "block_sparse_moe"
         } else {
-            src.mlp_norm
+            "mlp"
         };
-        t.push((names::MLP_NORM, f32_, vec![h], mlp_norm_source, norm));
-        // MoE layers have no dense MLP: the routed experts follow, after
-        // everything else (`moe_tensors`).
-        if arch.moe.is_none() {
-            match src.gate_up {
+        match role {
+            Role::EmbedTokens => (src.embed.into(), whole),
+            Role::FinalNorm => (src.final_norm.into(), norm),
+            Role::Head => (
+                src.head.into(),
+                if self.layout == Layout::Baichuan {
+                    Derive::UnitRows
+                } else {
+                    whole
+                },
+            ),
+            Role::AttnNorm => (src.attn_norm.into(), norm),
+            Role::AttnQ => (qw.into(), qd),
+            Role::AttnK => (kw.into(), kd),
+            Role::AttnV => (vw.into(), vd),
+            Role::AttnO => (src.attn_o.into(), whole),
+            Role::AttnQBias => (qb.into(), qd),
+            Role::AttnKBias => (kb.into(), kd),
+            Role::AttnVBias => (vb.into(), vd),
+            Role::AttnOBias => ("self_attn.o_proj.bias".into(), whole),
+            Role::AttnQNorm => ("self_attn.q_norm.weight".into(), norm),
+            Role::AttnKNorm => ("self_attn.k_norm.weight".into(), norm),
+            // Gemma 2's `post_attention_layernorm` normalizes the attention
+            // output; Llama's is the norm before the feed-forward block.
+            Role::AttnPostNorm => ("post_attention_layernorm.weight".into(), norm),
+            Role::MlpNorm if self.arch.post_norms => {
+                ("pre_feedforward_layernorm.weight".into(), norm)
+            }
+            Role::MlpNorm => (src.mlp_norm.into(), norm),
+            Role::MlpGate | Role::MlpUp => match src.gate_up {
                 GateUp::Fused(gate_up) => {
-                    let rows = |first| Derive::rows(first, inter, 2 * inter);
-                    t.push((names::MLP_GATE, lin, vec![inter, h], gate_up, rows(0)));
-                    t.push((names::MLP_UP, lin, vec![inter, h], gate_up, rows(inter)));
+                    let first = if role == Role::MlpGate { 0 } else { inter };
+                    (gate_up.into(), Derive::rows(first, inter, 2 * inter))
                 }
                 GateUp::Separate { gate, up } => {
-                    t.push((names::MLP_GATE, lin, vec![inter, h], gate, whole));
-                    t.push((names::MLP_UP, lin, vec![inter, h], up, whole));
+                    (if role == Role::MlpGate { gate } else { up }.into(), whole)
                 }
-            }
-            t.push((names::MLP_DOWN, lin, vec![h, inter], src.down, whole));
-        }
-        if arch.mlp_bias {
-            t.push((
-                "mlp.gate.bias",
-                f32_,
-                vec![inter],
-                "mlp.gate_proj.bias",
-                whole,
-            ));
-            t.push(("mlp.up.bias", f32_, vec![inter], "mlp.up_proj.bias", whole));
-            t.push(("mlp.down.bias", f32_, vec![h], "mlp.down_proj.bias", whole));
-        }
-        if arch.post_norms {
-            t.push((
-                names::MLP_POST_NORM,
-                f32_,
-                vec![h],
-                "post_feedforward_layernorm.weight",
-                norm,
-            ));
-        }
-        let mut tensors: Vec<PlannedTensor> = t
-            .into_iter()
-            .map(|(name, dtype, shape, src, derive)| PlannedTensor {
-                spec: q.spec(name, dtype, shape),
-                source: format!("{p}{src}"),
-                derive,
-            })
-            .collect();
-        tensors.extend(moe_tensors(arch, layout, q, &p));
-        stages.push(Stage {
-            file: names::layer_file(i),
-            kind: StageKind::Layer,
-            layer: Some(i as u32),
-            tensors,
-        });
-    }
-    let mut head = vec![PlannedTensor {
-        spec: q.spec(names::FINAL_NORM, f32_, vec![h]),
-        source: src.final_norm.into(),
-        derive: norm,
-    }];
-    if !arch.tie_word_embeddings {
-        head.push(PlannedTensor {
-            spec: q.spec(names::HEAD, q.embeddings(), vec![arch.vocab_size, h]),
-            source: src.head.into(),
-            derive: if layout == Layout::Baichuan {
-                Derive::UnitRows
-            } else {
-                whole
             },
-        });
-    }
-    stages.push(Stage {
-        file: names::HEAD_FILE.into(),
-        kind: StageKind::Head,
-        layer: None,
-        tensors: head,
-    });
-    stages
-}
-
-/// An MoE layer's feed-forward tensors (none for a dense model), after the
-/// rest of the layer: the router and the shared expert, then each routed
-/// expert's `gate`, `up`, `down` together, expert by expert, so that a runner
-/// reads the chosen experts as contiguous byte ranges at the end of the file.
-/// The router and the shared expert's scalar gate stay f32 (they are small,
-/// and quantizing them could change which experts are chosen).
-fn moe_tensors(
-    arch: &Architecture,
-    layout: Layout,
-    q: &QuantPolicy,
-    p: &str,
-) -> Vec<PlannedTensor> {
-    let Some(m) = &arch.moe else {
-        return Vec::new();
-    };
-    let h = arch.hidden_size;
-    let w = m.expert_intermediate_size;
-    let t = |name: String, dtype: DType, shape: Vec<u64>, src: String| PlannedTensor {
-        spec: q.spec(&name, dtype, shape),
-        source: format!("{p}{src}"),
-        derive: Derive::Whole,
-    };
-    // Mixtral: block_sparse_moe.gate, experts.E.{w1 (gate), w3 (up), w2 (down)}.
-    let (block, parts) = if layout == Layout::Mixtral {
-        ("block_sparse_moe", ["w1", "w3", "w2"])
-    } else {
-        ("mlp", ["gate_proj", "up_proj", "down_proj"])
-    };
-    let mut out = vec![t(
-        names::MOE_ROUTER.into(),
-        DType::F32,
-        vec![m.num_experts, h],
-        format!("{block}.gate.weight"),
-    )];
-    if let Some(s) = m.shared_expert_intermediate_size {
-        out.push(t(
-            names::MOE_SHARED_GATE.into(),
-            q.weights,
-            vec![s, h],
-            "mlp.shared_expert.gate_proj.weight".into(),
-        ));
-        out.push(t(
-            names::MOE_SHARED_UP.into(),
-            q.weights,
-            vec![s, h],
-            "mlp.shared_expert.up_proj.weight".into(),
-        ));
-        out.push(t(
-            names::MOE_SHARED_DOWN.into(),
-            q.weights,
-            vec![h, s],
-            "mlp.shared_expert.down_proj.weight".into(),
-        ));
-        out.push(t(
-            names::MOE_SHARED_GATE_SCALAR.into(),
-            DType::F32,
-            vec![1, h],
-            "mlp.shared_expert_gate.weight".into(),
-        ));
-    }
-    for e in 0..m.num_experts {
-        for (part, src) in names::MOE_EXPERT_PARTS.iter().zip(parts) {
-            let shape = if *part == "down" {
-                vec![h, w]
-            } else {
-                vec![w, h]
-            };
-            out.push(t(
-                names::moe_expert(e, part),
-                q.weights,
-                shape,
-                format!("{block}.experts.{e}.{src}.weight"),
-            ));
+            Role::MlpDown => (src.down.into(), whole),
+            Role::MlpGateBias => ("mlp.gate_proj.bias".into(), whole),
+            Role::MlpUpBias => ("mlp.up_proj.bias".into(), whole),
+            Role::MlpDownBias => ("mlp.down_proj.bias".into(), whole),
+            Role::MlpPostNorm => ("post_feedforward_layernorm.weight".into(), norm),
+            Role::MoeRouter => (format!("{moe_block}.gate.weight").into(), whole),
+            Role::MoeSharedGate => ("mlp.shared_expert.gate_proj.weight".into(), whole),
+            Role::MoeSharedUp => ("mlp.shared_expert.up_proj.weight".into(), whole),
+            Role::MoeSharedDown => ("mlp.shared_expert.down_proj.weight".into(), whole),
+            Role::MoeSharedGateScalar => ("mlp.shared_expert_gate.weight".into(), whole),
+            Role::MoeExpert { expert, part } => {
+                let p = match (self.layout == Layout::Mixtral, part) {
+                    (true, ExpertPart::Gate) => "w1",
+                    (true, ExpertPart::Up) => "w3",
+                    (true, ExpertPart::Down) => "w2",
+                    (false, ExpertPart::Gate) => "gate_proj",
+                    (false, ExpertPart::Up) => "up_proj",
+                    (false, ExpertPart::Down) => "down_proj",
+                };
+                (
+                    format!("{moe_block}.experts.{expert}.{p}.weight").into(),
+                    whole,
+                )
+            }
         }
     }
-    out
 }
 
 /// How a source tensor name relates to the plan.

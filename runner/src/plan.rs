@@ -226,7 +226,8 @@ impl PlanSizes {
                     if c.manifest.architecture.moe.is_none() || l.compressed() {
                         return Ok(0);
                     }
-                    let start = crate::stream::experts_start(l)?;
+                    let file = std::path::Path::new(&l.name);
+                    let start = strata_format::layout::experts_start(&l.header, file)?;
                     l.len.checked_sub(start).ok_or_else(|| RunnerError::Tensor {
                         file: l.name.clone(),
                         tensor: strata_format::names::moe_expert(0, "gate"),
@@ -240,8 +241,12 @@ impl PlanSizes {
                     .iter()
                     .filter(|l| !l.compressed())
                     .map(|l| {
-                        (0..m.num_experts as usize)
-                            .map(|e| crate::model::moe::expert_range(l, e).map(|(a, b)| b - a))
+                        let file = std::path::Path::new(&l.name);
+                        (0..m.num_experts)
+                            .map(|e| {
+                                strata_format::layout::expert_range(&l.header, file, l.len, e)
+                                    .map(|(a, b)| b - a)
+                            })
                             .try_fold(0, |x, y| y.map(|y| x.max(y)))
                     })
                     .try_fold(0, |x, y| y.map(|y: u64| x.max(y)))?,

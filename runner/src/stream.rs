@@ -3,6 +3,7 @@
 //! carries on across token boundaries, into a fixed pool of reused buffers.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
 use std::sync::Arc;
@@ -10,13 +11,21 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use strata_format::compress::{Decoder, Frames};
+use strata_format::layout;
 
 use crate::container::{Container, StageInfo, Weight};
 use crate::error::{Result, RunnerError};
 use crate::io::{read_small, AlignedBuf, Backend, Span, UnitBytes, IO_ALIGN};
 use crate::lru::ByteLru;
-use crate::model::moe::{ExpertFetch, ExpertUse};
 use crate::plan::MemoryPlan;
+
+/// What is done with one routed expert's bytes: `f(expert, bytes, base)`,
+/// where `bytes` holds that expert's tensors and starts at file offset `base`.
+pub type ExpertUse<'a> = dyn FnMut(usize, &[u8], u64) -> Result<()> + 'a;
+
+/// The bytes of some routed experts: calls the [`ExpertUse`] for each expert
+/// asked for (with the whole layer's bytes and base 0 when it is all in memory).
+pub type ExpertFetch<'a> = dyn FnMut(&[usize], &mut ExpertUse<'_>) -> Result<()> + 'a;
 
 /// I/O counters shared with the prefetch thread.
 #[derive(Debug, Default)]
@@ -160,7 +169,8 @@ impl ExpertCache {
         if let Some((bytes, base)) = self.held.get(&(l, e)) {
             return f(e, bytes.bytes(), *base);
         }
-        let (start, end) = crate::model::moe::expert_range(stage, e)?;
+        let (start, end) =
+            layout::expert_range(&stage.header, Path::new(&stage.name), stage.len, e as u64)?;
         let span = Span {
             offset: start,
             len: end - start,
@@ -190,9 +200,10 @@ fn selective_layer(c: &Container, stage: &StageInfo) -> bool {
 
 /// Where the routed experts of a layer file begin (its first expert's offset).
 pub fn experts_start(stage: &StageInfo) -> Result<u64> {
-    Ok(stage
-        .entry(&strata_format::names::moe_expert(0, "gate"))?
-        .offset)
+    Ok(layout::experts_start(
+        &stage.header,
+        Path::new(&stage.name),
+    )?)
 }
 
 fn align_down(x: u64) -> u64 {

@@ -6,17 +6,21 @@ pub mod linear;
 pub mod moe;
 pub mod ops;
 
+use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 
+use strata_format::header::StageKind;
+use strata_format::layout;
 use strata_format::manifest::Architecture;
 use strata_format::names::*;
 
 use crate::container::{Container, StageInfo};
 use crate::error::{Result, RunnerError};
-use crate::stream::Streamer;
+use crate::stream::{ExpertFetch, Streamer};
 use attention::{attend, AttnShape, KvCache};
 use linear::{linear, linear_into};
-use moe::{moe_block, ExpertFetch, LayerSource};
+use moe::{moe_block, LayerSource};
 use ops::*;
 
 /// Which positions' logits a forward pass returns.
@@ -80,97 +84,54 @@ struct Span {
     skip: usize,
 }
 
-/// Checks that every stage holds the tensors the architecture needs, with the right shapes.
+/// Checks that every stage holds exactly the tensors the architecture needs
+/// (the tables of [`strata_format::layout`]), with the right shapes, and that
+/// each routed expert's tensors are stored together.
 pub fn check_shapes(c: &Container) -> Result<()> {
     let a = &c.manifest.architecture;
-    let (h, q, kv, im) = (
-        a.hidden_size,
-        a.num_attention_heads * a.head_dim,
-        a.num_kv_heads * a.head_dim,
-        a.intermediate_size,
+    let mut stages = vec![
+        (&c.embed, layout::embed_stage(a)),
+        (&c.head, layout::head_stage(a)),
+    ];
+    stages.extend(
+        c.layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l, layout::layer_stage(a, i as u64))),
     );
-    // Every tensor a stage holds must be one the maths below uses: a tensor
-    // this runner does not know (a later format's) is refused, never ignored.
-    let used = std::cell::RefCell::new(std::collections::HashSet::<(String, String)>::new());
-    let expect = |s: &StageInfo, name: &str, shape: &[u64]| -> Result<()> {
-        used.borrow_mut().insert((s.name.clone(), name.to_string()));
-        let e = s.entry(name)?;
-        if e.shape != shape {
-            return Err(RunnerError::Tensor {
-                file: s.name.clone(),
-                tensor: name.into(),
-                reason: format!("shape {:?}, the architecture needs {shape:?}", e.shape),
-            });
-        }
-        Ok(())
-    };
-    expect(&c.embed, EMBED_TOKENS, &[a.vocab_size, h])?;
-    expect(&c.head, FINAL_NORM, &[h])?;
-    if !a.tie_word_embeddings {
-        expect(&c.head, HEAD, &[a.vocab_size, h])?;
-    }
-    for l in &c.layers {
-        expect(l, ATTN_NORM, &[h])?;
-        expect(l, MLP_NORM, &[h])?;
-        expect(l, ATTN_Q, &[q, h])?;
-        expect(l, ATTN_K, &[kv, h])?;
-        expect(l, ATTN_V, &[kv, h])?;
-        expect(l, ATTN_O, &[h, q])?;
-        match &a.moe {
-            None => {
-                expect(l, MLP_GATE, &[im, h])?;
-                expect(l, MLP_UP, &[im, h])?;
-                expect(l, MLP_DOWN, &[h, im])?;
-            }
-            Some(m) => {
-                expect(l, MOE_ROUTER, &[m.num_experts, h])?;
-                let w = m.expert_intermediate_size;
-                for e in 0..m.num_experts {
-                    expect(l, &moe_expert(e, "gate"), &[w, h])?;
-                    expect(l, &moe_expert(e, "up"), &[w, h])?;
-                    expect(l, &moe_expert(e, "down"), &[h, w])?;
-                    moe::expert_range(l, e as usize)?;
-                }
-                if let Some(sw) = m.shared_expert_intermediate_size {
-                    expect(l, MOE_SHARED_GATE, &[sw, h])?;
-                    expect(l, MOE_SHARED_UP, &[sw, h])?;
-                    expect(l, MOE_SHARED_DOWN, &[h, sw])?;
-                    expect(l, MOE_SHARED_GATE_SCALAR, &[1, h])?;
-                }
+    for (s, table) in &stages {
+        for slot in &table.tensors {
+            let e = s.entry(&slot.name)?;
+            if e.shape != slot.shape {
+                return Err(RunnerError::Tensor {
+                    file: s.name.clone(),
+                    tensor: slot.name.clone(),
+                    reason: format!(
+                        "shape {:?}, the architecture needs {:?}",
+                        e.shape, slot.shape
+                    ),
+                });
             }
         }
-        if a.attention_bias {
-            expect(l, ATTN_Q_BIAS, &[q])?;
-            expect(l, ATTN_K_BIAS, &[kv])?;
-            expect(l, ATTN_V_BIAS, &[kv])?;
-        }
-        if a.attention_out_bias {
-            expect(l, ATTN_O_BIAS, &[h])?;
-        }
-        if a.qk_norm {
-            expect(l, ATTN_Q_NORM, &[a.head_dim])?;
-            expect(l, ATTN_K_NORM, &[a.head_dim])?;
-        }
-        if a.mlp_bias {
-            expect(l, "mlp.gate.bias", &[im])?;
-            expect(l, "mlp.up.bias", &[im])?;
-            expect(l, "mlp.down.bias", &[h])?;
-        }
-        if a.post_norms {
-            expect(l, ATTN_POST_NORM, &[h])?;
-            expect(l, MLP_POST_NORM, &[h])?;
+        if let (StageKind::Layer, Some(m)) = (table.kind, &a.moe) {
+            for e in 0..m.num_experts {
+                layout::expert_range(&s.header, Path::new(&s.name), s.len, e)?;
+            }
         }
     }
-    let used = used.into_inner();
-    for s in std::iter::once(&c.embed)
-        .chain(&c.layers)
-        .chain(std::iter::once(&c.head))
+    // Every tensor a stage holds must be one the maths uses: a tensor this
+    // runner does not know (a later format's) is refused, never ignored.
+    let (fixed, layers) = stages.split_at(2);
+    for (s, table) in std::iter::once(&fixed[0])
+        .chain(layers)
+        .chain(std::iter::once(&fixed[1]))
     {
+        let used: HashSet<&str> = table.tensors.iter().map(|t| t.name.as_str()).collect();
         if let Some(t) = s
             .header
             .tensors
             .iter()
-            .find(|t| !used.contains(&(s.name.clone(), t.name.clone())))
+            .find(|t| !used.contains(t.name.as_str()))
         {
             return Err(RunnerError::Tensor {
                 file: s.name.clone(),

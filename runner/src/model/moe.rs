@@ -12,6 +12,7 @@ use crate::container::{StageInfo, Weight};
 use crate::error::{Result, RunnerError};
 use crate::model::linear::linear;
 use crate::model::ops::gated_activation;
+use crate::stream::ExpertFetch;
 
 /// The experts each input row picked, and their weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,14 +95,6 @@ fn gated_mlp(
     gated_activation(&mut g, &up, act);
     linear(&g, n, &w[2], (file, names[2]))
 }
-
-/// What is done with one routed expert's bytes: `f(expert, bytes, base)`,
-/// where `bytes` holds that expert's tensors and starts at file offset `base`.
-pub type ExpertUse<'a> = dyn FnMut(usize, &[u8], u64) -> Result<()> + 'a;
-
-/// The bytes of some routed experts: calls the [`ExpertUse`] for each expert
-/// asked for (with the whole layer's bytes and base 0 when it is all in memory).
-pub type ExpertFetch<'a> = dyn FnMut(&[usize], &mut ExpertUse<'_>) -> Result<()> + 'a;
 
 /// A layer's view for its MoE block: the stage, the bytes read of its file
 /// (from offset 0), and how to fetch its routed experts.
@@ -198,35 +191,6 @@ pub fn moe_block(
         }
     }
     Ok(out)
-}
-
-/// The expert-by-expert byte range of expert `e` in a layer file: from its
-/// first tensor's offset to the end of its last tensor rounded up to 4096
-/// (tensors start on pages, so the range holds nothing of another expert).
-pub fn expert_range(stage: &StageInfo, e: usize) -> Result<(u64, u64)> {
-    let first = stage.entry(&names::moe_expert(e as u64, MOE_EXPERT_PARTS[0]))?;
-    let last = stage.entry(&names::moe_expert(e as u64, MOE_EXPERT_PARTS[2]))?;
-    let end = (last.offset + last.length)
-        .next_multiple_of(crate::io::IO_ALIGN as u64)
-        .min(stage.len);
-    let (start, end) = (first.offset, end);
-    let inside = |t: &str| {
-        stage
-            .entry(t)
-            .is_ok_and(|x| x.offset >= start && x.offset + x.length <= end)
-    };
-    if end <= start
-        || !MOE_EXPERT_PARTS
-            .iter()
-            .all(|p| inside(&names::moe_expert(e as u64, p)))
-    {
-        return Err(RunnerError::Tensor {
-            file: stage.name.clone(),
-            tensor: names::moe_expert(e as u64, MOE_EXPERT_PARTS[0]),
-            reason: "expert tensors are not stored together (gate, up, down)".into(),
-        });
-    }
-    Ok((start, end))
 }
 
 #[cfg(test)]
