@@ -544,21 +544,35 @@ mod tests {
         assert_eq!((v.rows, v.bytes.len()), (2, 16));
         assert_eq!(w.rows_view(3, 3).unwrap().rows, 0);
         for (r0, r1) in [(2, 1), (0, 4), (4, 4), (usize::MAX, usize::MAX)] {
-            assert!(w.rows_view(r0, r1).is_err(), "{r0}..{r1}");
+            let err = w.rows_view(r0, r1).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "rows {r0}..{r1} of a 3-row weight view of 24 bytes"
+                )),
+                "{err}"
+            );
         }
         assert_eq!(w.to_f32("f", "t").unwrap(), vec![0.0; 6]);
         let short = Weight {
             bytes: &bytes[..20],
             ..w
         };
-        assert!(short.rows_view(2, 3).is_err());
+        let err = short.rows_view(2, 3).unwrap_err().to_string();
+        assert!(
+            err.contains("rows 2..3 of a 3-row weight view of 20 bytes"),
+            "{err}"
+        );
         let err = short.to_f32("f", "t").unwrap_err().to_string();
         assert!(err.contains("f: tensor `t`"), "{err}");
         let huge = Weight {
             rows: usize::MAX,
             ..w
         };
-        assert!(huge.to_f32("f", "t").is_err());
+        let err = huge.to_f32("f", "t").unwrap_err().to_string();
+        assert!(
+            err.contains("f: tensor `t`") && err.contains("overflow"),
+            "{err}"
+        );
     }
 
     #[test]

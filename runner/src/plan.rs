@@ -623,7 +623,11 @@ mod tests {
             .architecture;
         assert!(kv_cache_bytes(&a, 1).is_ok());
         (a.num_kv_heads, a.head_dim, a.num_layers) = (1 << 20, 1 << 24, 1 << 20);
-        assert!(kv_cache_bytes(&a, 1).is_err());
+        let err = kv_cache_bytes(&a, 1).unwrap_err().to_string();
+        assert!(
+            err.contains("KV cache of 1 positions") && err.contains("overflows 64 bits"),
+            "{err}"
+        );
         // Sizes no file can have, with a context and read-ahead no one asks
         // for: every minimum saturates and every plan but the keep-nothing
         // one is a named error (the real sizes fit an unlimited budget).
@@ -847,9 +851,21 @@ mod tests {
             fit_default_ctx(&s, Some(small), 2, 100).unwrap(),
             (100, None)
         );
-        assert!(fit_default_ctx(&s, Some(small - 1), 2, 100).is_err());
+        let err = fit_default_ctx(&s, Some(small - 1), 2, 100)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("even a context of 100 positions needs"),
+            "{err}"
+        );
         // Nothing fits beside the runtime: refused, not an underflow.
-        assert!(fit_default_ctx(&s, Some(1), 2, 4096).is_err());
+        let err = fit_default_ctx(&s, Some(1), 2, 4096)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("even a context of 256 positions needs"),
+            "{err}"
+        );
     }
 
     #[test]
