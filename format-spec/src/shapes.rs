@@ -10,8 +10,9 @@ use crate::manifest::{Activation, Architecture, Moe, Quantization, Rope, RopeSca
 pub use crate::layout::{head_weight_bytes, stage_layouts, StageLayout};
 
 /// The names [`Shape::named`] knows, smallest first.
-pub const SHAPE_NAMES: [&str; 7] = [
+pub const SHAPE_NAMES: [&str; 8] = [
     "tiny",
+    "llama3.2-1b",
     "mixtral-8x7b-2l",
     "llama2-7b",
     "llama3-8b",
@@ -53,6 +54,9 @@ impl Shape {
     ///
     /// - `tiny`: 2 layers, hidden 64, 4 heads (2 KV), intermediate 128,
     ///   vocabulary 49152 (SmolLM2's tokenizer fits), tied head: a few MB.
+    /// - `llama3.2-1b`: Llama 3.2 1B (a draft for the Llama 3 family): 16
+    ///   layers, hidden 2048, 32 heads (8 KV), intermediate 8192, vocabulary
+    ///   128256, tied head.
     /// - `llama2-7b`: 32 layers, hidden 4096, 32 heads (32 KV), intermediate 11008, vocabulary 32000.
     /// - `llama3-8b`: Llama 3.1 8B: 32 layers, hidden 4096, 32 heads (8 KV),
     ///   intermediate 14336, vocabulary 128256, RoPE θ 500000 with Llama 3 scaling.
@@ -122,6 +126,10 @@ impl Shape {
             },
             "mixtral-8x7b" => mixtral(32),
             "mixtral-8x7b-2l" => mixtral(2),
+            "llama3.2-1b" => Dims {
+                tied: true,
+                ..llama3(16, 2048, 32, 8192)
+            },
             "llama3-8b" => llama3(32, 4096, 32, 14_336),
             "llama3-70b" => llama3(80, 8192, 64, 28_672),
             "llama3.1-405b" => llama3(126, 16_384, 128, 53_248),

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::container::Container;
-use crate::error::Result;
+use crate::error::{Result, RunnerError};
 use crate::io::{Backend, IoChoice};
 use crate::model::{Logits, Model, Want};
 use crate::plan::{self, MemoryPlan, PlanRequest, PlanSizes};
@@ -91,11 +91,123 @@ impl Engine {
             },
         )?;
         log::info!("{}", plan.describe());
+        Engine::with_plan(container, plan, ctx, o.io)
+    }
+
+    /// Opens the container `dir` (the target) and `draft_dir` (a smaller
+    /// model of the same vocabulary, for speculative decoding). The draft is
+    /// kept wholly resident, and its weights and KV cache are counted first in
+    /// the budget: the target plans with what is left, and a budget that
+    /// cannot hold the draft plus the target's streaming minimum is refused
+    /// with the numbers. Without `--ctx`, both get the longest default context
+    /// that fits. Refuses a draft whose vocabulary differs from the target's,
+    /// naming the first difference.
+    pub fn open_with_draft(
+        dir: &Path,
+        draft_dir: &Path,
+        o: &EngineOptions,
+    ) -> Result<(Engine, Engine)> {
+        let target = Arc::new(Container::open(dir, o.verify)?);
+        let draft = Arc::new(Container::open(draft_dir, o.verify)?);
+        let target_tok = TextTokenizer::load(dir)?;
+        let draft_tok = TextTokenizer::load(draft_dir)?;
+        if let Some(diff) =
+            vocabulary_difference(&target, target_tok.as_ref(), &draft, draft_tok.as_ref())
+        {
+            return Err(RunnerError::Invalid(format!(
+                "the draft {} does not share the vocabulary of {}: {diff}",
+                draft_dir.display(),
+                dir.display()
+            )));
+        }
+        let tsizes = PlanSizes::of_container(&target)?;
+        let dsizes = PlanSizes::of_container(&draft)?;
+        let budget = plan::resolve_budget(o.max_memory);
+        let ctx = match o.ctx {
+            Some(ctx) => ctx.max(1),
+            None => {
+                let max_pos = target
+                    .manifest
+                    .architecture
+                    .max_position_embeddings
+                    .min(draft.manifest.architecture.max_position_embeddings);
+                let want = (max_pos as usize).min(DEFAULT_CTX);
+                let (ctx, note) = plan::fit_pair_ctx(&tsizes, &dsizes, budget, o.prefetch, want)?;
+                if let Some(note) = note {
+                    log::warn!("{note}");
+                }
+                ctx
+            }
+        };
+        let draft_need = plan::draft_bytes(&dsizes, ctx);
+        let target_budget = match budget {
+            None => None,
+            Some(b) => {
+                let need = tsizes.smallest_budget(ctx, o.prefetch);
+                match b.checked_sub(draft_need).filter(|&left| left >= need) {
+                    Some(left) => Some(left),
+                    None => {
+                        return Err(RunnerError::Memory {
+                            budget: crate::units::human(b),
+                            reason: format!(
+                                "the draft {} needs {} resident (weights {}, KV cache {} for --ctx {ctx}) and the target at least {} to stream (KV cache {}, runtime and read buffers with --prefetch {}): {} in all; raise --max-memory, lower --ctx, or use a smaller draft",
+                                draft_dir.display(),
+                                crate::units::human(draft_need),
+                                crate::units::human(dsizes.total_decoded()),
+                                crate::units::human(dsizes.kv_cache(ctx)),
+                                crate::units::human(need),
+                                crate::units::human(tsizes.kv_cache(ctx)),
+                                o.prefetch,
+                                crate::units::human(draft_need.saturating_add(need)),
+                            ),
+                        });
+                    }
+                }
+            }
+        };
+        let target_plan = MemoryPlan::for_sizes(
+            &tsizes,
+            PlanRequest {
+                max_memory: Some(target_budget.unwrap_or(0)),
+                prefetch: o.prefetch,
+                ctx,
+                keep_compressed: o.keep_compressed,
+            },
+        )?;
+        let draft_plan = MemoryPlan::for_sizes(
+            &dsizes,
+            PlanRequest {
+                max_memory: Some(draft_need.saturating_add(plan::OVERHEAD)),
+                prefetch: 1,
+                ctx,
+                keep_compressed: Some(false),
+            },
+        )?;
+        log::info!(
+            "draft {}: {} resident (weights {}, KV cache {}), counted first in the budget",
+            draft_dir.display(),
+            crate::units::human(draft_need),
+            crate::units::human(dsizes.total_decoded()),
+            crate::units::human(dsizes.kv_cache(ctx)),
+        );
+        log::info!("target: {}", target_plan.describe());
+        let draft = Engine::with_plan(draft, draft_plan, ctx, o.io)?;
+        let target = Engine::with_plan(target, target_plan, ctx, o.io)?;
+        Ok((target, draft))
+    }
+
+    /// The engine for an opened container and its plan.
+    fn with_plan(
+        container: Arc<Container>,
+        plan: MemoryPlan,
+        ctx: usize,
+        io: IoChoice,
+    ) -> Result<Engine> {
         let model = Model::new(&container, ctx)?;
-        let backend = Backend::select(o.io, &container.head.path)?;
+        let backend = Backend::select(io, &container.head.path)?;
         log::debug!("io backend: {}", backend.name());
         let streamer = Streamer::new(container.clone(), backend, &plan)?;
-        let tokenizer = TextTokenizer::load(dir)?;
+        let tokenizer = TextTokenizer::load(&container.dir)?;
         Ok(Engine {
             container,
             plan,
@@ -132,5 +244,48 @@ impl Engine {
             }
         }
         ids
+    }
+}
+
+/// The first way in which a draft's vocabulary differs from the target's, if
+/// any: the manifest's special token ids, then (when both ship a tokenizer)
+/// the number of tokens, each token's text by id, and the begin/end tokens.
+/// Containers without a tokenizer compare their manifests' vocabulary sizes.
+pub fn vocabulary_difference(
+    target: &Container,
+    target_tok: Option<&TextTokenizer>,
+    draft: &Container,
+    draft_tok: Option<&TextTokenizer>,
+) -> Option<String> {
+    let (t, d) = (&target.manifest.tokenizer, &draft.manifest.tokenizer);
+    if t.bos_token_id != d.bos_token_id {
+        return Some(format!(
+            "begin-of-sequence id {:?} in the target, {:?} in the draft",
+            t.bos_token_id, d.bos_token_id
+        ));
+    }
+    let (mut te, mut de) = (t.eos_token_ids.clone(), d.eos_token_ids.clone());
+    te.sort_unstable();
+    de.sort_unstable();
+    if te != de {
+        return Some(format!(
+            "end-of-sequence ids {te:?} in the target, {de:?} in the draft"
+        ));
+    }
+    match (target_tok, draft_tok) {
+        (None, None) => {
+            let (tv, dv) = (
+                target.manifest.architecture.vocab_size,
+                draft.manifest.architecture.vocab_size,
+            );
+            (tv != dv).then(|| {
+                format!(
+                    "no tokenizer in either, and vocabulary sizes {tv} (target) and {dv} (draft)"
+                )
+            })
+        }
+        (Some(_), None) => Some("the draft has no tokenizer.json, the target has one".into()),
+        (None, Some(_)) => Some("the target has no tokenizer.json, the draft has one".into()),
+        (Some(t), Some(d)) => t.first_difference(d),
     }
 }

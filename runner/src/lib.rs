@@ -14,6 +14,7 @@ pub mod lru;
 pub mod model;
 pub mod plan;
 pub mod sampling;
+pub mod speculative;
 pub mod stream;
 pub mod text;
 pub mod units;

@@ -121,6 +121,64 @@ pub fn fit_default_ctx(
     Ok((ctx, Some(note)))
 }
 
+/// What a draft model kept wholly resident for speculative decoding costs:
+/// its weights decoded and its KV cache for `ctx` positions (the runtime
+/// allowance is the target's, shared).
+pub fn draft_bytes(draft: &PlanSizes, ctx: usize) -> u64 {
+    draft.total_decoded().saturating_add(draft.kv_cache(ctx))
+}
+
+/// [`fit_default_ctx`] for a target and a resident draft sharing `budget`:
+/// `want` positions when the draft ([`draft_bytes`]) and the target's
+/// smallest plan fit together, else the largest multiple of [`CTX_STEP`]
+/// that does (the second value says so); refuses with the numbers when even
+/// [`CTX_STEP`] positions (or `want`, if smaller) do not fit.
+pub fn fit_pair_ctx(
+    target: &PlanSizes,
+    draft: &PlanSizes,
+    budget: Option<u64>,
+    prefetch: usize,
+    want: usize,
+) -> Result<(usize, Option<String>)> {
+    let want = want.max(1);
+    let Some(budget) = budget else {
+        return Ok((want, None));
+    };
+    let need =
+        |ctx: usize| draft_bytes(draft, ctx).saturating_add(target.smallest_budget(ctx, prefetch));
+    if need(want) <= budget {
+        return Ok((want, None));
+    }
+    let floor = want.min(CTX_STEP);
+    let mut ctx = (want / CTX_STEP) * CTX_STEP;
+    while ctx > floor && need(ctx) > budget {
+        ctx -= CTX_STEP;
+    }
+    let ctx = ctx.max(floor);
+    if need(ctx) > budget {
+        return Err(RunnerError::Memory {
+            budget: human(budget),
+            reason: format!(
+                "even a context of {ctx} positions needs {}: the draft {} resident (weights {}, KV cache {}) and the target {} (KV cache {}, runtime {}, read buffers {} with --prefetch {prefetch}); raise --max-memory, or use a smaller draft",
+                human(need(ctx)),
+                human(draft_bytes(draft, ctx)),
+                human(draft.total_decoded()),
+                human(draft.kv_cache(ctx)),
+                human(target.smallest_budget(ctx, prefetch)),
+                human(target.kv_cache(ctx)),
+                human(OVERHEAD),
+                human(target.buffers(prefetch)),
+            ),
+        });
+    }
+    let note = format!(
+        "memory: the default context of {want} positions needs {} for the draft and the target, more than the budget of {}; using --ctx {ctx}. Give --ctx or --max-memory to choose",
+        human(need(want)),
+        human(budget),
+    );
+    Ok((ctx, Some(note)))
+}
+
 /// What the user asked for.
 #[derive(Debug, Clone, Copy)]
 pub struct PlanRequest {

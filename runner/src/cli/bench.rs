@@ -6,8 +6,11 @@ use anyhow::Result;
 use clap::Args;
 use strata_runner::engine::Engine;
 use strata_runner::model::Want;
+use strata_runner::sampling::{Sampler, SamplerConfig};
+use strata_runner::speculative::Speculator;
 use strata_runner::units::peak_rss;
 
+use super::generate::DraftArgs;
 use crate::{Common, Dir};
 
 /// Arguments of `bench`.
@@ -25,6 +28,12 @@ pub struct BenchArgs {
     /// token rates count the tokens of every sequence.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// A text prompt (tokenized, no chat template) instead of synthetic ids;
+    /// speculative decoding's acceptance is only meaningful on real text.
+    #[arg(long)]
+    prompt: Option<String>,
+    #[command(flatten)]
+    draft: DraftArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -32,16 +41,25 @@ pub struct BenchArgs {
 /// Runs `bench`.
 pub fn run(a: BenchArgs) -> Result<i32> {
     a.common.setup()?;
-    let mut engine = Engine::open(&a.dir.dir, &a.common.engine_options())?;
+    if a.draft.draft.is_some() && a.batch > 1 {
+        anyhow::bail!("--draft runs one sequence: drop --batch");
+    }
+    let (mut engine, spec) = a.draft.open(&a.dir.dir, &a.common.engine_options())?;
     let vocab = engine.container.manifest.architecture.vocab_size as usize;
     let k = a.batch.max(1);
-    let prompts: Vec<Vec<u32>> = (0..k)
-        .map(|s| {
-            (0..a.prompt_tokens.max(1))
-                .map(|i| ((i * 7919 + s * 104_729 + 13) % vocab) as u32)
-                .collect()
-        })
-        .collect();
+    let prompts: Vec<Vec<u32>> = match &a.prompt {
+        Some(text) => vec![super::tokenizer(&engine)?.encode(text, true)?; k],
+        None => (0..k)
+            .map(|s| {
+                (0..a.prompt_tokens.max(1))
+                    .map(|i| ((i * 7919 + s * 104_729 + 13) % vocab) as u32)
+                    .collect()
+            })
+            .collect(),
+    };
+    if let Some(spec) = spec {
+        return bench_speculative(&a, engine, spec, &prompts[0]);
+    }
     engine.model.set_batch(k);
     let io0 = engine.io();
     let t0 = Instant::now();
@@ -59,7 +77,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let mut decoded = 0usize;
     let ctx = engine.model.ctx();
     for step in 0..a.new_tokens {
-        if a.prompt_tokens.max(1) + step >= ctx {
+        if prompts[0].len() + step >= ctx {
             break;
         }
         let next: Vec<[u32; 1]> = logits
@@ -81,7 +99,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     }
     let decode_secs = t1.elapsed().as_secs_f64();
     let io2 = engine.io();
-    let prompt_total = k * a.prompt_tokens.max(1);
+    let prompt_total: usize = prompts.iter().map(Vec::len).sum();
     let per = |x: f64| if decoded > 0 { x / decoded as f64 } else { 0.0 };
     // The routed experts' bytes in the layer files (each file's tail, §6).
     let mut expert_file_bytes = 0u64;
@@ -113,6 +131,65 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         "io_backend": engine.streamer.backend_name(),
         "resident_bytes": engine.plan.resident_bytes,
         "streamed_bytes_per_pass": engine.plan.streamed_bytes,
+        "threads": rayon::current_num_threads(),
+    });
+    println!("{out}");
+    Ok(0)
+}
+
+/// `bench --draft`: greedy decoding of `new_tokens` tokens after `prompt`
+/// with speculative decoding; one JSON line with the speculative counters.
+fn bench_speculative(
+    a: &BenchArgs,
+    mut engine: Engine,
+    mut spec: Speculator,
+    prompt: &[u32],
+) -> Result<i32> {
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: 0.0,
+        ..SamplerConfig::default()
+    });
+    let ctx = engine.model.ctx();
+    let io0 = engine.io();
+    let t0 = Instant::now();
+    let logits = engine.forward(prompt, Want::Last)?;
+    let mut history = prompt.to_vec();
+    let mut next = sampler.sample(logits.row(0), &history);
+    let prefill_secs = t0.elapsed().as_secs_f64();
+    let io1 = engine.io();
+    let t1 = Instant::now();
+    let mut decoded = 0usize;
+    while decoded < a.new_tokens && history.len() + 1 < ctx {
+        let left = a.new_tokens - decoded;
+        let tokens = spec.step(&mut engine, &mut history, next, &mut sampler, left - 1)?;
+        decoded += tokens.len();
+        next = *tokens.last().expect("a pass yields a token");
+    }
+    let decode_secs = t1.elapsed().as_secs_f64();
+    let io2 = engine.io();
+    let per = |x: f64| if decoded > 0 { x / decoded as f64 } else { 0.0 };
+    let stats = spec.stats();
+    let draft_resident = spec
+        .draft_engine()
+        .map_or(0, |d| d.plan.resident_bytes + d.plan.kv_cache);
+    let out = serde_json::json!({
+        "batch": 1,
+        "prompt_tokens": prompt.len(),
+        "new_tokens": decoded,
+        "prefill_tokens_per_s": prompt.len() as f64 / prefill_secs,
+        "decode_tokens_per_s": if decode_secs > 0.0 { decoded as f64 / decode_secs } else { 0.0 },
+        "bytes_read_per_token": per((io2.bytes_read - io1.bytes_read) as f64),
+        "prefill_bytes_read": io1.bytes_read - io0.bytes_read,
+        "io_wait_fraction": if decode_secs > 0.0 { (io2.wait_secs - io1.wait_secs) / decode_secs } else { 0.0 },
+        "decode_seconds": decode_secs,
+        "peak_rss_bytes": peak_rss().unwrap_or(0),
+        "io_backend": engine.streamer.backend_name(),
+        "resident_bytes": engine.plan.resident_bytes,
+        "streamed_bytes_per_pass": engine.plan.streamed_bytes,
+        "draft": a.draft.draft.as_ref().map(|d| d.display().to_string()),
+        "draft_resident_bytes": draft_resident,
+        "draft_max": a.draft.draft_max,
+        "speculative": stats.to_json(),
         "threads": rayon::current_num_threads(),
     });
     println!("{out}");

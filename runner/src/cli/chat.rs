@@ -5,10 +5,9 @@ use std::io::{BufRead, Write};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use strata_runner::engine::Engine;
 use strata_runner::text::chat::{ChatTemplate, Message};
 
-use super::generate::{generate, SamplingArgs};
+use super::generate::{generate, DraftArgs, SamplingArgs};
 use crate::{Common, Dir};
 
 /// Arguments of `chat`.
@@ -22,13 +21,15 @@ pub struct ChatArgs {
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
+    draft: DraftArgs,
+    #[command(flatten)]
     common: Common,
 }
 
 /// Runs `chat`.
 pub fn run(a: ChatArgs) -> Result<i32> {
     a.common.setup()?;
-    let mut engine = Engine::open(&a.dir.dir, &a.common.engine_options())?;
+    let (mut engine, mut spec) = a.draft.open(&a.dir.dir, &a.common.engine_options())?;
     let template = ChatTemplate::load(&a.dir.dir)?
         .with_context(|| format!("{} has no chat template", a.dir.dir.display()))?;
     let base: Vec<Message> = a
@@ -74,7 +75,13 @@ pub fn run(a: ChatArgs) -> Result<i32> {
             messages.pop();
             continue;
         }
-        let (reply, stats) = generate(&mut engine, &ids[keep..], &a.sampling, &mut cached)?;
+        let (reply, stats) = generate(
+            &mut engine,
+            &ids[keep..],
+            &a.sampling,
+            &mut cached,
+            spec.as_mut(),
+        )?;
         println!();
         if !a.common.quiet {
             stats.report();

@@ -2,14 +2,15 @@
 //! with `chat`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use strata_runner::engine::Engine;
+use strata_runner::engine::{Engine, EngineOptions};
 use strata_runner::model::Want;
 use strata_runner::sampling::{Sampler, SamplerConfig};
+use strata_runner::speculative::{Proposer, SpecStats, Speculator};
 use strata_runner::text::chat::{ChatTemplate, Message};
 use strata_runner::text::stream::TextStream;
 use strata_runner::units::human;
@@ -63,6 +64,55 @@ impl SamplingArgs {
     }
 }
 
+/// Speculative decoding options shared by `generate`, `chat` and `bench`.
+#[derive(Args, Clone, Default)]
+pub struct DraftArgs {
+    /// Speculative decoding: a draft container of the target's vocabulary,
+    /// kept resident, proposes tokens that one pass of the target verifies
+    /// (greedy output is unchanged; sampled output keeps the target's
+    /// distribution). `ngram` drafts from earlier text instead (prompt
+    /// lookup; name a directory called ngram as ./ngram).
+    #[arg(long, value_name = "DIR|ngram")]
+    pub draft: Option<PathBuf>,
+    /// Most tokens drafted per target pass (the length adapts below it to
+    /// the measured acceptance and timings).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub draft_max: usize,
+    /// Fewest tokens drafted per target pass (while the context allows),
+    /// even where the measurements say drafting does not pay.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub draft_min: usize,
+}
+
+impl DraftArgs {
+    /// Opens the target `dir`, and the draft when `--draft` names one: the
+    /// engine and, with `--draft`, the speculator.
+    pub fn open(&self, dir: &Path, o: &EngineOptions) -> Result<(Engine, Option<Speculator>)> {
+        match &self.draft {
+            None => Ok((Engine::open(dir, o)?, None)),
+            Some(d) if d.as_os_str() == "ngram" => Ok((
+                Engine::open(dir, o)?,
+                Some(Speculator::new(
+                    Proposer::Ngram,
+                    self.draft_min,
+                    self.draft_max,
+                )),
+            )),
+            Some(d) => {
+                let (target, draft) = Engine::open_with_draft(dir, d, o)?;
+                Ok((
+                    target,
+                    Some(Speculator::new(
+                        Proposer::Model(Box::new(draft)),
+                        self.draft_min,
+                        self.draft_max,
+                    )),
+                ))
+            }
+        }
+    }
+}
+
 /// Arguments of `generate`.
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -84,6 +134,8 @@ pub struct GenerateArgs {
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
+    draft: DraftArgs,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -103,6 +155,8 @@ pub struct GenStats {
     pub bytes_read: u64,
     /// Seconds compute waited on the disk.
     pub io_wait_secs: f64,
+    /// Speculative decoding's counters, when it was used.
+    pub spec: Option<SpecStats>,
 }
 
 impl GenStats {
@@ -122,6 +176,9 @@ impl GenStats {
             human(self.bytes_read),
             self.io_wait_secs
         );
+        if let Some(spec) = &self.spec {
+            eprintln!("[{}]", spec.summary());
+        }
     }
 }
 
@@ -133,7 +190,11 @@ pub fn generate(
     new_ids: &[u32],
     s: &SamplingArgs,
     history: &mut Vec<u32>,
+    spec: Option<&mut Speculator>,
 ) -> Result<(Vec<u32>, GenStats)> {
+    if let Some(spec) = spec {
+        return generate_speculative(engine, new_ids, s, history, spec);
+    }
     let eos = if s.ignore_eos {
         Vec::new()
     } else {
@@ -179,8 +240,98 @@ pub fn generate(
         decode_secs: started.elapsed().as_secs_f64() - first_token_secs,
         bytes_read: io1.bytes_read - io0.bytes_read,
         io_wait_secs: io1.wait_secs - io0.wait_secs,
+        spec: None,
     };
     Ok((sampled, stats))
+}
+
+/// Where the emitted text goes, and when to stop.
+struct Emitter {
+    eos: Vec<u32>,
+    stream: TextStream,
+    max_new_tokens: usize,
+    sampled: Vec<u32>,
+}
+
+impl Emitter {
+    /// Emits `id` (unless it ends the sequence) and says whether generation
+    /// ends with it.
+    fn emit(&mut self, engine: &Engine, id: u32, out: &mut impl Write) -> Result<bool> {
+        if self.eos.contains(&id) {
+            return Ok(true);
+        }
+        self.sampled.push(id);
+        let (text, stop) = self.stream.push(super::tokenizer(engine)?, id)?;
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        Ok(stop || self.sampled.len() >= self.max_new_tokens)
+    }
+}
+
+/// [`generate`] with speculative decoding: each pass of the target verifies
+/// the tokens `spec` drafts. Leaves the target's cache and `history` as plain
+/// generation does: every emitted token but the last fed.
+fn generate_speculative(
+    engine: &mut Engine,
+    new_ids: &[u32],
+    s: &SamplingArgs,
+    history: &mut Vec<u32>,
+    spec: &mut Speculator,
+) -> Result<(Vec<u32>, GenStats)> {
+    let mut emitter = Emitter {
+        eos: if s.ignore_eos {
+            Vec::new()
+        } else {
+            engine.eos_ids()
+        },
+        stream: TextStream::new(s.stop.clone()),
+        max_new_tokens: s.max_new_tokens,
+        sampled: Vec::new(),
+    };
+    let mut sampler = s.sampler();
+    spec.reset_stats();
+    let io0 = engine.io();
+    let started = Instant::now();
+    let mut out = std::io::stdout().lock();
+    let logits = engine.forward(new_ids, Want::Last)?;
+    history.extend_from_slice(new_ids);
+    let mut next = sampler.sample(logits.row(0), history);
+    let first_token_secs = started.elapsed().as_secs_f64();
+    if s.max_new_tokens > 0 {
+        'generation: loop {
+            if emitter.emit(engine, next, &mut out)? || history.len() >= engine.model.ctx() {
+                break;
+            }
+            let base = history.len();
+            let limit = s.max_new_tokens - emitter.sampled.len();
+            let tokens = spec.step(engine, history, next, &mut sampler, limit.saturating_sub(1))?;
+            let (last, accepted) = tokens.split_last().expect("a pass yields a token");
+            for (j, &id) in accepted.iter().enumerate() {
+                if emitter.emit(engine, id, &mut out)? {
+                    // `id` is the last token out: the cache keeps what precedes it.
+                    history.truncate(base + 1 + j);
+                    engine.model.truncate(history.len());
+                    break 'generation;
+                }
+            }
+            next = *last;
+        }
+    }
+    let tail = emitter.stream.finish(super::tokenizer(engine)?)?;
+    out.write_all(tail.as_bytes())?;
+    out.flush()?;
+    let io1 = engine.io();
+    let stats = GenStats {
+        prompt_tokens: new_ids.len(),
+        new_tokens: emitter.sampled.len(),
+        first_tokens: 1,
+        first_token_secs,
+        decode_secs: started.elapsed().as_secs_f64() - first_token_secs,
+        bytes_read: io1.bytes_read - io0.bytes_read,
+        io_wait_secs: io1.wait_secs - io0.wait_secs,
+        spec: Some(spec.stats()),
+    };
+    Ok((emitter.sampled, stats))
 }
 
 /// Tokenizes one prompt, through the chat template when `--chat`.
@@ -270,6 +421,7 @@ fn generate_batch(
         decode_secs: started.elapsed().as_secs_f64() - first_token_secs,
         bytes_read: io1.bytes_read - io0.bytes_read,
         io_wait_secs: io1.wait_secs - io0.wait_secs,
+        spec: None,
     };
     Ok((texts, stats))
 }
@@ -277,7 +429,10 @@ fn generate_batch(
 /// Runs `generate`.
 pub fn run(a: GenerateArgs) -> Result<i32> {
     a.common.setup()?;
-    let mut engine = Engine::open(&a.dir.dir, &a.common.engine_options())?;
+    if a.prompts_file.is_some() && a.draft.draft.is_some() {
+        anyhow::bail!("--draft works on one prompt at a time, not with --prompts-file");
+    }
+    let (mut engine, mut spec) = a.draft.open(&a.dir.dir, &a.common.engine_options())?;
     if let Some(file) = &a.prompts_file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
@@ -304,7 +459,7 @@ pub fn run(a: GenerateArgs) -> Result<i32> {
     let prompt = a.prompt.as_deref().unwrap_or_default();
     let ids = prompt_ids(&engine, &a, prompt)?;
     let mut history = Vec::new();
-    let (_, stats) = generate(&mut engine, &ids, &a.sampling, &mut history)?;
+    let (_, stats) = generate(&mut engine, &ids, &a.sampling, &mut history, spec.as_mut())?;
     println!();
     if !a.common.quiet {
         stats.report();

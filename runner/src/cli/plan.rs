@@ -1,4 +1,4 @@
-//! `runner plan (DIR | --shape NAME) [--max-memory SIZE] [--ctx N] [--prefetch N] [--json]`:
+//! `runner plan (DIR | --shape NAME) [--draft DIR | --draft-shape NAME] [--max-memory SIZE] [--ctx N] [--prefetch N] [--json]`:
 //! the memory plan for a container, or for a named model shape without its files.
 
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ pub struct PlanArgs {
     #[arg(required_unless_present = "shape", conflicts_with = "shape")]
     dir: Option<PathBuf>,
     /// Plan for a named model shape instead of a container: tiny, llama2-7b,
-    /// llama3-8b, llama3-70b, llama3.1-405b, mixtral-8x7b, mixtral-8x7b-2l (nf4 layers, int8 embeddings and head).
+    /// llama3.2-1b, llama3-8b, llama3-70b, llama3.1-405b, mixtral-8x7b, mixtral-8x7b-2l (nf4 layers, int8 embeddings and head).
     #[arg(long)]
     shape: Option<String>,
     /// Memory budget to plan for, e.g. 4GiB; 0 keeps nothing resident.
@@ -32,14 +32,24 @@ pub struct PlanArgs {
     /// Layers read ahead of the one being computed.
     #[arg(long, default_value_t = 2)]
     prefetch: usize,
+    /// A draft container for speculative decoding: kept resident, it is
+    /// counted first in the budget and the target plans with what is left.
+    #[arg(long, conflicts_with = "draft_shape")]
+    draft: Option<PathBuf>,
+    /// A named model shape as the draft (see --shape), e.g. llama3.2-1b.
+    #[arg(long)]
+    draft_shape: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
 }
 
-/// Runs `plan`.
-pub fn run(a: PlanArgs) -> Result<i32> {
-    let (what, arch, sizes) = match (&a.shape, &a.dir) {
+/// The plan sizes of a named shape or a container directory (or its manifest.json).
+fn sizes_of(
+    shape: Option<&str>,
+    dir: Option<&PathBuf>,
+) -> Result<(String, Architecture, PlanSizes)> {
+    match (shape, dir) {
         (Some(name), _) => {
             let Some(shape) = Shape::named(name) else {
                 bail!(
@@ -48,7 +58,7 @@ pub fn run(a: PlanArgs) -> Result<i32> {
                 );
             };
             let sizes = PlanSizes::of_layout(&shape.architecture, &shape.stages())?;
-            (format!("shape {name}"), shape.architecture, sizes)
+            Ok((format!("shape {name}"), shape.architecture, sizes))
         }
         (None, Some(path)) => {
             let dir = if path.file_name().is_some_and(|n| n == MANIFEST_NAME) && path.is_file() {
@@ -58,9 +68,18 @@ pub fn run(a: PlanArgs) -> Result<i32> {
             };
             let c = Container::open(&dir, false)?;
             let sizes = PlanSizes::of_container(&c)?;
-            (dir.display().to_string(), c.manifest.architecture, sizes)
+            Ok((dir.display().to_string(), c.manifest.architecture, sizes))
         }
         (None, None) => bail!("give a container directory or --shape NAME"),
+    }
+}
+
+/// Runs `plan`.
+pub fn run(a: PlanArgs) -> Result<i32> {
+    let (what, arch, sizes) = sizes_of(a.shape.as_deref(), a.dir.as_ref())?;
+    let draft = match (&a.draft_shape, &a.draft) {
+        (None, None) => None,
+        (shape, dir) => Some(sizes_of(shape.as_deref(), dir.as_ref())?),
     };
     // As the engine does: at least one unit is read ahead.
     let prefetch = a.prefetch.max(1);
@@ -70,8 +89,16 @@ pub fn run(a: PlanArgs) -> Result<i32> {
     let ctx = match a.ctx {
         Some(ctx) => ctx.max(1),
         None => {
-            let want = (arch.max_position_embeddings as usize).min(DEFAULT_CTX);
-            match plan::fit_default_ctx(&sizes, budget, prefetch, want) {
+            let max_pos = draft.as_ref().map_or(arch.max_position_embeddings, |d| {
+                d.1.max_position_embeddings
+                    .min(arch.max_position_embeddings)
+            });
+            let want = (max_pos as usize).min(DEFAULT_CTX);
+            let fit = match &draft {
+                None => plan::fit_default_ctx(&sizes, budget, prefetch, want),
+                Some(d) => plan::fit_pair_ctx(&sizes, &d.2, budget, prefetch, want),
+            };
+            match fit {
                 Ok((ctx, note)) => {
                     if let Some(note) = note {
                         eprintln!("{note}");
@@ -82,10 +109,16 @@ pub fn run(a: PlanArgs) -> Result<i32> {
             }
         }
     };
+    // A draft is resident and counted first: the target plans with the rest.
+    let draft_need = draft.as_ref().map(|d| plan::draft_bytes(&d.2, ctx));
+    let target_budget = match (budget, draft_need) {
+        (Some(b), Some(need)) => Some(b.saturating_sub(need).max(1)),
+        (b, _) => b,
+    };
     let plan = MemoryPlan::for_sizes(
         &sizes,
         PlanRequest {
-            max_memory: Some(budget.unwrap_or(0)),
+            max_memory: Some(target_budget.unwrap_or(0)),
             prefetch,
             ctx,
             keep_compressed: None,
@@ -113,6 +146,12 @@ pub fn run(a: PlanArgs) -> Result<i32> {
             "streaming_minimum_prefetch1_bytes": stream_min_1,
             "smallest_budget_bytes": sizes.smallest_budget(ctx, prefetch),
             "all_resident_bytes": resident,
+            "draft": draft.as_ref().map(|(dw, _, ds)| serde_json::json!({
+                "model": dw,
+                "weights_bytes": ds.total_decoded(),
+                "kv_cache_bytes": ds.kv_cache(ctx),
+                "resident_bytes": plan::draft_bytes(ds, ctx),
+            })),
             "plan": match &plan {
                 Ok(p) => serde_json::json!({
                     "budget_bytes": p.budget,
@@ -157,14 +196,28 @@ pub fn run(a: PlanArgs) -> Result<i32> {
             human(stream_min_1.min(resident))
         );
     }
+    if let Some((dw, da, ds)) = &draft {
+        println!("draft:            {dw}: {}", describe(da));
+        println!(
+            "draft resident:   {} (weights {}, KV cache {}), counted first in the budget",
+            human(plan::draft_bytes(ds, ctx)),
+            human(ds.total_decoded()),
+            human(ds.kv_cache(ctx))
+        );
+        if let (Some(b), Some(t)) = (budget, target_budget) {
+            println!("target's budget:  {} of {}", human(t), human(b));
+        }
+    }
     match &plan {
         Ok(p) => println!("{}", p.describe()),
         Err(e) => println!("requested budget: {e}"),
     }
+    let extra = draft_need.unwrap_or(0);
     println!(
-        "needs {} to stream (--prefetch {prefetch}, --ctx {ctx}); {} keeps everything resident",
-        human(sizes.smallest_budget(ctx, prefetch)),
-        human(resident)
+        "needs {} to stream (--prefetch {prefetch}, --ctx {ctx}{}); {} keeps everything resident",
+        human(sizes.smallest_budget(ctx, prefetch).saturating_add(extra)),
+        if extra > 0 { ", with the draft" } else { "" },
+        human(resident.saturating_add(extra))
     );
     Ok(0)
 }

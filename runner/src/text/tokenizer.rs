@@ -113,6 +113,55 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The first difference between this tokenizer's vocabulary (a target
+    /// model's) and `other`'s (a draft's, as the message says), if any: the number of tokens, then each id's token text
+    /// (added and special tokens included), then the begin/end tokens and
+    /// whether a begin token is added.
+    pub fn first_difference(&self, other: &TextTokenizer) -> Option<String> {
+        let (a, b) = (self.vocab_size(), other.vocab_size());
+        if a != b {
+            return Some(format!("{a} tokens in the target, {b} in the draft"));
+        }
+        for id in 0..u32::try_from(a).unwrap_or(u32::MAX) {
+            let (x, y) = (self.inner.id_to_token(id), other.inner.id_to_token(id));
+            if x != y {
+                return Some(format!(
+                    "token {id} is {x:?} in the target, {y:?} in the draft"
+                ));
+            }
+        }
+        if self.bos_token() != other.bos_token() {
+            return Some(format!(
+                "begin token {:?} in the target, {:?} in the draft",
+                self.bos_token(),
+                other.bos_token()
+            ));
+        }
+        if self.eos_token() != other.eos_token() {
+            return Some(format!(
+                "end token {:?} in the target, {:?} in the draft",
+                self.eos_token(),
+                other.eos_token()
+            ));
+        }
+        if self.add_bos_token() != other.add_bos_token() {
+            return Some(format!(
+                "the target {} a begin token, the draft {}",
+                if self.add_bos_token() {
+                    "adds"
+                } else {
+                    "does not add"
+                },
+                if other.add_bos_token() {
+                    "does"
+                } else {
+                    "does not"
+                }
+            ));
+        }
+        None
+    }
+
     /// The number of token ids the tokenizer knows, added tokens included (transformers'
     /// `len(tokenizer)`). A model's embedding matrix may have more rows (padding).
     pub fn vocab_size(&self) -> usize {
