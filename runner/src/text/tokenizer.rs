@@ -230,6 +230,68 @@ mod tests {
             .expect("tokenizer.json present")
     }
 
+    /// A copy of SmolLM2's tokenizer files with `edit` applied to tokenizer.json.
+    fn edited_smollm2(edit: impl FnOnce(&mut Value)) -> (tempfile::TempDir, TextTokenizer) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in [TOKENIZER_CONFIG, "special_tokens_map.json"] {
+            let from = smollm2_dir().join(name);
+            if from.is_file() {
+                std::fs::copy(&from, dir.path().join(name)).expect("copy");
+            }
+        }
+        let text = std::fs::read_to_string(smollm2_dir().join(TOKENIZER_JSON)).expect("read");
+        let mut json: Value = serde_json::from_str(&text).expect("parse");
+        edit(&mut json);
+        std::fs::write(dir.path().join(TOKENIZER_JSON), json.to_string()).expect("write");
+        let tok = TextTokenizer::load(dir.path())
+            .expect("load")
+            .expect("present");
+        (dir, tok)
+    }
+
+    #[test]
+    fn vocabulary_differences_are_named() {
+        let tok = smollm2();
+        assert_eq!(tok.first_difference(&smollm2()), None);
+        let (_d, same) = edited_smollm2(|_| {});
+        assert_eq!(tok.first_difference(&same), None);
+        // Two tokens' texts swapped: the lower id is named with both texts.
+        let (_d, swapped) = edited_smollm2(|j| {
+            let vocab = j["model"]["vocab"].as_object_mut().expect("vocab");
+            let (a, b) = (vocab["hello"].clone(), vocab["world"].clone());
+            vocab.insert("hello".into(), b);
+            vocab.insert("world".into(), a);
+        });
+        let (h, w) = (
+            tok.token_to_id("hello").expect("hello"),
+            tok.token_to_id("world").expect("world"),
+        );
+        let (lo, lo_text, other) = if h < w {
+            (h, "hello", "world")
+        } else {
+            (w, "world", "hello")
+        };
+        assert_eq!(
+            tok.first_difference(&swapped),
+            Some(format!(
+                "token {lo} is Some({lo_text:?}) in the target, Some({other:?}) in the draft"
+            ))
+        );
+        // One more added token: the counts differ.
+        let (_d, longer) = edited_smollm2(|j| {
+            let added = j["added_tokens"].as_array_mut().expect("added_tokens");
+            added.push(serde_json::json!({
+                "id": 49152, "content": "<extra>", "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true
+            }));
+        });
+        let n = tok.vocab_size();
+        assert_eq!(
+            tok.first_difference(&longer),
+            Some(format!("{n} tokens in the target, {} in the draft", n + 1))
+        );
+    }
+
     #[test]
     fn encodes_the_smollm2_goldens_exactly() {
         let path = concat!(
