@@ -212,8 +212,11 @@ fn align_down(x: u64) -> u64 {
 
 fn span_for(start: u64, len: u64, file_len: u64) -> (Span, usize) {
     let a = align_down(start);
-    let end = (start + len)
-        .next_multiple_of(IO_ALIGN as u64)
+    // Saturating: the container's checks keep `start + len` within the file.
+    let end = start
+        .saturating_add(len)
+        .checked_next_multiple_of(IO_ALIGN as u64)
+        .unwrap_or(u64::MAX)
         .min(file_len);
     (
         Span {
@@ -636,8 +639,18 @@ impl Streamer {
                         .as_ref()
                         .map(|b| b.bytes())
                         .unwrap_or(&[]);
-                    let skip = self.head_chunks[0].view_skip;
-                    return Ok(b[skip + start..skip + start + row_bytes].to_vec());
+                    let from = self.head_chunks.first().map_or(0, |h| h.view_skip) + start;
+                    return b
+                        .get(from..from.saturating_add(row_bytes))
+                        .map(<[u8]>::to_vec)
+                        .ok_or_else(|| RunnerError::Tensor {
+                            file: c.head.name.clone(),
+                            tensor: strata_format::names::EMBED_TOKENS.into(),
+                            reason: format!(
+                                "row {id} ({row_bytes} bytes at {from}) is outside the {} resident bytes",
+                                b.len()
+                            ),
+                        });
                 }
                 let Some(fr) = &frames else {
                     let started = Instant::now();
