@@ -75,7 +75,7 @@ pub struct DraftArgs {
     #[arg(long, value_name = "DIR|ngram")]
     pub draft: Option<PathBuf>,
     /// Most tokens drafted per target pass (the length adapts below it to
-    /// the measured acceptance and timings).
+    /// the measured acceptance and timings); at most 63.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub draft_max: usize,
     /// Fewest tokens drafted per target pass (while the context allows),

@@ -327,3 +327,38 @@ fn inconsistent_lengths_are_errors() {
     linear_t(Isa::Scalar, &empty, &[], 2, &mut out).expect("empty rows");
     assert_eq!(out, vec![0.0; 6]);
 }
+
+/// Speculative decoding verifies several tokens in one product and relies on
+/// each row coming out bit for bit as a single-token product would (greedy
+/// output must equal plain decoding's): for every available path and
+/// encoding, `n` rows at once equal `n` one-row products exactly, for every
+/// tile size and across a split into parallel tasks.
+#[test]
+fn several_rows_equal_one_row_products_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (rows, cols, block) = (300, 256, 64);
+    let wv = values(&mut rng, rows * cols, Data::Normal);
+    for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int8, DType::Nf4] {
+        let bytes = encode(dtype, &wv, rows, cols, block);
+        let w = weight(dtype, rows, cols, block, &bytes);
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon] {
+            if !isa.is_available() {
+                continue;
+            }
+            for n in [2, 3, 4, 5, 9, 17, MAX_FUSED_ROWS] {
+                let x = values(&mut rng, n * cols, Data::HeavyTailed);
+                let all = run(isa, &w, &x, n);
+                for t in 0..n {
+                    let one = run(isa, &w, &x[t * cols..(t + 1) * cols], 1);
+                    for r in 0..rows {
+                        assert_eq!(
+                            all[r * n + t].to_bits(),
+                            one[r].to_bits(),
+                            "{dtype} {isa:?} n{n} row {t} output {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -14,9 +14,17 @@ use std::time::Instant;
 
 use crate::engine::Engine;
 use crate::error::Result;
+use crate::kernels;
 use crate::model::Want;
 use crate::sampling::{Dist, Sampler, Verdict};
 use adapt::DraftLength;
+
+/// Most tokens drafted per pass: a pass then feeds at most
+/// [`kernels::MAX_FUSED_ROWS`] rows, which the fused kernels compute row by
+/// row exactly as they compute a single token, so that greedy output is
+/// bit-for-bit plain decoding's (longer inputs take another matrix product,
+/// whose rounding differs).
+pub const MAX_DRAFT: usize = kernels::MAX_FUSED_ROWS - 1;
 
 /// Where drafted tokens come from.
 pub enum Proposer {
@@ -118,12 +126,13 @@ pub struct Speculator {
 
 impl Speculator {
     /// A speculator drafting from `min_draft` to `max_draft` tokens per
-    /// pass (as the measured acceptance and timings say pays best).
+    /// pass (as the measured acceptance and timings say pays best), at most
+    /// [`MAX_DRAFT`].
     pub fn new(proposer: Proposer, min_draft: usize, max_draft: usize) -> Speculator {
         Speculator {
             proposer,
             draft_ids: Vec::new(),
-            length: DraftLength::new(min_draft, max_draft),
+            length: DraftLength::new(min_draft, max_draft.min(MAX_DRAFT)),
             stats: SpecStats::default(),
         }
     }
