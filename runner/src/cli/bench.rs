@@ -1,4 +1,5 @@
-//! `runner bench DIR [--prompt-tokens N] [--new-tokens M]`: one JSON line.
+//! `runner bench DIR [--prompt-tokens N] [--new-tokens M] [--verify-pass K]`:
+//! one JSON line.
 
 use std::time::Instant;
 
@@ -32,17 +33,31 @@ pub struct BenchArgs {
     /// speculative decoding's acceptance is only meaningful on real text.
     #[arg(long)]
     prompt: Option<String>,
+    /// Also time a speculative verification pass of K drafted tokens: after
+    /// the prompt's prefill, 3 passes each feed K+1 synthetic tokens at once
+    /// with the logits of every position wanted (as the pass that checks K
+    /// drafted tokens does), the cache rolled back to the prompt after each;
+    /// adds `verify_pass_k`, `verify_pass_seconds` (the median) and
+    /// `verify_pass_seconds_each` to the JSON. Batch 1, without --draft.
+    #[arg(long, value_name = "K")]
+    verify_pass: Option<usize>,
     #[command(flatten)]
     draft: DraftArgs,
     #[command(flatten)]
     common: Common,
 }
 
+/// Passes timed by `--verify-pass`.
+const VERIFY_PASSES: usize = 3;
+
 /// Runs `bench`.
 pub fn run(a: BenchArgs) -> Result<i32> {
     a.common.setup()?;
     if a.draft.draft.is_some() && a.batch > 1 {
         anyhow::bail!("--draft runs one sequence: drop --batch");
+    }
+    if a.verify_pass.is_some() && (a.draft.draft.is_some() || a.batch > 1) {
+        anyhow::bail!("--verify-pass times one sequence without a draft: drop --draft and --batch");
     }
     let (mut engine, spec) = a.draft.open(&a.dir.dir, &a.common.engine_options())?;
     let vocab = engine.container.manifest.architecture.vocab_size as usize;
@@ -72,6 +87,11 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         .model
         .forward_batch(&mut engine.streamer, &batch, Want::Last)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
+    let io_prefill = engine.io();
+    let verify = match a.verify_pass {
+        Some(kd) => Some(verify_passes(&mut engine, prompts[0].len(), kd, vocab)?),
+        None => None,
+    };
     let io1 = engine.io();
     let t1 = Instant::now();
     let mut decoded = 0usize;
@@ -109,18 +129,18 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         }
     }
     let expert_per_token = per((io2.expert_bytes_read - io1.expert_bytes_read) as f64);
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "batch": k,
         "prompt_tokens": prompt_total,
         "new_tokens": decoded,
         "prefill_tokens_per_s": prompt_total as f64 / prefill_secs,
         "decode_tokens_per_s": if decode_secs > 0.0 { decoded as f64 / decode_secs } else { 0.0 },
         "bytes_read_per_token": per((io2.bytes_read - io1.bytes_read) as f64),
-        "prefill_bytes_read": io1.bytes_read - io0.bytes_read,
+        "prefill_bytes_read": io_prefill.bytes_read - io0.bytes_read,
         "expert_bytes_read_per_token": expert_per_token,
         "expert_bytes_in_layer_files": expert_file_bytes,
         "expert_bytes_read_share_per_token": if expert_file_bytes > 0 { expert_per_token / expert_file_bytes as f64 } else { 0.0 },
-        "prefill_expert_bytes_read": io1.expert_bytes_read - io0.expert_bytes_read,
+        "prefill_expert_bytes_read": io_prefill.expert_bytes_read - io0.expert_bytes_read,
         "expert_cache_bytes": engine.plan.expert_cache,
         "io_wait_fraction": if decode_secs > 0.0 { (io2.wait_secs - io1.wait_secs) / decode_secs } else { 0.0 },
         "decode_seconds": decode_secs,
@@ -133,8 +153,47 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         "streamed_bytes_per_pass": engine.plan.streamed_bytes,
         "threads": rayon::current_num_threads(),
     });
+    if let (Some(kd), Some(secs)) = (a.verify_pass, verify) {
+        let mut sorted = secs.clone();
+        sorted.sort_by(f64::total_cmp);
+        out["verify_pass_k"] = kd.into();
+        out["verify_pass_seconds"] = sorted[sorted.len() / 2].into();
+        out["verify_pass_seconds_each"] = secs.into();
+    }
     println!("{out}");
     Ok(0)
+}
+
+/// `--verify-pass K`: with the prompt's `prompt_len` positions cached, times
+/// [`VERIFY_PASSES`] passes that each feed K+1 synthetic tokens with
+/// `Want::All` (the shape of a speculative pass verifying K drafted tokens),
+/// truncating the cache back to the prompt after each. Returns the seconds of
+/// each pass.
+fn verify_passes(
+    engine: &mut Engine,
+    prompt_len: usize,
+    kd: usize,
+    vocab: usize,
+) -> Result<Vec<f64>> {
+    let ctx = engine.model.ctx();
+    if prompt_len + kd + 1 > ctx {
+        anyhow::bail!(
+            "--verify-pass {kd} feeds {} tokens after the {prompt_len}-token prompt: past the context of {ctx} (raise --ctx)",
+            kd + 1
+        );
+    }
+    let feed: Vec<u32> = (0..=kd)
+        .map(|i| (((prompt_len + i) * 7919 + 17) % vocab) as u32)
+        .collect();
+    let mut secs = Vec::with_capacity(VERIFY_PASSES);
+    for _ in 0..VERIFY_PASSES {
+        let t = Instant::now();
+        let logits = engine.forward(&feed, Want::All)?;
+        secs.push(t.elapsed().as_secs_f64());
+        debug_assert_eq!(logits.rows(), kd + 1);
+        engine.model.truncate(prompt_len);
+    }
+    Ok(secs)
 }
 
 /// `bench --draft`: greedy decoding of `new_tokens` tokens after `prompt`
