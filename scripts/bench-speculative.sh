@@ -25,9 +25,9 @@
 # mean speed-up on code, on prose and overall (the six draft-model prompts; ngram apart).
 # With --70b (off by default; the container is ~38.5 GB and takes a while to write): the
 # llama3-70b-shaped random NF4 container that bench-70b.sh uses (written if absent, as that script
-# does), `runner bench --prompt-tokens 8 --new-tokens 0 --ctx 512 --verify-pass K` for K = 1, 4,
-# 8, 16 in a fresh 4 GiB memory cgroup (page cache dropped, reads not throttled): seconds per
-# verification pass against K.
+# does), `runner bench --prompt-tokens 8 --new-tokens 0 --ctx 512 --verify-pass K` for K = 0 (one
+# token: a plain decode step), 1, 4, 8, 16 in a fresh 4 GiB memory cgroup (page cache dropped, reads
+# not throttled): seconds per verification pass against K.
 # The last line is the headline: the overall geometric-mean speed-up, code and prose means, and
 # whether every text was identical. Logs: ${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}/
 # speculative-logs. Needs root (page cache, cgroups): without it, or without a block-I/O cgroup, it
@@ -321,7 +321,7 @@ if [ "$DO_70B" = 1 ]; then
   [ "$MEM_KIND" != none ] || die "no memory cgroup (v1 or v2) for the 4 GiB cap"
   CAP=$((4 << 30))
   VP=()
-  for k in 1 4 8 16; do
+  for k in 0 1 4 8 16; do
     o="$LOGS/70b-verify-$k"
     log "[70b] runner bench --verify-pass $k (4 GiB cgroup)"
     sync; echo 3 > /proc/sys/vm/drop_caches
