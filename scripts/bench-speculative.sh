@@ -13,7 +13,7 @@
 # containers' disk at RATE MB/s (default 200; cgroup v1 blkio.throttle.read_bps_device, or v2
 # io.max; created under the hierarchy root and removed after). Command, the same budget for both:
 #   runner generate TARGET --chat --prompt P --temperature 0 --max-new-tokens N (default 48)
-#     --ctx 1024 --max-memory SIZE [--draft DRAFT --draft-max K (default 8)]
+#     --ctx 1024 --max-memory SIZE [--draft DRAFT --draft-max K (default 16)]
 # for 3 code prompts and 3 prose prompts, plain and --draft alternately, --runs times each
 # (default 1; medians when more); then one prompt that pastes a 15-line Python function and asks
 # for it back with a variable renamed, plain against `--draft ngram` (prompt lookup).
@@ -39,7 +39,7 @@ RUNS=1
 MAX_MEMORY=640MiB
 RATE=200
 NEW_TOKENS=48
-DRAFT_MAX=8
+DRAFT_MAX=16
 CTX=1024
 DO_70B=0
 while [ $# -gt 0 ]; do

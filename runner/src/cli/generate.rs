@@ -76,7 +76,7 @@ pub struct DraftArgs {
     pub draft: Option<PathBuf>,
     /// Most tokens drafted per target pass (the length adapts below it to
     /// the measured acceptance and timings); at most 63.
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    #[arg(long, default_value_t = 16, value_name = "N")]
     pub draft_max: usize,
     /// Fewest tokens drafted per target pass (while the context allows),
     /// even where the measurements say drafting does not pay.
