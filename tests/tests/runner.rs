@@ -2,9 +2,8 @@
 //! SmolLM2-135M-Instruct and from tiny transformers fixtures, compared with
 //! Hugging Face transformers' own outputs.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 use strata_e2e::*;
@@ -535,23 +534,16 @@ fn budget_too_small_is_refused_and_bench_reports() {
 #[test]
 fn chat_keeps_the_conversation() {
     let dir = smol("bf16", "64");
-    let mut child = Command::new(bin("runner"))
-        .args(["chat"])
-        .arg(&dir)
-        .args(["--temperature", "0", "--max-new-tokens", "16", "-q"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn chat");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"What is the capital of France?\nAnd of Italy?\n/exit\n")
-        .expect("write");
-    let out = child.wait_with_output().expect("chat output");
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_with_input(
+        Command::new(bin("runner")).args(["chat"]).arg(&dir).args([
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "16",
+            "-q",
+        ]),
+        b"What is the capital of France?\nAnd of Italy?\n/exit\n",
+    );
     let text = stdout(&out);
     let mut turns = text.lines().filter(|l| !l.trim().is_empty());
     assert!(turns.next().is_some_and(|t| t.contains("Paris")), "{text}");

@@ -6,9 +6,8 @@
 //! of another vocabulary and a budget too small for the draft refused.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 use strata_e2e::*;
@@ -126,24 +125,14 @@ fn bench_reports_speculative_statistics() {
 fn chat_with_a_draft_is_chat_without() {
     let (target, draft) = (smol("bf16"), smol("nf4"));
     let chat = |extra: &[&str]| {
-        let mut child = Command::new(bin("runner"))
-            .arg("chat")
-            .arg(&target)
-            .args(["--temperature", "0", "--max-new-tokens", "20", "-q"])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn chat");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(b"What is the capital of France?\nAnd of Italy?\n/exit\n")
-            .expect("write");
-        let out = child.wait_with_output().expect("chat output");
-        assert!(out.status.success(), "{}", stderr(&out));
+        let out = run_with_input(
+            Command::new(bin("runner"))
+                .arg("chat")
+                .arg(&target)
+                .args(["--temperature", "0", "--max-new-tokens", "20", "-q"])
+                .args(extra),
+            b"What is the capital of France?\nAnd of Italy?\n/exit\n",
+        );
         stdout(&out)
     };
     let draft_arg = draft.to_str().expect("utf-8 path");
