@@ -91,7 +91,8 @@ impl Engine {
             },
         )?;
         log::info!("{}", plan.describe());
-        Engine::with_plan(container, plan, ctx, o.io)
+        let tokenizer = TextTokenizer::load(dir)?;
+        Engine::with_plan(container, tokenizer, plan, ctx, o.io)
     }
 
     /// Opens the container `dir` (the target) and `draft_dir` (a smaller
@@ -191,14 +192,15 @@ impl Engine {
             crate::units::human(dsizes.kv_cache(ctx)),
         );
         log::info!("target: {}", target_plan.describe());
-        let draft = Engine::with_plan(draft, draft_plan, ctx, o.io)?;
-        let target = Engine::with_plan(target, target_plan, ctx, o.io)?;
+        let draft = Engine::with_plan(draft, draft_tok, draft_plan, ctx, o.io)?;
+        let target = Engine::with_plan(target, target_tok, target_plan, ctx, o.io)?;
         Ok((target, draft))
     }
 
-    /// The engine for an opened container and its plan.
+    /// The engine for an opened container, its tokenizer (if it ships one) and its plan.
     fn with_plan(
         container: Arc<Container>,
+        tokenizer: Option<TextTokenizer>,
         plan: MemoryPlan,
         ctx: usize,
         io: IoChoice,
@@ -207,7 +209,6 @@ impl Engine {
         let backend = Backend::select(io, &container.head.path)?;
         log::debug!("io backend: {}", backend.name());
         let streamer = Streamer::new(container.clone(), backend, &plan)?;
-        let tokenizer = TextTokenizer::load(&container.dir)?;
         Ok(Engine {
             container,
             plan,
