@@ -32,6 +32,9 @@ pub struct EngineOptions {
     pub ctx: Option<usize>,
     /// `--keep-compressed` (`None`: auto).
     pub keep_compressed: Option<bool>,
+    /// Sequences decoded together (`serve --parallel`), each with a KV cache
+    /// of `ctx` positions, all counted in the plan; 0 counts as 1.
+    pub sequences: usize,
 }
 
 /// I/O counters at one moment.
@@ -70,13 +73,20 @@ impl Engine {
         // The budget is read once, so that the context chosen for it and the
         // plan agree (`Some(0)`: keep nothing resident).
         let budget = plan::resolve_budget(o.max_memory);
+        let seqs = o.sequences.max(1);
         let ctx = match o.ctx {
             Some(ctx) => ctx.max(1),
             None => {
+                // The KV cache grows with positions × sequences: fit the total.
                 let want = (arch.max_position_embeddings as usize).min(DEFAULT_CTX);
-                let (ctx, note) = plan::fit_default_ctx(&sizes, budget, o.prefetch, want)?;
+                let (total, note) =
+                    plan::fit_default_ctx(&sizes, budget, o.prefetch, want.saturating_mul(seqs))?;
+                let ctx = per_sequence_ctx(total, seqs);
                 if let Some(note) = note {
                     log::warn!("{note}");
+                    if seqs > 1 {
+                        log::warn!("memory: that is --ctx {ctx} for each of {seqs} sequences");
+                    }
                 }
                 ctx
             }
@@ -86,13 +96,15 @@ impl Engine {
             PlanRequest {
                 max_memory: Some(budget.unwrap_or(0)),
                 prefetch: o.prefetch,
-                ctx,
+                ctx: ctx.saturating_mul(seqs),
                 keep_compressed: o.keep_compressed,
             },
         )?;
         log::info!("{}", plan.describe());
         let tokenizer = TextTokenizer::load(dir)?;
-        Engine::with_plan(container, tokenizer, plan, ctx, o.io)
+        let mut engine = Engine::with_plan(container, tokenizer, plan, ctx, o.io)?;
+        engine.model.set_batch(seqs);
+        Ok(engine)
     }
 
     /// Opens the container `dir` (the target) and `draft_dir` (a smaller
@@ -245,6 +257,17 @@ impl Engine {
             }
         }
         ids
+    }
+}
+
+/// The context of each of `seqs` sequences sharing `total` positions: a
+/// multiple of [`plan::CTX_STEP`] where that leaves at least one step.
+fn per_sequence_ctx(total: usize, seqs: usize) -> usize {
+    let per = total / seqs.max(1);
+    if per >= plan::CTX_STEP {
+        per / plan::CTX_STEP * plan::CTX_STEP
+    } else {
+        per.max(1)
     }
 }
 

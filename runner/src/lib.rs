@@ -5,6 +5,7 @@
 //! streamer, the memory plan, the model, tokenization, chat templates and
 //! sampling. The `runner` binary is a thin command-line layer over it.
 
+pub mod batching;
 pub mod container;
 pub mod engine;
 pub mod error;

@@ -79,6 +79,7 @@ impl Common {
                 KeepCompressed::Yes => Some(true),
                 KeepCompressed::No => Some(false),
             },
+            sequences: 1,
         }
     }
 
@@ -129,6 +130,8 @@ enum Command {
     Inspect(cli::inspect::InspectArgs),
     /// Print the memory plan for a container or a named model shape (no files needed).
     Plan(cli::plan::PlanArgs),
+    /// Serve the model over HTTP: OpenAI and Ollama APIs, and a chat page at /.
+    Serve(cli::serve::ServeArgs),
 }
 
 /// Exit status for a failed verification.
@@ -145,6 +148,7 @@ fn main() {
         Command::Verify(a) => cli::verify::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Plan(a) => cli::plan::run(a),
+        Command::Serve(a) => cli::serve::run(a),
     };
     match result {
         Ok(0) => {}

@@ -231,6 +231,7 @@ fn cached_greedy_within(dir: &Path, prompt: &[u32], steps: usize, max_memory: u6
         verify: true,
         ctx: None,
         keep_compressed: None,
+        sequences: 1,
     };
     let mut engine = Engine::open(dir, &opts).expect("open the container");
     let mut logits = engine.forward(prompt, Want::Last).expect("prompt pass");

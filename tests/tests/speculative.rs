@@ -220,6 +220,7 @@ fn options(max_memory: Option<u64>) -> EngineOptions {
         verify: true,
         ctx: Some(64),
         keep_compressed: None,
+        sequences: 1,
     }
 }
 

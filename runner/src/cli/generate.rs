@@ -23,6 +23,20 @@ pub struct SamplingArgs {
     /// Maximum number of tokens to generate.
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    /// Stop when the output contains this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+/// The sampler's settings (shared by `generate`, `chat` and `serve`, where
+/// they are the defaults of requests that do not set them).
+#[derive(Args, Clone)]
+pub struct SamplerArgs {
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = SamplerConfig::default().temperature)]
     pub temperature: f32,
@@ -41,18 +55,12 @@ pub struct SamplingArgs {
     /// Random seed.
     #[arg(long, default_value_t = SamplerConfig::default().seed)]
     pub seed: u64,
-    /// Stop when the output contains this text (repeatable).
-    #[arg(long)]
-    pub stop: Vec<String>,
-    /// Keep generating past end-of-sequence tokens.
-    #[arg(long)]
-    pub ignore_eos: bool,
 }
 
-impl SamplingArgs {
-    /// The sampler these options describe.
-    pub fn sampler(&self) -> Sampler {
-        Sampler::new(SamplerConfig {
+impl SamplerArgs {
+    /// The sampler settings these options describe.
+    pub fn config(&self) -> SamplerConfig {
+        SamplerConfig {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
@@ -60,7 +68,14 @@ impl SamplingArgs {
             repeat_penalty: self.repeat_penalty,
             seed: self.seed,
             ..SamplerConfig::default()
-        })
+        }
+    }
+}
+
+impl SamplingArgs {
+    /// The sampler these options describe.
+    pub fn sampler(&self) -> Sampler {
+        Sampler::new(self.sampler.config())
     }
 }
 

@@ -93,6 +93,65 @@ pub fn linear(x: &[f32], n: usize, w: &Weight<'_>, what: (&str, &str)) -> Result
     Ok(out)
 }
 
+/// `x · Wᵀ` for a batch whose rows come in consecutive groups (one group per
+/// sequence, `groups[i]` rows each), every group computed as [`linear`] would
+/// compute it alone: the groups small enough for the fused kernels go through
+/// them together (a row's fused product is the same whatever rows share the
+/// call), each larger group through the decode + matmul path on its own. So
+/// batching sequences never changes one sequence's numbers.
+pub fn linear_groups(
+    x: &[f32],
+    groups: &[usize],
+    w: &Weight<'_>,
+    what: (&str, &str),
+) -> Result<Vec<f32>> {
+    let n: usize = groups.iter().sum();
+    let large = |g: usize| g > kernels::MAX_FUSED_ROWS;
+    let cols = w.cols;
+    if n <= kernels::MAX_FUSED_ROWS || groups.len() <= 1 || x.len() != n * cols {
+        // One way for every row (or an input whose length `linear` refuses).
+        return linear(x, n, w, what);
+    }
+    let mut out = vec![0f32; n * w.rows];
+    // The small groups' rows, gathered, through the fused kernels.
+    let mut small = Vec::new();
+    let mut row = 0;
+    for &g in groups {
+        if !large(g) {
+            small.extend_from_slice(&x[row * cols..(row + g) * cols]);
+        }
+        row += g;
+    }
+    let ns = small.len() / cols.max(1);
+    let mut ys = vec![0f32; ns * w.rows];
+    if ns > 0 {
+        let isa = Isa::selected();
+        let mut yt = vec![0f32; w.rows * ns];
+        kernels::linear_t(isa, w, &small, ns, &mut yt).map_err(|e| RunnerError::Tensor {
+            file: what.0.into(),
+            tensor: what.1.into(),
+            reason: e.to_string(),
+        })?;
+        for t in 0..ns {
+            for (r, d) in ys[t * w.rows..(t + 1) * w.rows].iter_mut().enumerate() {
+                *d = yt[r * ns + t];
+            }
+        }
+    }
+    let (mut row, mut srow) = (0, 0);
+    for &g in groups {
+        let dst = &mut out[row * w.rows..(row + g) * w.rows];
+        if large(g) {
+            linear_into(&x[row * cols..(row + g) * cols], g, w, dst, w.rows, 0, what)?;
+        } else {
+            dst.copy_from_slice(&ys[srow * w.rows..(srow + g) * w.rows]);
+            srow += g;
+        }
+        row += g;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +199,51 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// A batch of sequences, some small enough for the fused kernels and some
+    /// not: every sequence's rows come out bit for bit as they do alone.
+    #[test]
+    fn grouped_rows_equal_each_group_alone() {
+        let (rows, cols) = (40, 96);
+        let wv: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+            .collect();
+        let groups = [
+            3,
+            kernels::MAX_FUSED_ROWS + 6,
+            1,
+            kernels::MAX_FUSED_ROWS,
+            2,
+        ];
+        let n: usize = groups.iter().sum();
+        let x: Vec<f32> = (0..n * cols)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
+            .collect();
+        for dtype in [DType::F32, DType::Bf16, DType::Int8, DType::Nf4] {
+            let block = dtype.is_quantized().then_some(32);
+            let bytes = codec::encode(dtype, &wv, &[rows as u64, cols as u64], block).unwrap();
+            let w = Weight {
+                dtype,
+                rows,
+                cols,
+                block: block.unwrap_or(1) as usize,
+                bytes: &bytes,
+            };
+            let all = linear_groups(&x, &groups, &w, ("f", "t")).unwrap();
+            let mut row = 0;
+            for &g in &groups {
+                let alone = linear(&x[row * cols..(row + g) * cols], g, &w, ("f", "t")).unwrap();
+                let got = &all[row * rows..(row + g) * rows];
+                assert!(
+                    got.iter()
+                        .zip(&alone)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{dtype}: group of {g} at row {row}"
+                );
+                row += g;
             }
         }
     }

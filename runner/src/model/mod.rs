@@ -19,7 +19,7 @@ use crate::container::{Container, StageInfo};
 use crate::error::{Result, RunnerError};
 use crate::stream::{ExpertFetch, Streamer};
 use attention::{attend, AttnShape, KvCache};
-use linear::{linear, linear_into};
+use linear::{linear_groups, linear_into};
 use moe::{moe_block, LayerSource};
 use ops::*;
 
@@ -182,9 +182,33 @@ impl Model {
         ];
     }
 
+    /// Number of sequences the model holds a KV cache for.
+    pub fn batch_size(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Empties sequence `seq` (a new conversation in that slot of the batch);
+    /// the others are untouched. Out-of-range sequences are ignored.
+    pub fn reset_sequence(&mut self, seq: usize) {
+        if let Some(s) = self.seqs.get_mut(seq) {
+            for c in &mut s.cache {
+                c.k.clear();
+                c.v.clear();
+            }
+            s.pos = 0;
+            s.ids.clear();
+            s.long_rope = false;
+        }
+    }
+
     /// Positions held in the KV cache of the first sequence.
     pub fn position(&self) -> usize {
         self.seqs[0].pos
+    }
+
+    /// Positions held in the KV cache of sequence `seq` (0 outside the batch).
+    pub fn position_of(&self, seq: usize) -> usize {
+        self.seqs.get(seq).map_or(0, |s| s.pos)
     }
 
     /// The context length.
@@ -356,8 +380,11 @@ impl Model {
         let file = stage.name.as_str();
         let w = |name: &str| stage.weight(bytes, 0, name);
         let vecf = |name: &str| w(name)?.to_f32(file, name);
+        // Each sequence's rows go the way they would alone (see `linear_groups`),
+        // so a sequence's output does not depend on what it is batched with.
+        let groups: Vec<usize> = spans.iter().map(|sp| sp.n).collect();
         let lin = |inp: &[f32], name: &str| -> Result<Vec<f32>> {
-            let mut y = linear(inp, n, &w(name)?, (file, name))?;
+            let mut y = linear_groups(inp, &groups, &w(name)?, (file, name))?;
             let bias = format!("{name}.bias");
             if stage.header.tensor(&bias).is_some() {
                 add_bias(&mut y, &vecf(&bias)?);

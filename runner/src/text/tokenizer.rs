@@ -12,6 +12,7 @@ use super::{kind, read_json_object, SpecialTokens, TextError, TOKENIZER_CONFIG};
 const TOKENIZER_JSON: &str = "tokenizer.json";
 
 /// A Hugging Face fast tokenizer with the special tokens of its model folder.
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
     bos_token: Option<String>,
