@@ -34,6 +34,10 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use super::generate::SamplerArgs;
 use crate::{Common, Dir};
 
+/// Test hook: milliseconds to stay in the loading phase before the first
+/// pass (so that a test can see `/health` answer 503).
+const WARMUP_DELAY_ENV: &str = "STRATA_TEST_WARMUP_DELAY_MS";
+
 /// Arguments of `serve`.
 #[derive(Args)]
 pub struct ServeArgs {
@@ -329,6 +333,13 @@ fn warm_up(engine: &mut Engine, state: &State) -> Result<()> {
             stats: Some(engine.streamer.stats().clone()),
             total,
         };
+    }
+    // For tests of /health while loading: hold the loading phase this long.
+    if let Some(ms) = std::env::var(WARMUP_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
     let first = engine
         .container
