@@ -18,6 +18,7 @@ use crate::engine::Engine;
 use crate::error::{Result, RunnerError};
 use crate::model::Want;
 use crate::sampling::{Sampler, SamplerConfig};
+use crate::speculative::Speculator;
 use crate::text::stream::TextStream;
 
 /// Why a request's generation ended.
@@ -234,45 +235,25 @@ fn admit(engine: &Engine, req: Request) -> Option<Active> {
     })
 }
 
-/// Samples the next token of `a` from `logits` and sends its text; returns
-/// whether the request ended (the end is sent). Follows the single-sequence
-/// loop of `runner generate` exactly: an end-of-sequence token ends it
-/// unprinted; a stop string, `max_new_tokens` or a full context end it after
-/// the token.
+/// Samples the next token of `a` from `logits` and emits it ([`emit`]);
+/// returns whether the request ended.
 fn step(engine: &Engine, a: &mut Active, slot: usize, logits: &[f32], eos: &[u32]) -> bool {
     let id = a.sampler.sample(logits, &a.history);
     if a.next.is_none() {
         a.first_token_secs = a.joined.elapsed().as_secs_f64();
     }
     a.next = Some(id);
-    let finish = |a: &mut Active, reason| {
-        let tail = engine
-            .tokenizer
-            .as_ref()
-            .map(|t| a.stream.finish(t))
-            .transpose();
-        match tail {
-            Ok(tail) => {
-                if let Some(tail) = tail.filter(|t| !t.is_empty()) {
-                    a.req.sink.send(Event::Text(tail));
-                }
-                a.req.sink.send(Event::Done(Finish {
-                    reason,
-                    prompt_tokens: a.req.prompt.len(),
-                    completion_tokens: a.generated,
-                    prompt_secs: a.first_token_secs,
-                    total_secs: a.joined.elapsed().as_secs_f64(),
-                    queued_secs: a.joined.duration_since(a.req.received).as_secs_f64(),
-                }));
-            }
-            Err(err) => {
-                a.req.sink.send(Event::Failed(err.to_string()));
-            }
-        }
-        true
-    };
+    emit(engine, a, id, engine.model.position_of(slot), eos)
+}
+
+/// Sends the text of token `id` (the sequence's cache holding `cached`
+/// positions, `id` not fed); returns whether the request ended (the end is
+/// sent). Follows the single-sequence loop of `runner generate` exactly: an
+/// end-of-sequence token ends it unprinted; a stop string, `max_new_tokens`
+/// or a full context end it after the token.
+fn emit(engine: &Engine, a: &mut Active, id: u32, cached: usize, eos: &[u32]) -> bool {
     if !a.req.ignore_eos && eos.contains(&id) {
-        return finish(a, FinishReason::Stop);
+        return finish(engine, a, FinishReason::Stop);
     }
     a.generated += 1;
     let Some(tok) = engine.tokenizer.as_ref() else {
@@ -292,12 +273,102 @@ fn step(engine: &Engine, a: &mut Active, slot: usize, logits: &[f32], eos: &[u32
         return true;
     }
     if stop {
-        return finish(a, FinishReason::Stop);
+        return finish(engine, a, FinishReason::Stop);
     }
-    if a.generated >= a.req.max_new_tokens || engine.model.position_of(slot) >= engine.model.ctx() {
-        return finish(a, FinishReason::Length);
+    if a.generated >= a.req.max_new_tokens || cached >= engine.model.ctx() {
+        return finish(engine, a, FinishReason::Length);
     }
     false
+}
+
+/// Flushes the text held back and sends the end; returns true.
+fn finish(engine: &Engine, a: &mut Active, reason: FinishReason) -> bool {
+    let tail = engine
+        .tokenizer
+        .as_ref()
+        .map(|t| a.stream.finish(t))
+        .transpose();
+    match tail {
+        Ok(tail) => {
+            if let Some(tail) = tail.filter(|t| !t.is_empty()) {
+                a.req.sink.send(Event::Text(tail));
+            }
+            a.req.sink.send(Event::Done(Finish {
+                reason,
+                prompt_tokens: a.req.prompt.len(),
+                completion_tokens: a.generated,
+                prompt_secs: a.first_token_secs,
+                total_secs: a.joined.elapsed().as_secs_f64(),
+                queued_secs: a.joined.duration_since(a.req.received).as_secs_f64(),
+            }));
+        }
+        Err(err) => {
+            a.req.sink.send(Event::Failed(err.to_string()));
+        }
+    }
+    true
+}
+
+/// [`serve`] with speculative decoding: one request at a time (the engine's
+/// first sequence), each target pass verifying what `spec` drafts, exactly
+/// as `runner generate --draft` does: greedy text is plain decoding's, and
+/// sampled text keeps the target's distribution.
+pub fn serve_speculative(
+    engine: &mut Engine,
+    spec: &mut Speculator,
+    requests: &Receiver<Request>,
+) -> Result<()> {
+    let eos = engine.eos_ids();
+    while let Ok(req) = requests.recv() {
+        let Some(mut a) = admit(engine, req) else {
+            continue;
+        };
+        engine.model.truncate(0);
+        if let Err(err) = speculate(engine, spec, &mut a, &eos) {
+            log::error!("forward pass failed: {err}");
+            a.req.sink.send(Event::Failed(err.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Generates `a` with `spec` (see [`serve_speculative`]).
+fn speculate(
+    engine: &mut Engine,
+    spec: &mut Speculator,
+    a: &mut Active,
+    eos: &[u32],
+) -> Result<()> {
+    let logits = engine.forward(&a.req.prompt, Want::Last)?;
+    a.history.extend_from_slice(&a.req.prompt);
+    let mut next = a.sampler.sample(logits.row(0), &a.history);
+    a.first_token_secs = a.joined.elapsed().as_secs_f64();
+    loop {
+        if emit(engine, a, next, a.history.len(), eos) || !a.req.sink.is_open() {
+            return Ok(());
+        }
+        let base = a.history.len();
+        let limit = a.req.max_new_tokens.saturating_sub(a.generated);
+        let tokens = spec.step(
+            engine,
+            &mut a.history,
+            next,
+            &mut a.sampler,
+            limit.saturating_sub(1),
+        )?;
+        let Some((last, accepted)) = tokens.split_last() else {
+            return Err(RunnerError::Invalid(
+                "a verification pass gave no token".into(),
+            ));
+        };
+        for (j, &id) in accepted.iter().enumerate() {
+            // Before `id` the cache holds the history up to it.
+            if emit(engine, a, id, base + 1 + j, eos) {
+                return Ok(());
+            }
+        }
+        next = *last;
+    }
 }
 
 /// The error for a container without a tokenizer.

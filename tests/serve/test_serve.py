@@ -294,6 +294,18 @@ def test_loading(runner, container):
         s.stop()
 
 
+def test_draft(runner, container, single):
+    s = Server(runner, container, "--draft", "ngram", "--temperature", "0")
+    try:
+        s.wait_ready()
+        client = openai.OpenAI(base_url=s.url() + "/v1", api_key="none", max_retries=0)
+        for p in PROMPTS[:2]:
+            got = chat(client, p).choices[0].message.content
+            check(got == single[p], f"--draft ngram: the same answer to {p!r}")
+    finally:
+        s.stop()
+
+
 def test_page(s, expected):
     from playwright.sync_api import sync_playwright
 
@@ -343,6 +355,7 @@ def main():
         test_page(s, j["choices"][0]["message"]["content"])
     finally:
         s.stop()
+    test_draft(a.runner, a.container, single)
     test_key_queue_disconnect(a.runner, a.container)
     test_loading(a.runner, a.container)
     print("serve tests passed", flush=True)

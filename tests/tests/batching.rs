@@ -237,3 +237,62 @@ fn a_client_that_leaves_frees_its_slot_and_bad_requests_are_refused() {
         other => panic!("a prompt past the context was not refused: {other:?}"),
     }
 }
+
+#[test]
+fn speculative_serving_gives_the_plain_greedy_text() {
+    use strata_runner::speculative::{Proposer, Speculator};
+    let dir = container();
+    let draft_dir = prepared(
+        &smollm2_dir(),
+        "batching-smollm2-int8",
+        &["--quant", "int8"],
+    );
+    let tok = Engine::open(&dir, &options(1))
+        .expect("open")
+        .tokenizer
+        .expect("tokenizer");
+    let prompts = [
+        "def add(a, b):\n    return a + b\n\ndef add(a, b):",
+        "The capital of France is",
+    ];
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| tok.encode(p, true).expect("encode"))
+        .collect();
+    for use_model in [false, true] {
+        let (mut engine, proposer) = if use_model {
+            let (t, d) = Engine::open_with_draft(&dir, &draft_dir, &options(1)).expect("open pair");
+            (t, Proposer::Model(Box::new(d)))
+        } else {
+            (
+                Engine::open(&dir, &options(1)).expect("open"),
+                Proposer::Ngram,
+            )
+        };
+        let mut spec = Speculator::new(proposer, 2, 6);
+        let (tx, rx) = sync_channel(8);
+        let mut got = Vec::new();
+        for p in &ids {
+            let cell = Arc::new(Mutex::new(Received::default()));
+            got.push(cell.clone());
+            let sink = Collect {
+                got: cell,
+                close_after: None,
+            };
+            tx.send(request(p.clone(), sampling(0.0, 0), 24, sink))
+                .unwrap();
+        }
+        drop(tx);
+        batching::serve_speculative(&mut engine, &mut spec, &rx).expect("serve");
+        for (i, p) in ids.iter().enumerate() {
+            let g = got[i].lock().unwrap().clone();
+            assert!(matches!(g.end, Some(Ok(_))), "{:?}", g.end);
+            assert_eq!(
+                g.text,
+                alone(&dir, p, &sampling(0.0, 0), 24),
+                "prompt {i}, draft model: {use_model}"
+            );
+        }
+        assert!(spec.stats().accepted > 0, "{:?}", spec.stats());
+    }
+}

@@ -84,6 +84,8 @@ pub struct OpenAiSampling {
     pub stream: bool,
     /// Options of the stream.
     pub stream_options: Option<StreamOptions>,
+    /// Keep generating past end-of-sequence tokens (llama.cpp's extension).
+    pub ignore_eos: bool,
 }
 
 /// `POST /v1/chat/completions`.
@@ -177,6 +179,8 @@ pub struct GenParams {
     pub max_tokens: Option<usize>,
     /// Stop strings.
     pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens.
+    pub ignore_eos: bool,
 }
 
 /// Parses a JSON body into `T`, naming what is wrong.
@@ -256,6 +260,7 @@ fn check(k: Knobs, defaults: &SamplerConfig, ctx: usize) -> Result<GenParams, Ba
         sampler: s,
         max_tokens,
         stop,
+        ignore_eos: false,
     })
 }
 
@@ -267,7 +272,8 @@ impl OpenAiSampling {
                 format!("n = {n}: this server makes one choice per request (n = 1)").into(),
             );
         }
-        check(
+        let ignore_eos = self.ignore_eos;
+        let mut p = check(
             Knobs {
                 max_tokens: self.max_completion_tokens.or(self.max_tokens),
                 temperature: self.temperature,
@@ -281,7 +287,9 @@ impl OpenAiSampling {
             },
             defaults,
             ctx,
-        )
+        )?;
+        p.ignore_eos = ignore_eos;
+        Ok(p)
     }
 }
 

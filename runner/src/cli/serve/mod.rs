@@ -31,7 +31,7 @@ use strata_runner::text::chat::ChatTemplate;
 use strata_runner::text::tokenizer::TextTokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use super::generate::SamplerArgs;
+use super::generate::{DraftArgs, SamplerArgs};
 use crate::{Common, Dir};
 
 /// Test hook: milliseconds to stay in the loading phase before the first
@@ -63,6 +63,8 @@ pub struct ServeArgs {
     model_name: Option<String>,
     #[command(flatten)]
     sampler: SamplerArgs,
+    #[command(flatten)]
+    draft: DraftArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -177,7 +179,7 @@ impl State {
             sampling: params.sampler,
             max_new_tokens: params.max_tokens.unwrap_or(room).min(room),
             stop: params.stop,
-            ignore_eos: false,
+            ignore_eos: params.ignore_eos,
             sink: Box::new(ChannelSink(tx)),
             received: Instant::now(),
         };
@@ -269,11 +271,16 @@ pub fn run(a: ServeArgs) -> Result<i32> {
     // The engine thread: open, read every layer once, then serve.
     let mut opts = a.common.engine_options();
     opts.sequences = a.parallel;
+    let draft = a.draft.clone();
+    if draft.draft.is_some() && a.parallel > 1 {
+        log::info!("--draft: one request at a time (each pass verifies one sequence's drafts)");
+        opts.sequences = 1;
+    }
     let engine_state = state.clone();
     let engine = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || -> Result<()> {
-            let mut engine = Engine::open(&dir, &opts)?;
+            let (mut engine, spec) = draft.open(&dir, &opts)?;
             warm_up(&mut engine, &engine_state)?;
             *engine_state.phase.lock().unwrap_or_else(|e| e.into_inner()) = Phase::Ready {
                 ctx: engine.model.ctx(),
@@ -284,7 +291,10 @@ pub fn run(a: ServeArgs) -> Result<i32> {
                 engine.model.batch_size(),
                 engine.model.ctx()
             );
-            batching::serve(&mut engine, &rx)?;
+            match spec {
+                Some(mut spec) => batching::serve_speculative(&mut engine, &mut spec, &rx)?,
+                None => batching::serve(&mut engine, &rx)?,
+            }
             Ok(())
         })
         .context("cannot start the engine thread")?;
