@@ -227,6 +227,13 @@ def test_errors(s):
     check(status == 400 and "invalid JSON" in j["error"], "/api/chat malformed -> 400 Ollama-style")
     status, j = s.request("GET", "/v1/nothing")
     check(status == 404 and "no route" in j["error"]["message"], "unknown route -> 404")
+    c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+    c.request("OPTIONS", "/v1/chat/completions", headers={"Origin": "http://example.org",
+                                                          "Access-Control-Request-Method": "POST"})
+    r = c.getresponse()
+    r.read()
+    check(r.status == 204 and r.getheader("Access-Control-Allow-Origin") == "*", "CORS preflight -> 204")
+    c.close()
 
 
 def stream_open(s, body, headers):

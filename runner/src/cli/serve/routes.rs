@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State as Shared};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -114,12 +114,43 @@ pub fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-/// Checks the API key (not for `/` and `/health`) and logs one line per
-/// request that ends in an error before a handler ran, or in a status
-/// without a body of tokens (handlers log their own answers).
+/// Answers CORS preflights, checks the API key (not for `/` and
+/// `/health`) and logs one line per request (generating handlers log their
+/// own line, with the token counts, when the answer ends).
 async fn guard(Shared(s): Shared<Arc<State>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    // Browser pages on other origins (web UIs) may call the API, as with
+    // llama.cpp's server: answer CORS preflights, allow any origin.
+    if method == Method::OPTIONS {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        cors(&mut r);
+        return r;
+    }
+    let mut resp = checked(&s, req, &path, &method, next).await;
+    cors(&mut resp);
+    resp
+}
+
+/// Adds the CORS headers that let any origin call the API.
+fn cors(r: &mut Response) {
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+}
+
+/// [`guard`] past the preflight: the key check and the log line.
+async fn checked(s: &State, req: Request, path: &str, method: &Method, next: Next) -> Response {
     let api = if path.starts_with("/api/") {
         Api::Ollama
     } else {
@@ -147,15 +178,30 @@ async fn guard(Shared(s): Shared<Arc<State>>, req: Request, next: Next) -> Respo
     let started = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status();
-    if !status.is_success() {
-        log::info!(
+    // Answers with tokens log themselves when they end (with the counts).
+    let generates = status.is_success() && GENERATING.contains(&path);
+    if !generates {
+        let line = format!(
             "{method} {path} {} {:.3}s",
             status.as_u16(),
             started.elapsed().as_secs_f64()
         );
+        if path == "/health" && status.is_success() {
+            log::debug!("{line}");
+        } else {
+            log::info!("{line}");
+        }
     }
     resp
 }
+
+/// The routes that generate (and log their own line at the end).
+const GENERATING: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/api/chat",
+    "/api/generate",
+];
 
 async fn not_found(req: Request) -> Response {
     let path = req.uri().path().to_string();
