@@ -11,6 +11,7 @@
 //! models the routed experts' products are shared across sequences and may
 //! round differently.)
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
@@ -120,35 +121,35 @@ pub fn serve(engine: &mut Engine, requests: &Receiver<Request>) -> Result<()> {
     let slots_n = engine.model.batch_size();
     let eos = engine.eos_ids();
     let mut slots: Vec<Option<Active>> = (0..slots_n).map(|_| None).collect();
+    let mut waiting: VecDeque<Request> = VecDeque::new();
     let mut closed = false;
     loop {
-        // Admit waiting requests into free slots (block when idle).
-        for slot in 0..slots_n {
-            if slots[slot].is_some() || closed {
+        // Take every request that arrived (waiting for one when idle), forget
+        // those whose client left while waiting, and fill the free slots.
+        if !closed && waiting.is_empty() && slots.iter().all(Option::is_none) {
+            match requests.recv() {
+                Ok(r) => waiting.push_back(r),
+                Err(_) => closed = true,
+            }
+        }
+        while !closed {
+            match requests.try_recv() {
+                Ok(r) => waiting.push_back(r),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => closed = true,
+            }
+        }
+        waiting.retain(|r| r.sink.is_open());
+        for (slot, cell) in slots.iter_mut().enumerate() {
+            if cell.is_some() {
                 continue;
             }
-            let idle = slots.iter().all(Option::is_none);
-            let req = if idle {
-                match requests.recv() {
-                    Ok(r) => r,
-                    Err(_) => {
-                        closed = true;
-                        continue;
-                    }
+            while let Some(req) = waiting.pop_front() {
+                if let Some(a) = admit(engine, req) {
+                    engine.model.reset_sequence(slot);
+                    *cell = Some(a);
+                    break;
                 }
-            } else {
-                match requests.try_recv() {
-                    Ok(r) => r,
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        closed = true;
-                        continue;
-                    }
-                }
-            };
-            if let Some(a) = admit(engine, req) {
-                engine.model.reset_sequence(slot);
-                slots[slot] = Some(a);
             }
         }
         // Drop requests whose client is gone.
@@ -158,7 +159,7 @@ pub fn serve(engine: &mut Engine, requests: &Receiver<Request>) -> Result<()> {
             }
         }
         if slots.iter().all(Option::is_none) {
-            if closed {
+            if closed && waiting.is_empty() {
                 return Ok(());
             }
             continue;
@@ -218,6 +219,14 @@ fn admit(engine: &Engine, req: Request) -> Option<Active> {
         return refuse(
             req,
             format!("the prompt has {n} tokens; the context holds {ctx}, so it must be shorter"),
+        );
+    }
+    let vocab = engine.model.arch().vocab_size;
+    if let Some(id) = req.prompt.iter().find(|&&id| u64::from(id) >= vocab) {
+        let id = *id;
+        return refuse(
+            req,
+            format!("the prompt holds token id {id}, outside the model's vocabulary of {vocab}"),
         );
     }
     if req.max_new_tokens == 0 {

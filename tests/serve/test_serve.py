@@ -173,6 +173,18 @@ def test_openai(s, runner, container):
                                   temperature=0, max_tokens=12)
     want = generate_plain(runner, container, "The capital of France is", 12)
     check(r.choices[0].text == want, f"/v1/completions equals `runner generate`: {want!r}")
+
+    # To the end of the context: as many tokens as `runner generate` makes there.
+    r = client.completions.create(model="any", prompt="1, 2, 3,", temperature=0,
+                                  extra_body={"ignore_eos": True})
+    out = subprocess.run(
+        [runner, "generate", container, "--prompt", "1, 2, 3,", "--temperature", "0", "--ignore-eos",
+         "--max-new-tokens", str(2 * CTX), "--ctx", str(CTX), "-q"],
+        check=True, capture_output=True, text=True).stdout.removesuffix("\n")
+    n = r.usage.completion_tokens
+    check(r.choices[0].finish_reason == "length" and n == CTX - r.usage.prompt_tokens + 1
+          and r.choices[0].text == out,
+          f"generation to the end of the context: {n} tokens, equal to `runner generate`")
     return single
 
 
@@ -283,8 +295,32 @@ def test_key_queue_disconnect(runner, container):
         t.join(timeout=120)
         check(second.get("status") == 200, "the queued request is answered once the client left")
         check(second["at"] - left < 30, f"... {second['at'] - left:.1f}s after it left")
+
+        # A streamed request whose client leaves while it waits never runs: the one queued
+        # behind it is answered long before 400 tokens could have been generated.
+        c1, r1 = stream_open(s, long_req, key)
+        r1.fp.readline()
+        c2, r2 = stream_open(s, dict(long_req, max_tokens=400, ignore_eos=True), key)
+        c2.sock.shutdown(2)
+        c2.close()
+        time.sleep(0.5)  # the engine forgets it at its next token
+        second.clear()
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(0.5)
+        left = time.time()
+        c1.sock.shutdown(2)
+        c1.close()
+        t.join(timeout=120)
+        check(second.get("status") == 200 and second["at"] - left < 10,
+              f"a client that left the queue frees its place ({second.get('at', 0) - left:.1f}s)")
     finally:
         s.stop()
+
+
+def test_bad_options(runner, container):
+    out = subprocess.run([runner, "serve", container, "--parallel", "65"], capture_output=True, text=True)
+    check(out.returncode == 2 and "--parallel 65" in out.stderr, "--parallel 65 refused")
 
 
 def test_loading(runner, container):
@@ -365,6 +401,7 @@ def main():
     test_draft(a.runner, a.container, single)
     test_key_queue_disconnect(a.runner, a.container)
     test_loading(a.runner, a.container)
+    test_bad_options(a.runner, a.container)
     print("serve tests passed", flush=True)
 
 

@@ -80,12 +80,12 @@ pub struct OpenAiSampling {
     pub stop: Option<Stop>,
     /// Completions per prompt: only 1.
     pub n: Option<i64>,
-    /// Stream the answer as server-sent events.
-    pub stream: bool,
+    /// Stream the answer as server-sent events (null: no).
+    pub stream: Option<bool>,
     /// Options of the stream.
     pub stream_options: Option<StreamOptions>,
     /// Keep generating past end-of-sequence tokens (llama.cpp's extension).
-    pub ignore_eos: bool,
+    pub ignore_eos: Option<bool>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -159,11 +159,11 @@ pub struct OllamaChat {
 #[serde(default)]
 pub struct OllamaGenerate {
     /// The prompt.
-    pub prompt: String,
+    pub prompt: Option<String>,
     /// A system message (with the chat template).
     pub system: Option<String>,
     /// No chat template: the prompt as it is.
-    pub raw: bool,
+    pub raw: Option<bool>,
     /// Stream NDJSON lines (default true).
     pub stream: Option<bool>,
     /// Sampling options.
@@ -190,6 +190,10 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, BadRequest>
     }
     serde_json::from_slice(body).map_err(|e| BadRequest(format!("invalid JSON body: {e}")))
 }
+
+/// Longest stop string, in bytes (each is matched against the text held back
+/// at every token).
+const MAX_STOP_BYTES: usize = 256;
 
 /// The shared numeric fields, checked against `defaults` and the context.
 struct Knobs {
@@ -256,6 +260,13 @@ fn check(k: Knobs, defaults: &SamplerConfig, ctx: usize) -> Result<GenParams, Ba
     if stop.len() > 16 {
         return Err(format!("at most 16 stop strings, not {}", stop.len()).into());
     }
+    if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(format!(
+            "a stop string of {} bytes; at most {MAX_STOP_BYTES}",
+            long.len()
+        )
+        .into());
+    }
     Ok(GenParams {
         sampler: s,
         max_tokens,
@@ -272,7 +283,7 @@ impl OpenAiSampling {
                 format!("n = {n}: this server makes one choice per request (n = 1)").into(),
             );
         }
-        let ignore_eos = self.ignore_eos;
+        let ignore_eos = self.ignore_eos.unwrap_or(false);
         let mut p = check(
             Knobs {
                 max_tokens: self.max_completion_tokens.or(self.max_tokens),
@@ -368,7 +379,7 @@ mod tests {
             br#"{"model":"x","messages":[{"role":"user","content":"hi","name":"a"}],"logit_bias":{},"temperature":0,"stop":"END","stream":true}"#,
         )
         .unwrap();
-        assert!(r.sampling.stream);
+        assert_eq!(r.sampling.stream, Some(true));
         let p = r.sampling.params(&defaults(), 100).unwrap();
         assert_eq!(p.sampler.temperature, 0.0);
         assert_eq!(p.stop, ["END"]);

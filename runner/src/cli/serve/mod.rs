@@ -15,7 +15,7 @@ mod routes;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -38,6 +38,11 @@ use crate::{Common, Dir};
 /// pass (so that a test can see `/health` answer 503).
 const WARMUP_DELAY_ENV: &str = "STRATA_TEST_WARMUP_DELAY_MS";
 
+/// Most sequences decoded together: the output head computes one row per
+/// sequence, and up to this many rows take the fused kernels, whose result
+/// for a row does not depend on the others.
+const MAX_PARALLEL: usize = strata_runner::kernels::MAX_FUSED_ROWS;
+
 /// Arguments of `serve`.
 #[derive(Args)]
 pub struct ServeArgs {
@@ -49,7 +54,7 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the chosen one is logged).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Requests decoded together; each gets a KV cache of --ctx positions.
+    /// Requests decoded together (1 to 64); each gets a KV cache of --ctx positions.
     #[arg(long, default_value_t = 4, value_name = "N")]
     parallel: usize,
     /// Requests waiting for a slot beyond --parallel; more get 503.
@@ -102,6 +107,10 @@ pub struct State {
     defaults: SamplerConfig,
     /// `--queue`.
     queue: usize,
+    /// Requests handed to the engine and not yet ended (decoding or waiting).
+    outstanding: Arc<AtomicUsize>,
+    /// `--parallel` + `--queue`: more outstanding requests get 503.
+    limit: usize,
     /// Request ids.
     next_id: AtomicU64,
     /// The container's manifest (for `/api/tags`).
@@ -127,15 +136,26 @@ pub enum Refusal {
     Bad(String),
 }
 
-/// A [`Sink`] writing into a tokio channel (the HTTP response).
-struct ChannelSink(UnboundedSender<Event>);
+/// A [`Sink`] writing into a tokio channel (the HTTP response). It counts
+/// as one outstanding request until the engine drops it (the request ended,
+/// was refused, or its client left).
+struct ChannelSink {
+    tx: UnboundedSender<Event>,
+    outstanding: Arc<AtomicUsize>,
+}
 
 impl Sink for ChannelSink {
     fn send(&mut self, event: Event) -> bool {
-        self.0.send(event).is_ok()
+        self.tx.send(event).is_ok()
     }
     fn is_open(&self) -> bool {
-        !self.0.is_closed()
+        !self.tx.is_closed()
+    }
+}
+
+impl Drop for ChannelSink {
+    fn drop(&mut self) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -172,7 +192,17 @@ impl State {
                 prompt.len()
             )));
         }
-        let room = ctx - prompt.len();
+        // As `runner generate`: tokens are sampled until the cache is full,
+        // the last one sampled and not fed, so ctx − prompt + 1 of them.
+        let room = ctx - prompt.len() + 1;
+        // At most --parallel decoding and --queue waiting.
+        if self.outstanding.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Busy(format!(
+                "the server is busy: {} requests are waiting (--queue {}); try again later",
+                self.queue, self.queue
+            )));
+        }
         let (tx, rx) = unbounded_channel();
         let req = Request {
             prompt,
@@ -180,7 +210,10 @@ impl State {
             max_new_tokens: params.max_tokens.unwrap_or(room).min(room),
             stop: params.stop,
             ignore_eos: params.ignore_eos,
-            sink: Box::new(ChannelSink(tx)),
+            sink: Box::new(ChannelSink {
+                tx,
+                outstanding: self.outstanding.clone(),
+            }),
             received: Instant::now(),
         };
         match self.requests.try_send(req) {
@@ -210,8 +243,11 @@ impl State {
 pub fn run(a: ServeArgs) -> Result<i32> {
     a.common.setup()?;
     let dir = a.dir.dir.clone();
-    if a.parallel == 0 {
-        anyhow::bail!("--parallel must be at least 1");
+    if a.parallel == 0 || a.parallel > MAX_PARALLEL {
+        anyhow::bail!(
+            "--parallel {}: between 1 and {MAX_PARALLEL} sequences (beyond that the output head's product would take another path and batched answers could differ from single ones)",
+            a.parallel
+        );
     }
     let tokenizer = TextTokenizer::load(&dir)?.with_context(|| {
         format!(
@@ -231,7 +267,10 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         .with_context(|| format!("cannot read {}", manifest_path.display()))?;
     let m = strata_format::manifest::Manifest::from_json(&manifest, &manifest_path)?;
     let name = a.model_name.clone().unwrap_or_else(|| model_name(&dir));
-    let (tx, rx) = sync_channel(a.queue);
+    // The engine takes requests at token boundaries; `outstanding` bounds
+    // what waits, so the channel never fills before the 503.
+    let limit = a.queue.saturating_add(a.parallel);
+    let (tx, rx) = sync_channel(limit);
     let state = Arc::new(State {
         name,
         created: SystemTime::now()
@@ -247,6 +286,8 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         defaults: a.sampler.config(),
         queue: a.queue,
+        outstanding: Arc::new(AtomicUsize::new(0)),
+        limit,
         next_id: AtomicU64::new(1),
         family: m.architecture.family.clone(),
         quantization: format!("{:?}", m.quantization.weights).to_uppercase(),

@@ -309,7 +309,14 @@ where
                 return;
             }
         }
-        while let Some(ev) = a.events.recv().await {
+        loop {
+            // A client that leaves closes `tx`: stop waiting for the engine at
+            // once, so that dropping `a.events` frees the slot at the next pass.
+            let ev = tokio::select! {
+                _ = tx.closed() => return,
+                ev = a.events.recv() => ev,
+            };
+            let Some(ev) = ev else { return };
             let last = !matches!(ev, Event::Text(_));
             for p in render(ev) {
                 if tx.send(p).await.is_err() {
@@ -376,7 +383,7 @@ async fn chat_completions(Shared(s): Shared<Arc<State>>, body: Bytes) -> Respons
     let answer = start(&s, api, |ctx| {
         let req: api::ChatRequest = api::parse(&body).map_err(|b| ApiError::bad(api, b))?;
         stream = Some((
-            req.sampling.stream,
+            req.sampling.stream.unwrap_or(false),
             req.sampling
                 .stream_options
                 .as_ref()
@@ -456,7 +463,7 @@ async fn completions(Shared(s): Shared<Arc<State>>, body: Bytes) -> Response {
     let answer = start(&s, api, |ctx| {
         let req: api::CompletionRequest = api::parse(&body).map_err(|b| ApiError::bad(api, b))?;
         stream = Some((
-            req.sampling.stream,
+            req.sampling.stream.unwrap_or(false),
             req.sampling
                 .stream_options
                 .as_ref()
@@ -676,14 +683,15 @@ async fn ollama_generate(Shared(s): Shared<Arc<State>>, body: Bytes) -> Response
             .options
             .params(&s.defaults, ctx)
             .map_err(|b| ApiError::bad(api, b))?;
-        let ids = if req.raw || s.template.is_none() {
-            text_prompt(&s, &req.prompt)
+        let prompt = req.prompt.unwrap_or_default();
+        let ids = if req.raw.unwrap_or(false) || s.template.is_none() {
+            text_prompt(&s, &prompt)
         } else {
             let mut msgs = Vec::new();
             if let Some(sys) = req.system {
                 msgs.push(strata_runner::text::chat::Message::new("system", sys));
             }
-            msgs.push(strata_runner::text::chat::Message::new("user", req.prompt));
+            msgs.push(strata_runner::text::chat::Message::new("user", prompt));
             chat_prompt(&s, &msgs)
         }
         .map_err(|m| ApiError::new(api, StatusCode::BAD_REQUEST, m))?;
