@@ -157,18 +157,28 @@ mod tests {
     use super::*;
     use strata_format::{codec, DType};
 
+    /// A `rows × cols` weight matrix of varied values in ±0.8.
+    fn weights(rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+            .collect()
+    }
+
+    /// `n` input rows of varied values in ±1.8.
+    fn inputs(n: usize, cols: usize) -> Vec<f32> {
+        (0..n * cols)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
+            .collect()
+    }
+
     /// Both paths (fused kernels for few rows, decode + matmul for many), every
     /// dtype, results placed at a column offset inside wider output rows.
     #[test]
     fn matches_naive_product_for_every_dtype_and_path() {
         let (rows, cols) = (70, 100);
-        let wv: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
-            .collect();
+        let wv = weights(rows, cols);
         for n in [1, 3, kernels::MAX_FUSED_ROWS + 1] {
-            let x: Vec<f32> = (0..n * cols)
-                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
-                .collect();
+            let x = inputs(n, cols);
             for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int8, DType::Nf4] {
                 let block = dtype.is_quantized().then_some(64);
                 let shape = [rows as u64, cols as u64];
@@ -208,9 +218,7 @@ mod tests {
     #[test]
     fn grouped_rows_equal_each_group_alone() {
         let (rows, cols) = (40, 96);
-        let wv: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
-            .collect();
+        let wv = weights(rows, cols);
         let groups = [
             3,
             kernels::MAX_FUSED_ROWS + 6,
@@ -219,9 +227,7 @@ mod tests {
             2,
         ];
         let n: usize = groups.iter().sum();
-        let x: Vec<f32> = (0..n * cols)
-            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
-            .collect();
+        let x = inputs(n, cols);
         for dtype in [DType::F32, DType::Bf16, DType::Int8, DType::Nf4] {
             let block = dtype.is_quantized().then_some(32);
             let bytes = codec::encode(dtype, &wv, &[rows as u64, cols as u64], block).unwrap();

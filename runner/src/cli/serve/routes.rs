@@ -377,70 +377,156 @@ fn start(
         .map_err(|r| ApiError::refusal(api, r))
 }
 
+/// The two OpenAI generation endpoints, which differ only in how the prompt
+/// is given and how a choice is written.
+#[derive(Debug, Clone, Copy)]
+enum OpenAiKind {
+    /// `/v1/chat/completions`: `messages`, answers as `message` / `delta`.
+    Chat,
+    /// `/v1/completions`: `prompt`, answers as `text`.
+    Text,
+}
+
+impl OpenAiKind {
+    fn route(self) -> &'static str {
+        match self {
+            OpenAiKind::Chat => "/v1/chat/completions",
+            OpenAiKind::Text => "/v1/completions",
+        }
+    }
+
+    /// The object of a whole answer, or of a chunk when `chunk`.
+    fn object(self, chunk: bool) -> &'static str {
+        match (self, chunk) {
+            (OpenAiKind::Chat, false) => "chat.completion",
+            (OpenAiKind::Chat, true) => "chat.completion.chunk",
+            (OpenAiKind::Text, _) => "text_completion",
+        }
+    }
+
+    /// One choice: the whole text, or (when `chunk`) a piece of it.
+    fn choice(self, text: &str, chunk: bool, finish: Value) -> Value {
+        let mut c = json!({ "index": 0 });
+        match (self, chunk) {
+            (OpenAiKind::Chat, false) => {
+                c["message"] = json!({ "role": "assistant", "content": text });
+            }
+            (OpenAiKind::Chat, true) if text.is_empty() && !finish.is_null() => {
+                c["delta"] = json!({});
+            }
+            (OpenAiKind::Chat, true) => c["delta"] = json!({ "content": text }),
+            (OpenAiKind::Text, _) => c["text"] = json!(text),
+        }
+        c["logprobs"] = Value::Null;
+        c["finish_reason"] = finish;
+        c
+    }
+
+    /// The prompt ids and sampling fields of a request body.
+    fn prompt(self, s: &State, body: &[u8]) -> Result<(Vec<u32>, api::OpenAiSampling), ApiError> {
+        let api = Api::OpenAi;
+        let bad = |m: String| ApiError::new(api, StatusCode::BAD_REQUEST, m);
+        match self {
+            OpenAiKind::Chat => {
+                let req: api::ChatRequest = api::parse(body).map_err(|b| ApiError::bad(api, b))?;
+                let msgs = api::messages(req.messages).map_err(|b| ApiError::bad(api, b))?;
+                Ok((chat_prompt(s, &msgs).map_err(bad)?, req.sampling))
+            }
+            OpenAiKind::Text => {
+                let req: api::CompletionRequest =
+                    api::parse(body).map_err(|b| ApiError::bad(api, b))?;
+                let prompt = match req.prompt {
+                    Some(api::Prompt::One(p)) => p,
+                    Some(api::Prompt::Many(mut v)) if v.len() == 1 => v.remove(0),
+                    Some(api::Prompt::Many(v)) => {
+                        return Err(bad(format!(
+                            "{} prompts: this server takes one prompt per request",
+                            v.len()
+                        )))
+                    }
+                    None => return Err(bad("prompt is missing".into())),
+                };
+                Ok((text_prompt(s, &prompt).map_err(bad)?, req.sampling))
+            }
+        }
+    }
+}
+
 async fn chat_completions(Shared(s): Shared<Arc<State>>, body: Bytes) -> Response {
+    openai(&s, OpenAiKind::Chat, &body).await
+}
+
+async fn completions(Shared(s): Shared<Arc<State>>, body: Bytes) -> Response {
+    openai(&s, OpenAiKind::Text, &body).await
+}
+
+/// Answers an OpenAI generation request: one JSON object, or server-sent
+/// events (chat's first chunk carries the role; the last one the
+/// finish_reason; then the usage if asked; then `[DONE]`).
+async fn openai(s: &State, kind: OpenAiKind, body: &[u8]) -> Response {
     let api = Api::OpenAi;
-    let mut stream = None;
-    let answer = start(&s, api, |ctx| {
-        let req: api::ChatRequest = api::parse(&body).map_err(|b| ApiError::bad(api, b))?;
-        stream = Some((
-            req.sampling.stream.unwrap_or(false),
-            req.sampling
+    let mut flags = (false, false);
+    let answer = start(s, api, |ctx| {
+        let (ids, sampling) = kind.prompt(s, body)?;
+        flags = (
+            sampling.stream.unwrap_or(false),
+            sampling
                 .stream_options
                 .as_ref()
                 .is_some_and(|o| o.include_usage),
-        ));
-        let params = req
-            .sampling
+        );
+        let params = sampling
             .params(&s.defaults, ctx)
             .map_err(|b| ApiError::bad(api, b))?;
-        let msgs = api::messages(req.messages).map_err(|b| ApiError::bad(api, b))?;
-        let ids =
-            chat_prompt(&s, &msgs).map_err(|m| ApiError::new(api, StatusCode::BAD_REQUEST, m))?;
         Ok((ids, params))
     });
     let answer = match answer {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    let (streamed, include_usage) = stream.unwrap_or_default();
-    let id = format!("chatcmpl-{}", s.id());
+    let (streamed, include_usage) = flags;
+    let prefix = match kind {
+        OpenAiKind::Chat => "chatcmpl",
+        OpenAiKind::Text => "cmpl",
+    };
+    let id = format!("{prefix}-{}", s.id());
     let (model, created) = (s.name.clone(), now());
+    let route = kind.route();
     if !streamed {
         return match collect(answer).await {
             Ok((text, f)) => {
-                log_answer("/v1/chat/completions", &f);
+                log_answer(route, &f);
                 json_body(&json!({
-                    "id": id, "object": "chat.completion", "created": created, "model": model,
-                    "choices": [{
-                        "index": 0,
-                        "message": { "role": "assistant", "content": text },
-                        "logprobs": null,
-                        "finish_reason": f.reason.name(),
-                    }],
+                    "id": id, "object": kind.object(false), "created": created, "model": model,
+                    "choices": [kind.choice(&text, false, json!(f.reason.name()))],
                     "usage": usage(&f),
                 }))
             }
             Err(e) => ApiError::new(api, StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
         };
     }
-    let chunk = move |delta: Value, finish: Value| {
+    let chunk = move |choices: Value| {
         json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+            "id": id, "object": kind.object(true), "created": created, "model": model,
+            "choices": choices,
         })
     };
-    let first = vec![sse(&chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    ))];
+    let first = match kind {
+        OpenAiKind::Chat => {
+            let mut c = kind.choice("", true, Value::Null);
+            c["delta"] = json!({ "role": "assistant", "content": "" });
+            vec![sse(&chunk(json!([c])))]
+        }
+        OpenAiKind::Text => Vec::new(),
+    };
     stream_body("text/event-stream", answer, first, move |ev| match ev {
-        Event::Text(t) => vec![sse(&chunk(json!({ "content": t }), Value::Null))],
+        Event::Text(t) => vec![sse(&chunk(json!([kind.choice(&t, true, Value::Null)])))],
         Event::Done(f) => {
-            log_answer("/v1/chat/completions (stream)", &f);
-            let mut out = vec![sse(&chunk(json!({}), json!(f.reason.name())))];
+            log_answer(&format!("{route} (stream)"), &f);
+            let last = kind.choice("", true, json!(f.reason.name()));
+            let mut out = vec![sse(&chunk(json!([last])))];
             if include_usage {
-                let mut u = chunk(json!({}), Value::Null);
-                u["choices"] = json!([]);
+                let mut u = chunk(json!([]));
                 u["usage"] = usage(&f);
                 out.push(sse(&u));
             }
@@ -448,112 +534,13 @@ async fn chat_completions(Shared(s): Shared<Arc<State>>, body: Bytes) -> Respons
             out
         }
         Event::Failed(e) => {
-            log::error!("POST /v1/chat/completions (stream) failed: {e}");
+            log::error!("POST {route} (stream) failed: {e}");
             vec![
                 sse(&json!({ "error": { "message": e, "type": "server_error", "code": 500 } })),
                 "data: [DONE]\n\n".into(),
             ]
         }
     })
-}
-
-async fn completions(Shared(s): Shared<Arc<State>>, body: Bytes) -> Response {
-    let api = Api::OpenAi;
-    let mut stream = None;
-    let answer = start(&s, api, |ctx| {
-        let req: api::CompletionRequest = api::parse(&body).map_err(|b| ApiError::bad(api, b))?;
-        stream = Some((
-            req.sampling.stream.unwrap_or(false),
-            req.sampling
-                .stream_options
-                .as_ref()
-                .is_some_and(|o| o.include_usage),
-        ));
-        let prompt = match req.prompt {
-            Some(api::Prompt::One(p)) => p,
-            Some(api::Prompt::Many(mut v)) if v.len() == 1 => v.remove(0),
-            Some(api::Prompt::Many(v)) => {
-                return Err(ApiError::new(
-                    api,
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "{} prompts: this server takes one prompt per request",
-                        v.len()
-                    ),
-                ))
-            }
-            None => {
-                return Err(ApiError::new(
-                    api,
-                    StatusCode::BAD_REQUEST,
-                    "prompt is missing",
-                ))
-            }
-        };
-        let params = req
-            .sampling
-            .params(&s.defaults, ctx)
-            .map_err(|b| ApiError::bad(api, b))?;
-        let ids =
-            text_prompt(&s, &prompt).map_err(|m| ApiError::new(api, StatusCode::BAD_REQUEST, m))?;
-        Ok((ids, params))
-    });
-    let answer = match answer {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    let (streamed, include_usage) = stream.unwrap_or_default();
-    let id = format!("cmpl-{}", s.id());
-    let (model, created) = (s.name.clone(), now());
-    if !streamed {
-        return match collect(answer).await {
-            Ok((text, f)) => {
-                log_answer("/v1/completions", &f);
-                json_body(&json!({
-                    "id": id, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{
-                        "index": 0, "text": text, "logprobs": null,
-                        "finish_reason": f.reason.name(),
-                    }],
-                    "usage": usage(&f),
-                }))
-            }
-            Err(e) => ApiError::new(api, StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
-        };
-    }
-    let chunk = move |text: &str, finish: Value| {
-        json!({
-            "id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }],
-        })
-    };
-    stream_body(
-        "text/event-stream",
-        answer,
-        Vec::new(),
-        move |ev| match ev {
-            Event::Text(t) => vec![sse(&chunk(&t, Value::Null))],
-            Event::Done(f) => {
-                log_answer("/v1/completions (stream)", &f);
-                let mut out = vec![sse(&chunk("", json!(f.reason.name())))];
-                if include_usage {
-                    let mut u = chunk("", Value::Null);
-                    u["choices"] = json!([]);
-                    u["usage"] = usage(&f);
-                    out.push(sse(&u));
-                }
-                out.push("data: [DONE]\n\n".into());
-                out
-            }
-            Event::Failed(e) => {
-                log::error!("POST /v1/completions (stream) failed: {e}");
-                vec![
-                    sse(&json!({ "error": { "message": e, "type": "server_error", "code": 500 } })),
-                    "data: [DONE]\n\n".into(),
-                ]
-            }
-        },
-    )
 }
 
 /// RFC 3339 UTC time (Ollama's `created_at`).
