@@ -47,20 +47,7 @@ pub fn linear_into(
         )));
     }
     if n <= kernels::MAX_FUSED_ROWS {
-        let isa = Isa::selected();
-        if n == 1 {
-            let y = &mut out[col0..col0 + w.rows];
-            return kernels::linear_t(isa, w, x, 1, y).map_err(|e| err(e.to_string()));
-        }
-        let mut y = vec![0f32; w.rows * n];
-        kernels::linear_t(isa, w, x, n, &mut y).map_err(|e| err(e.to_string()))?;
-        for t in 0..n {
-            let dst = &mut out[t * out_stride + col0..][..w.rows];
-            for (r, d) in dst.iter_mut().enumerate() {
-                *d = y[r * n + t];
-            }
-        }
-        return Ok(());
+        return fused_into(x, n, w, out, out_stride, col0, what);
     }
     let xt = Tensor::from_slice(x, (n, cols), &Device::Cpu)?;
     let chunk_rows = (CHUNK_ELEMS / cols.max(1)).clamp(1, w.rows.max(1));
@@ -82,6 +69,39 @@ pub fn linear_into(
             out[dst..dst + m].copy_from_slice(&y[t * m..(t + 1) * m]);
         }
         r0 += m;
+    }
+    Ok(())
+}
+
+/// [`linear_into`] through the fused kernels, whatever `n` (the caller has
+/// checked the lengths).
+fn fused_into(
+    x: &[f32],
+    n: usize,
+    w: &Weight<'_>,
+    out: &mut [f32],
+    out_stride: usize,
+    col0: usize,
+    what: (&str, &str),
+) -> Result<()> {
+    let err = |e: strata_format::CodecError| RunnerError::Tensor {
+        file: what.0.into(),
+        tensor: what.1.into(),
+        reason: e.to_string(),
+    };
+    let isa = Isa::selected();
+    if n == 1 {
+        let y = &mut out[col0..col0 + w.rows];
+        return kernels::linear_t(isa, w, x, 1, y).map_err(err);
+    }
+    // The kernels write `out[r * n + t]`: transpose into the rows of `out`.
+    let mut y = vec![0f32; w.rows * n];
+    kernels::linear_t(isa, w, x, n, &mut y).map_err(err)?;
+    for t in 0..n {
+        let dst = &mut out[t * out_stride + col0..][..w.rows];
+        for (r, d) in dst.iter_mut().enumerate() {
+            *d = y[r * n + t];
+        }
     }
     Ok(())
 }
@@ -125,18 +145,7 @@ pub fn linear_groups(
     let ns = small.len() / cols.max(1);
     let mut ys = vec![0f32; ns * w.rows];
     if ns > 0 {
-        let isa = Isa::selected();
-        let mut yt = vec![0f32; w.rows * ns];
-        kernels::linear_t(isa, w, &small, ns, &mut yt).map_err(|e| RunnerError::Tensor {
-            file: what.0.into(),
-            tensor: what.1.into(),
-            reason: e.to_string(),
-        })?;
-        for t in 0..ns {
-            for (r, d) in ys[t * w.rows..(t + 1) * w.rows].iter_mut().enumerate() {
-                *d = yt[r * ns + t];
-            }
-        }
+        fused_into(&small, ns, w, &mut ys, w.rows, 0, what)?;
     }
     let (mut row, mut srow) = (0, 0);
     for &g in groups {

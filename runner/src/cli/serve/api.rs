@@ -55,15 +55,11 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// The sampling fields the OpenAI endpoints share (plus llama.cpp's
-/// `top_k`, `min_p`, `repeat_penalty`).
+/// The sampler's fields, named alike in the OpenAI API (with llama.cpp's
+/// `top_k`, `min_p`, `repeat_penalty`) and in Ollama's `options`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct OpenAiSampling {
-    /// Tokens to generate at most.
-    pub max_tokens: Option<i64>,
-    /// The newer name of `max_tokens` (chat).
-    pub max_completion_tokens: Option<i64>,
+pub struct SamplerFields {
     /// Softmax temperature; 0 is greedy.
     pub temperature: Option<f64>,
     /// Nucleus sampling.
@@ -78,6 +74,19 @@ pub struct OpenAiSampling {
     pub seed: Option<i64>,
     /// Stop strings.
     pub stop: Option<Stop>,
+}
+
+/// The sampling and length fields the OpenAI endpoints share.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct OpenAiSampling {
+    /// Tokens to generate at most.
+    pub max_tokens: Option<i64>,
+    /// The newer name of `max_tokens` (chat).
+    pub max_completion_tokens: Option<i64>,
+    /// The sampler.
+    #[serde(flatten)]
+    pub sampler: SamplerFields,
     /// Completions per prompt: only 1.
     pub n: Option<i64>,
     /// Stream the answer as server-sent events (null: no).
@@ -126,20 +135,9 @@ pub struct CompletionRequest {
 pub struct OllamaOptions {
     /// Tokens to generate at most (-1: until the context is full).
     pub num_predict: Option<i64>,
-    /// Softmax temperature.
-    pub temperature: Option<f64>,
-    /// Nucleus sampling.
-    pub top_p: Option<f64>,
-    /// Keep the k most likely tokens.
-    pub top_k: Option<i64>,
-    /// Min-p filter.
-    pub min_p: Option<f64>,
-    /// Repeat penalty.
-    pub repeat_penalty: Option<f64>,
-    /// Seed.
-    pub seed: Option<i64>,
-    /// Stop strings.
-    pub stop: Option<Stop>,
+    /// The sampler.
+    #[serde(flatten)]
+    pub sampler: SamplerFields,
 }
 
 /// `POST /api/chat`.
@@ -195,25 +193,20 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, BadRequest>
 /// at every token).
 const MAX_STOP_BYTES: usize = 256;
 
-/// The shared numeric fields, checked against `defaults` and the context.
-struct Knobs {
+/// The checked parameters: `k` over `defaults`, at most `max_tokens` tokens
+/// (when `negative_is_unlimited`, as Ollama's `num_predict`, a negative
+/// number means until the context is full).
+fn check(
+    k: SamplerFields,
     max_tokens: Option<i64>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    top_k: Option<i64>,
-    min_p: Option<f64>,
-    repeat_penalty: Option<f64>,
-    seed: Option<i64>,
-    stop: Option<Stop>,
-    /// `num_predict`: negative means "until the context is full".
     negative_is_unlimited: bool,
-}
-
-fn check(k: Knobs, defaults: &SamplerConfig, ctx: usize) -> Result<GenParams, BadRequest> {
+    defaults: &SamplerConfig,
+    ctx: usize,
+) -> Result<GenParams, BadRequest> {
     let mut s = defaults.clone();
-    let max_tokens = match k.max_tokens {
+    let max_tokens = match max_tokens {
         None => None,
-        Some(n) if n < 0 && k.negative_is_unlimited => None,
+        Some(n) if n < 0 && negative_is_unlimited => None,
         Some(n) if n < 1 => {
             return Err(format!("max_tokens must be at least 1, not {n}").into());
         }
@@ -283,23 +276,9 @@ impl OpenAiSampling {
                 format!("n = {n}: this server makes one choice per request (n = 1)").into(),
             );
         }
-        let ignore_eos = self.ignore_eos.unwrap_or(false);
-        let mut p = check(
-            Knobs {
-                max_tokens: self.max_completion_tokens.or(self.max_tokens),
-                temperature: self.temperature,
-                top_p: self.top_p,
-                top_k: self.top_k,
-                min_p: self.min_p,
-                repeat_penalty: self.repeat_penalty,
-                seed: self.seed,
-                stop: self.stop,
-                negative_is_unlimited: false,
-            },
-            defaults,
-            ctx,
-        )?;
-        p.ignore_eos = ignore_eos;
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        let mut p = check(self.sampler, max_tokens, false, defaults, ctx)?;
+        p.ignore_eos = self.ignore_eos.unwrap_or(false);
         Ok(p)
     }
 }
@@ -307,21 +286,7 @@ impl OpenAiSampling {
 impl OllamaOptions {
     /// The checked parameters.
     pub fn params(self, defaults: &SamplerConfig, ctx: usize) -> Result<GenParams, BadRequest> {
-        check(
-            Knobs {
-                max_tokens: self.num_predict,
-                temperature: self.temperature,
-                top_p: self.top_p,
-                top_k: self.top_k,
-                min_p: self.min_p,
-                repeat_penalty: self.repeat_penalty,
-                seed: self.seed,
-                stop: self.stop,
-                negative_is_unlimited: true,
-            },
-            defaults,
-            ctx,
-        )
+        check(self.sampler, self.num_predict, true, defaults, ctx)
     }
 }
 

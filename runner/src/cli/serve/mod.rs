@@ -25,6 +25,7 @@ use clap::Args;
 use strata_runner::batching::{self, Event, Request, Sink};
 use strata_runner::engine::Engine;
 use strata_runner::model::Want;
+use strata_runner::plan::PlanSizes;
 use strata_runner::sampling::SamplerConfig;
 use strata_runner::stream::IoStats;
 use strata_runner::text::chat::ChatTemplate;
@@ -278,7 +279,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
             .map_or(0, |d| d.as_secs()),
         phase: Mutex::new(Phase::Loading {
             stats: None,
-            total: streamed_once(&m),
+            total: 0,
         }),
         requests: tx,
         tokenizer,
@@ -292,7 +293,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         family: m.architecture.family.clone(),
         quantization: format!("{:?}", m.quantization.weights).to_uppercase(),
         size: m.files.iter().map(|f| f.bytes).sum(),
-        digest: hex_sha256(&manifest),
+        digest: strata_format::checksum::sha256_hex(&manifest),
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -374,17 +375,13 @@ pub fn run(a: ServeArgs) -> Result<i32> {
 /// one-token pass, so that the first request does not pay for it and
 /// `/health` can show progress; then forgets the pass.
 fn warm_up(engine: &mut Engine, state: &State) -> Result<()> {
-    {
-        let mut phase = state.phase.lock().unwrap_or_else(|e| e.into_inner());
-        let total = match &*phase {
-            Phase::Loading { total, .. } => *total,
-            Phase::Ready { .. } => 0,
-        };
-        *phase = Phase::Loading {
-            stats: Some(engine.streamer.stats().clone()),
-            total,
-        };
-    }
+    // The pass reads every layer and the head (of the embeddings, only the
+    // rows of its token).
+    let total = PlanSizes::of_container(&engine.container)?.total();
+    *state.phase.lock().unwrap_or_else(|e| e.into_inner()) = Phase::Loading {
+        stats: Some(engine.streamer.stats().clone()),
+        total,
+    };
     // For tests of /health while loading: hold the loading phase this long.
     if let Some(ms) = std::env::var(WARMUP_DELAY_ENV)
         .ok()
@@ -411,32 +408,9 @@ fn warm_up(engine: &mut Engine, state: &State) -> Result<()> {
     Ok(())
 }
 
-/// Bytes the first pass reads: every layer and the head (of the embeddings,
-/// only the rows of its tokens).
-fn streamed_once(m: &strata_format::manifest::Manifest) -> u64 {
-    let stages: Vec<&str> = m
-        .stages
-        .layers
-        .iter()
-        .chain(std::iter::once(&m.stages.head))
-        .map(String::as_str)
-        .collect();
-    m.files
-        .iter()
-        .filter(|f| stages.contains(&f.path.as_str()))
-        .map(|f| f.bytes)
-        .sum()
-}
-
 /// The default model name: the container directory's name.
 fn model_name(dir: &Path) -> String {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     dir.file_name()
         .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
-}
-
-/// sha256 of `bytes`, hex.
-fn hex_sha256(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(bytes))
 }
