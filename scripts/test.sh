@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/test.sh -- the whole test suite: format, lints, every test (unit, property,
 # end-to-end on the real SmolLM2-135M-Instruct and on tiny transformers fixtures, `runner serve`
-# through the openai client and headless Chromium: scripts/test-serve.sh).
+# through the openai client and headless Chromium: scripts/test-serve.sh; containers on S3
+# and HTTP servers: scripts/test-remote.sh).
 # Installs what it needs by itself: the test model is built by scripts/fetch-smollm2.sh
 # (a private Python venv under the model cache; needs python3 >= 3.11 and PyPI access).
 # Env: STRATA_MODELS (model cache dir, default ~/.cache/strata-models); STRATA_FUZZ=0 skips
@@ -43,6 +44,9 @@ cargo test --workspace --locked
 
 step "runner serve: OpenAI client, Ollama API, chat page in headless Chromium"
 scripts/test-serve.sh
+
+step "containers on object storage: push, run from s3:// and http://, faults (SeaweedFS, range server)"
+scripts/test-remote.sh
 
 step "bounded fuzz run (tests/fuzz)"
 # Each libFuzzer target runs for STRATA_FUZZ_SECS (default 20) from the stored

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use strata_format::compress::{Decoder, Frames};
 use strata_format::header::TensorEntry;
@@ -12,6 +12,7 @@ use strata_format::{names, DType, FileHeader, Manifest, StageFile, StageKind};
 
 use crate::error::{Result, RunnerError};
 use crate::io::IO_ALIGN;
+use crate::remote::Remote;
 
 /// One stage file of the container.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct StageInfo {
     pub header: FileHeader,
     /// Where the tensors lie once decoded, when some are compressed.
     pub decoded: Option<DecodedLayout>,
+    /// The remote container the file is read from (`None`: a local file).
+    pub remote: Option<Arc<Remote>>,
 }
 
 /// The bytes the model computes with for a stage whose file holds compressed
@@ -141,11 +144,36 @@ impl StageInfo {
         Ok(())
     }
 
+    /// Reads `len` bytes at `offset` of the file (small reads such as
+    /// embedding rows): from disk, from the cache of a remote container, or
+    /// by a ranged GET when the cache does not keep the file.
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let Some(remote) = &self.remote else {
+            return crate::io::read_small(&self.path, offset, len);
+        };
+        match remote.local(&self.path)? {
+            Some(p) => crate::io::read_small(&p, offset, len),
+            None => {
+                let mut v = vec![0u8; len];
+                remote.read_direct(&self.path, offset, &mut v)?;
+                Ok(v)
+            }
+        }
+    }
+
+    /// The file's name for messages: its path, or its URL when remote.
+    pub fn display(&self) -> String {
+        match &self.remote {
+            Some(r) => r.object_url(&self.path),
+            None => self.path.display().to_string(),
+        }
+    }
+
     /// Reads tensor `name` from the file and returns its encoded bytes
     /// (decompressed when stored compressed): for small tensors read once.
     pub fn read_encoded(&self, name: &str) -> Result<Vec<u8>> {
         let e = self.entry(name)?;
-        let stored = crate::io::read_small(&self.path, e.offset, e.length as usize)?;
+        let stored = self.read_at(e.offset, e.length as usize)?;
         if e.compression.is_none() {
             return Ok(stored);
         }
@@ -377,6 +405,7 @@ pub struct Container {
     pub head: StageInfo,
     verify: bool,
     verified: Mutex<HashSet<String>>,
+    remote: Option<Arc<Remote>>,
 }
 
 impl Container {
@@ -384,9 +413,38 @@ impl Container {
     /// its listed size and a valid header of the right stage, and every other
     /// listed file its size. When `verify`, the other files' sha256 is checked
     /// now and each stage file's the first time its bytes are read.
+    ///
+    /// A directory attached to a remote container (see [`crate::remote`]) is
+    /// opened from its kept manifest, small files and stage headers; its stage
+    /// files are read through the remote.
     pub fn open(dir: &Path, verify: bool) -> Result<Container> {
         let manifest = Manifest::load(dir)?;
+        let remote = crate::remote::lookup(dir);
         let stage = |name: &str, kind: StageKind, layer: Option<u32>| -> Result<StageInfo> {
+            if let Some(remote) = &remote {
+                let path = Manifest::resolve(dir, name)?;
+                let entry = manifest.file(name).ok_or_else(|| {
+                    RunnerError::Invalid(format!("{name} is not listed in the manifest"))
+                })?;
+                let header = remote.header(&path)?;
+                let url = remote.object_url(&path);
+                if header.stage != kind || header.layer != layer {
+                    return Err(RunnerError::Invalid(format!(
+                        "{url}: holds stage {:?} {:?}, the manifest expects {kind:?} {layer:?}",
+                        header.stage, header.layer
+                    )));
+                }
+                let decoded = DecodedLayout::of(&header, Path::new(&url))?;
+                return Ok(StageInfo {
+                    name: name.into(),
+                    path,
+                    len: entry.bytes,
+                    sha256: entry.sha256.clone(),
+                    decoded,
+                    header,
+                    remote: Some(remote.clone()),
+                });
+            }
             if let Some(problem) = check_file(dir, &manifest, name, false) {
                 return Err(RunnerError::Invalid(format!(
                     "{}: {problem} (run `runner verify {}` for a full report)",
@@ -416,6 +474,7 @@ impl Container {
                 sha256: entry.sha256.clone(),
                 decoded,
                 header,
+                remote: None,
             })
         };
         let embed = stage(&manifest.stages.embed, StageKind::Embed, None)?;
@@ -455,7 +514,13 @@ impl Container {
             head,
             verify,
             verified: Mutex::new(HashSet::new()),
+            remote,
         })
+    }
+
+    /// The remote container this one is read from, if any.
+    pub fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.as_ref()
     }
 
     /// Encoded bytes of one row of the output head's weight.
@@ -513,7 +578,13 @@ impl Container {
         if !self.needs_check(stage) {
             return Ok(());
         }
-        let (_, actual) = strata_format::checksum::sha256_file(&stage.path)?;
+        let actual = match &stage.remote {
+            None => strata_format::checksum::sha256_file(&stage.path)?.1,
+            Some(remote) => match remote.local(&stage.path)? {
+                Some(p) => strata_format::checksum::sha256_file(&p)?.1,
+                None => remote.sha256_streamed(&stage.path)?,
+            },
+        };
         if actual != stage.sha256 {
             return Err(RunnerError::Checksum {
                 path: stage.path.clone(),

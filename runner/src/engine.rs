@@ -218,7 +218,13 @@ impl Engine {
         io: IoChoice,
     ) -> Result<Engine> {
         let model = Model::new(&container, ctx)?;
-        let backend = Backend::select(io, &container.head.path)?;
+        let backend = match container.remote() {
+            Some(r) => {
+                log::info!("remote: {}", r.describe());
+                Backend::remote(io, r.clone())?
+            }
+            None => Backend::select(io, &container.head.path)?,
+        };
         log::debug!("io backend: {}", backend.name());
         let streamer = Streamer::new(container.clone(), backend, &plan)?;
         Ok(Engine {

@@ -60,6 +60,14 @@ pub enum RunnerError {
     /// A compute backend error.
     #[error("compute error: {0}")]
     Compute(#[from] candle_core::Error),
+    /// An object of a remote container (named by its URL) could not be used.
+    #[error("{object}: {reason}")]
+    Remote {
+        /// The object's URL.
+        object: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The background reader thread stopped unexpectedly.
     #[error("the prefetch thread stopped: {0}")]
     Prefetch(String),

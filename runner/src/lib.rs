@@ -2,8 +2,9 @@
 //!
 //! Streams a strata container layer by layer and computes a Llama-family
 //! decoder on the CPU: I/O backends (io_uring, pread, mmap), the prefetching
-//! streamer, the memory plan, the model, tokenization, chat templates and
-//! sampling. The `runner` binary is a thin command-line layer over it.
+//! streamer, the memory plan, the model, tokenization, chat templates,
+//! sampling, and containers on object storage (S3, HTTP). The `runner` binary
+//! is a thin command-line layer over it.
 
 pub mod batching;
 pub mod container;
@@ -14,6 +15,7 @@ pub mod kernels;
 pub mod lru;
 pub mod model;
 pub mod plan;
+pub mod remote;
 pub mod sampling;
 pub mod speculative;
 pub mod stream;

@@ -132,6 +132,8 @@ enum Command {
     Plan(cli::plan::PlanArgs),
     /// Serve the model over HTTP: OpenAI and Ollama APIs, and a chat page at /.
     Serve(cli::serve::ServeArgs),
+    /// Publish a container to object storage (s3://BUCKET/PREFIX), manifest last.
+    Push(cli::push::PushArgs),
 }
 
 /// Exit status for a failed verification.
@@ -149,7 +151,9 @@ fn main() {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Plan(a) => cli::plan::run(a),
         Command::Serve(a) => cli::serve::run(a),
+        Command::Push(a) => cli::push::run(a),
     };
+    strata_runner::remote::report_traffic();
     match result {
         Ok(0) => {}
         Ok(code) => std::process::exit(code),
@@ -160,11 +164,62 @@ fn main() {
     }
 }
 
-/// The container directory argument.
+/// The container argument: a directory, or a URL read through the cache.
 #[derive(Args, Clone)]
 pub struct Dir {
-    /// The container directory (written by `prep`).
+    /// The container: a directory written by `prep`, or a URL of one published
+    /// with `runner push`: s3://BUCKET/PREFIX (AWS_* environment;
+    /// AWS_ENDPOINT_URL for S3-compatible servers) or https://HOST/PATH/.
     dir: PathBuf,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+/// Where a remote container's files are cached.
+#[derive(Args, Clone, Default)]
+pub struct RemoteArgs {
+    /// Cache directory for containers given by URL [default: ~/.cache/strata].
+    #[arg(long, env = "STRATA_CACHE", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Most bytes of stage files the cache keeps (least recently used evicted),
+    /// e.g. 20GiB; 0 keeps none: layers stream from the remote into memory.
+    /// Default: no bound.
+    #[arg(long, env = "STRATA_CACHE_MAX", value_parser = parse_size, value_name = "SIZE")]
+    cache_max: Option<u64>,
+}
+
+impl RemoteArgs {
+    /// The options for attaching a container URL.
+    pub fn options(&self) -> strata_runner::remote::RemoteOptions {
+        strata_runner::remote::RemoteOptions {
+            cache_dir: self
+                .cache_dir
+                .clone()
+                .unwrap_or_else(strata_runner::remote::cache::default_dir),
+            cache_max: self.cache_max,
+        }
+    }
+
+    /// `path` itself, or, for a container URL, the local directory it is
+    /// attached to (see `strata_runner::remote`).
+    pub fn resolve(&self, path: &std::path::Path) -> Result<PathBuf> {
+        match path.to_str() {
+            Some(s) if strata_runner::remote::is_url(s) => {
+                init_logging(log::LevelFilter::Info);
+                Ok(strata_runner::remote::resolve(s, &self.options())?)
+            }
+            _ => Ok(path.to_path_buf()),
+        }
+    }
+}
+
+impl Dir {
+    /// Attaches a container URL (see [`RemoteArgs::resolve`]); afterwards the
+    /// argument is the local directory.
+    pub fn resolve(&mut self) -> Result<()> {
+        self.dir = self.remote.resolve(&self.dir)?;
+        Ok(())
+    }
 }
 
 /// An error and its causes on one line, skipping a cause whose text the

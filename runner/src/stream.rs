@@ -15,7 +15,7 @@ use strata_format::layout;
 
 use crate::container::{Container, StageInfo, Weight};
 use crate::error::{Result, RunnerError};
-use crate::io::{read_small, AlignedBuf, Backend, Span, UnitBytes, IO_ALIGN};
+use crate::io::{AlignedBuf, Backend, Span, UnitBytes, IO_ALIGN};
 use crate::lru::ByteLru;
 use crate::plan::MemoryPlan;
 
@@ -654,7 +654,7 @@ impl Streamer {
                 }
                 let Some(fr) = &frames else {
                     let started = Instant::now();
-                    let v = read_small(&c.embed.path, e.offset + start as u64, row_bytes)?;
+                    let v = c.embed.read_at(e.offset + start as u64, row_bytes)?;
                     self.stats.add_read(row_bytes as u64, started);
                     return Ok(v);
                 };
@@ -664,11 +664,8 @@ impl Streamer {
                     std::collections::hash_map::Entry::Vacant(v) => {
                         let sr = frames_range(fr, f, f + 1, &c.embed.name, &e.name)?;
                         let started = Instant::now();
-                        let stored = read_small(
-                            &c.embed.path,
-                            e.offset + sr.start,
-                            (sr.end - sr.start) as usize,
-                        )?;
+                        let stored =
+                            c.embed.read_at(e.offset + sr.start, (sr.end - sr.start) as usize)?;
                         self.stats.add_read(sr.end - sr.start, started);
                         let (r0, r1) = fr.rows_of(f, f + 1);
                         let mut out = vec![0u8; ((r1 - r0) * fr.row_bytes()) as usize];

@@ -51,8 +51,10 @@ pub struct BenchArgs {
 const VERIFY_PASSES: usize = 3;
 
 /// Runs `bench`.
-pub fn run(a: BenchArgs) -> Result<i32> {
+pub fn run(mut a: BenchArgs) -> Result<i32> {
     a.common.setup()?;
+    a.dir.resolve()?;
+    a.draft.resolve(&a.dir.remote)?;
     if a.draft.draft.is_some() && a.batch > 1 {
         anyhow::bail!("--draft runs one sequence: drop --batch");
     }

@@ -27,8 +27,10 @@ pub struct ChatArgs {
 }
 
 /// Runs `chat`.
-pub fn run(a: ChatArgs) -> Result<i32> {
+pub fn run(mut a: ChatArgs) -> Result<i32> {
     a.common.setup()?;
+    a.dir.resolve()?;
+    a.draft.resolve(&a.dir.remote)?;
     let (mut engine, mut spec) = a.draft.open(&a.dir.dir, &a.common.engine_options())?;
     let template = ChatTemplate::load(&a.dir.dir)?
         .with_context(|| format!("{} has no chat template", a.dir.dir.display()))?;

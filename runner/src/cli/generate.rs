@@ -100,6 +100,16 @@ pub struct DraftArgs {
 }
 
 impl DraftArgs {
+    /// Attaches a draft given by URL (see `RemoteArgs::resolve`).
+    pub fn resolve(&mut self, remote: &crate::RemoteArgs) -> Result<()> {
+        if let Some(d) = &self.draft {
+            if d.as_os_str() != "ngram" {
+                self.draft = Some(remote.resolve(d)?);
+            }
+        }
+        Ok(())
+    }
+
     /// Opens the target `dir`, and the draft when `--draft` names one: the
     /// engine and, with `--draft`, the speculator.
     pub fn open(&self, dir: &Path, o: &EngineOptions) -> Result<(Engine, Option<Speculator>)> {
@@ -442,8 +452,10 @@ fn generate_batch(
 }
 
 /// Runs `generate`.
-pub fn run(a: GenerateArgs) -> Result<i32> {
+pub fn run(mut a: GenerateArgs) -> Result<i32> {
     a.common.setup()?;
+    a.dir.resolve()?;
+    a.draft.resolve(&a.dir.remote)?;
     if a.prompts_file.is_some() && a.draft.draft.is_some() {
         anyhow::bail!("--draft works on one prompt at a time, not with --prompts-file");
     }

@@ -18,7 +18,8 @@ pub struct InspectArgs {
 }
 
 /// Runs `inspect`.
-pub fn run(a: InspectArgs) -> Result<i32> {
+pub fn run(mut a: InspectArgs) -> Result<i32> {
+    a.dir.resolve()?;
     let m = Manifest::load(&a.dir.dir)?;
     if a.json {
         println!("{}", String::from_utf8_lossy(&m.to_json()));

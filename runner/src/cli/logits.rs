@@ -26,8 +26,9 @@ pub struct LogitsArgs {
 }
 
 /// Runs `logits`.
-pub fn run(a: LogitsArgs) -> Result<i32> {
+pub fn run(mut a: LogitsArgs) -> Result<i32> {
     a.common.setup()?;
+    a.dir.resolve()?;
     let mut engine = Engine::open(&a.dir.dir, &a.common.engine_options())?;
     let ids = match (&a.prompt, &a.ids) {
         (Some(p), None) => super::tokenizer(&engine)?.encode(p, true)?,

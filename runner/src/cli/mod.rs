@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod logits;
 pub mod perplexity;
 pub mod plan;
+pub mod push;
 pub mod serve;
 pub mod verify;
 

@@ -33,8 +33,9 @@ pub fn nll(row: &[f32], target: u32) -> f64 {
 
 /// Runs `perplexity`: the text is cut into windows of `--ctx` tokens, each
 /// scored from an empty cache; every token but each window's first is predicted.
-pub fn run(a: PerplexityArgs) -> Result<i32> {
+pub fn run(mut a: PerplexityArgs) -> Result<i32> {
     a.common.setup()?;
+    a.dir.resolve()?;
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("cannot read {}", a.file.display()))?;
     let mut engine = Engine::open(&a.dir.dir, &a.common.engine_options())?;

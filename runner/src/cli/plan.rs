@@ -15,9 +15,11 @@ use strata_runner::units::{human, parse_size};
 /// Arguments of `plan`.
 #[derive(Args)]
 pub struct PlanArgs {
-    /// A container directory (or its manifest.json).
+    /// A container directory (or its manifest.json), or a container URL.
     #[arg(required_unless_present = "shape", conflicts_with = "shape")]
     dir: Option<PathBuf>,
+    #[command(flatten)]
+    remote: crate::RemoteArgs,
     /// Plan for a named model shape instead of a container: tiny, llama2-7b,
     /// llama3.2-1b, llama3-8b, llama3-70b, llama3.1-405b, mixtral-8x7b, mixtral-8x7b-2l (nf4 layers, int8 embeddings and head).
     #[arg(long)]
@@ -68,14 +70,23 @@ fn sizes_of(
             };
             let c = Container::open(&dir, false)?;
             let sizes = PlanSizes::of_container(&c)?;
-            Ok((dir.display().to_string(), c.manifest.architecture, sizes))
+            let what = c
+                .remote()
+                .map_or_else(|| dir.display().to_string(), |r| r.url().to_string());
+            Ok((what, c.manifest.architecture, sizes))
         }
         (None, None) => bail!("give a container directory or --shape NAME"),
     }
 }
 
 /// Runs `plan`.
-pub fn run(a: PlanArgs) -> Result<i32> {
+pub fn run(mut a: PlanArgs) -> Result<i32> {
+    if let Some(d) = &a.dir {
+        a.dir = Some(a.remote.resolve(d)?);
+    }
+    if let Some(d) = &a.draft {
+        a.draft = Some(a.remote.resolve(d)?);
+    }
     let (what, arch, sizes) = sizes_of(a.shape.as_deref(), a.dir.as_ref())?;
     let draft = match (&a.draft_shape, &a.draft) {
         (None, None) => None,
@@ -146,6 +157,14 @@ pub fn run(a: PlanArgs) -> Result<i32> {
             "streaming_minimum_prefetch1_bytes": stream_min_1,
             "smallest_budget_bytes": sizes.smallest_budget(ctx, prefetch),
             "all_resident_bytes": resident,
+            "remote": a.dir.as_deref().and_then(strata_runner::remote::lookup).map(|r| serde_json::json!({
+                "url": r.url(),
+                "cache_dir": r.cache().root(),
+                "cache_max_bytes": r.cache().max(),
+                "stage_bytes": r.stage_bytes(),
+                "streamed": r.streams_any(),
+                "transfer_bytes_per_read": strata_runner::remote::PIECE * strata_runner::remote::IN_FLIGHT as u64,
+            })),
             "draft": draft.as_ref().map(|(dw, _, ds)| serde_json::json!({
                 "model": dw,
                 "weights_bytes": ds.total_decoded(),
@@ -190,6 +209,9 @@ pub fn run(a: PlanArgs) -> Result<i32> {
             String::new()
         }
     );
+    if let Some(r) = a.dir.as_deref().and_then(strata_runner::remote::lookup) {
+        println!("remote:           {}", r.describe());
+    }
     if prefetch != 1 {
         println!(
             "with --prefetch 1: streams from {}",

@@ -18,15 +18,23 @@ pub struct VerifyArgs {
 }
 
 /// Runs `verify`: exit 0 when intact, 1 naming each damaged file.
-pub fn run(a: VerifyArgs) -> Result<i32> {
+pub fn run(mut a: VerifyArgs) -> Result<i32> {
+    a.dir.resolve()?;
     let dir = &a.dir.dir;
     let m = Manifest::load(dir)?;
-    let report = verify_container(dir, &m);
+    let report = match strata_runner::remote::lookup(dir) {
+        Some(r) => r.verify(&m),
+        None => verify_container(dir, &m),
+    };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         for p in &report.problems {
-            eprintln!("{}: {}", dir.join(&p.file).display(), p.problem);
+            let name = match strata_runner::remote::lookup(dir) {
+                Some(r) => format!("{}/{}", r.url(), p.file),
+                None => dir.join(&p.file).display().to_string(),
+            };
+            eprintln!("{name}: {}", p.problem);
         }
         if report.ok() {
             println!(

@@ -10,6 +10,7 @@ mod uring;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
 
 pub use aligned::{AlignedBuf, IO_ALIGN};
 
@@ -69,6 +70,14 @@ pub enum Backend {
     Pread(pread::PreadReader),
     /// mmap reader.
     Mmap(mmap::MmapReader),
+    /// A remote container: files the cache keeps are read from it with the
+    /// local backend, the others by ranged GETs into the buffers.
+    Remote {
+        /// The container.
+        remote: Arc<crate::remote::Remote>,
+        /// The backend for cached files (never mmap: evicted files go away).
+        local: Box<Backend>,
+    },
 }
 
 impl Backend {
@@ -108,6 +117,18 @@ impl Backend {
         }
     }
 
+    /// The backend for a remote container (`choice` applies to its cached
+    /// files; mmap is read as pread there, since cached files may be evicted).
+    pub fn remote(choice: IoChoice, remote: Arc<crate::remote::Remote>) -> Result<Backend> {
+        let choice = match choice {
+            IoChoice::Mmap => IoChoice::Pread,
+            c => c,
+        };
+        let probe = remote.dir().join(strata_format::manifest::MANIFEST_NAME);
+        let local = Box::new(Backend::select(choice, &probe)?);
+        Ok(Backend::Remote { remote, local })
+    }
+
     /// The backend's name as reported by `bench` (`uring`, `pread`, `mmap`,
     /// with `+direct` when O_DIRECT is in use).
     pub fn name(&self) -> String {
@@ -115,6 +136,13 @@ impl Backend {
             Backend::Uring(r) => format!("uring{}", if r.direct() { "+direct" } else { "" }),
             Backend::Pread(r) => format!("pread{}", if r.direct() { "+direct" } else { "" }),
             Backend::Mmap(_) => "mmap".into(),
+            Backend::Remote { remote, local } => {
+                if remote.streams_any() {
+                    format!("remote+{}", local.name())
+                } else {
+                    format!("cache+{}", local.name())
+                }
+            }
         }
     }
 
@@ -142,6 +170,39 @@ impl Backend {
                 let mut buf = take_buf(buf, span, path)?;
                 r.read(path, span, &mut buf)?;
                 Ok((UnitBytes::Owned(buf), None))
+            }
+            Backend::Remote { remote, local } => {
+                // A cached file can be evicted by another reader between its
+                // lookup and its read: then it is fetched again, once.
+                let mut buf = buf;
+                for _ in 0..2 {
+                    match remote.local(path)? {
+                        Some(p) => {
+                            let keep = buf.as_ref().map(AlignedBuf::capacity);
+                            match local.read(&p, span, buf.take()) {
+                                Err(RunnerError::Io { source, .. })
+                                    if source.kind() == std::io::ErrorKind::NotFound =>
+                                {
+                                    buf = keep.and_then(AlignedBuf::new);
+                                }
+                                r => return r,
+                            }
+                        }
+                        None => {
+                            let mut buf = take_buf(buf, span, path)?;
+                            let n = span.len as usize;
+                            remote.read_direct(path, span.offset, &mut buf.as_mut_full()[..n])?;
+                            buf.set_len(n);
+                            return Ok((UnitBytes::Owned(buf), None));
+                        }
+                    }
+                }
+                Err(RunnerError::Remote {
+                    object: remote.object_url(path),
+                    reason: "evicted from the cache while being read twice: is --cache-max \
+                             smaller than the files being prefetched?"
+                        .into(),
+                })
             }
         }
     }

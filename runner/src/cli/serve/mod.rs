@@ -241,8 +241,10 @@ impl State {
 }
 
 /// Runs `serve`.
-pub fn run(a: ServeArgs) -> Result<i32> {
+pub fn run(mut a: ServeArgs) -> Result<i32> {
     a.common.setup()?;
+    a.dir.resolve()?;
+    a.draft.resolve(&a.dir.remote)?;
     let dir = a.dir.dir.clone();
     if a.parallel == 0 || a.parallel > MAX_PARALLEL {
         anyhow::bail!(
@@ -408,8 +410,14 @@ fn warm_up(engine: &mut Engine, state: &State) -> Result<()> {
     Ok(())
 }
 
-/// The default model name: the container directory's name.
+/// The default model name: the container directory's name (the URL's last
+/// part for a remote container).
 fn model_name(dir: &Path) -> String {
+    if let Some(r) = strata_runner::remote::lookup(dir) {
+        if let Some(last) = r.url().rsplit('/').next().filter(|l| !l.is_empty()) {
+            return last.to_string();
+        }
+    }
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     dir.file_name()
         .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
