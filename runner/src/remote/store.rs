@@ -110,28 +110,30 @@ fn classify(e: &object_store::Error) -> Failure {
         | E::NotImplemented { .. }
         | E::UnknownConfigurationKey { .. } => Failure::Other(text),
         _ => {
-            // Statuses the crate reports as generic errors.
+            // Statuses the crate reports as generic errors ("... status code: 403 Forbidden").
             let lower = text.to_ascii_lowercase();
-            if lower.contains("403")
-                || lower.contains("forbidden")
-                || lower.contains("accessdenied")
-                || lower.contains("signaturedoesnotmatch")
-                || lower.contains("invalidaccesskeyid")
-                || lower.contains("401")
-            {
-                Failure::Denied(text)
-            } else if lower.contains("status: 400")
-                || lower.contains("status: 416")
-                || lower.contains("non-partial response")
-            {
-                Failure::Other(text)
-            } else if lower.contains("412") || lower.contains("precondition") {
-                Failure::Changed
-            } else {
-                Failure::Transient(text)
+            match status_of(&lower) {
+                Some(401 | 403) => Failure::Denied(text),
+                Some(404) => Failure::NotFound,
+                Some(412) => Failure::Changed,
+                Some(s) if (400..500).contains(&s) && s != 408 && s != 429 => Failure::Other(text),
+                _ if lower.contains("accessdenied")
+                    || lower.contains("signaturedoesnotmatch")
+                    || lower.contains("invalidaccesskeyid") =>
+                {
+                    Failure::Denied(text)
+                }
+                _ if lower.contains("non-partial response") => Failure::Other(text),
+                _ => Failure::Transient(text),
             }
         }
     }
+}
+
+/// The HTTP status in an error's text (`status code: 403`), if any.
+fn status_of(lower: &str) -> Option<u16> {
+    let at = lower.find("status code: ")? + "status code: ".len();
+    lower.get(at..at + 3)?.parse().ok()
 }
 
 impl Store {
@@ -507,6 +509,30 @@ mod tests {
         ] {
             assert!(!is_url(p), "{p}");
         }
+    }
+
+    fn generic(text: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: text.to_string().into(),
+        }
+    }
+
+    #[test]
+    fn failures_are_told_apart_by_status_not_by_stray_digits() {
+        let t =
+            "Error performing GET http://h/x in 412.3µs - tcp connect error: Connection refused";
+        assert!(matches!(classify(&generic(t)), Failure::Transient(_)));
+        let t = "Server returned non-2xx status code: 403 Forbidden: <Code>SignatureDoesNotMatch";
+        assert!(matches!(classify(&generic(t)), Failure::Denied(_)));
+        let t = "Server returned non-2xx status code: 412 Precondition Failed";
+        assert!(matches!(classify(&generic(t)), Failure::Changed));
+        let t = "Server returned non-2xx status code: 503 Service Unavailable";
+        assert!(matches!(classify(&generic(t)), Failure::Transient(_)));
+        let t = "Server returned non-2xx status code: 400 Bad Request";
+        assert!(matches!(classify(&generic(t)), Failure::Other(_)));
+        assert_eq!(status_of("status code: 404 not found"), Some(404));
+        assert_eq!(status_of("in 404.1µs"), None);
     }
 
     #[test]
