@@ -421,52 +421,34 @@ impl Container {
         let manifest = Manifest::load(dir)?;
         let remote = crate::remote::lookup(dir);
         let stage = |name: &str, kind: StageKind, layer: Option<u32>| -> Result<StageInfo> {
-            if let Some(remote) = &remote {
-                let path = Manifest::resolve(dir, name)?;
-                let entry = manifest.file(name).ok_or_else(|| {
-                    RunnerError::Invalid(format!("{name} is not listed in the manifest"))
-                })?;
-                let header = remote.header(&path)?;
-                let url = remote.object_url(&path);
-                if header.stage != kind || header.layer != layer {
-                    return Err(RunnerError::Invalid(format!(
-                        "{url}: holds stage {:?} {:?}, the manifest expects {kind:?} {layer:?}",
-                        header.stage, header.layer
-                    )));
-                }
-                let decoded = DecodedLayout::of(&header, Path::new(&url))?;
-                return Ok(StageInfo {
-                    name: name.into(),
-                    path,
-                    len: entry.bytes,
-                    sha256: entry.sha256.clone(),
-                    decoded,
-                    header,
-                    remote: Some(remote.clone()),
-                });
-            }
-            if let Some(problem) = check_file(dir, &manifest, name, false) {
-                return Err(RunnerError::Invalid(format!(
-                    "{}: {problem} (run `runner verify {}` for a full report)",
-                    dir.join(name).display(),
-                    dir.display()
-                )));
-            }
             let path = Manifest::resolve(dir, name)?;
-            let f = StageFile::open(&path)?;
             let entry = manifest.file(name).ok_or_else(|| {
                 RunnerError::Invalid(format!("{name} is not listed in the manifest"))
             })?;
-            let header = f.header().clone();
+            // The header and the name errors give: from the remote's kept
+            // headers (the object's URL), or from the file.
+            let (header, shown) = match &remote {
+                Some(r) => (r.header(&path)?, PathBuf::from(r.object_url(&path))),
+                None => {
+                    if let Some(problem) = check_file(dir, &manifest, name, false) {
+                        return Err(RunnerError::Invalid(format!(
+                            "{}: {problem} (run `runner verify {}` for a full report)",
+                            path.display(),
+                            dir.display()
+                        )));
+                    }
+                    (StageFile::open(&path)?.header().clone(), path.clone())
+                }
+            };
             if header.stage != kind || header.layer != layer {
                 return Err(RunnerError::Invalid(format!(
                     "{}: holds stage {:?} {:?}, the manifest expects {kind:?} {layer:?}",
-                    path.display(),
+                    shown.display(),
                     header.stage,
                     header.layer
                 )));
             }
-            let decoded = DecodedLayout::of(&header, &path)?;
+            let decoded = DecodedLayout::of(&header, &shown)?;
             Ok(StageInfo {
                 name: name.into(),
                 path,
@@ -474,7 +456,7 @@ impl Container {
                 sha256: entry.sha256.clone(),
                 decoded,
                 header,
-                remote: None,
+                remote: remote.clone(),
             })
         };
         let embed = stage(&manifest.stages.embed, StageKind::Embed, None)?;

@@ -15,7 +15,7 @@ use strata_format::Manifest;
 use strata_runner::engine::{Engine, EngineOptions};
 use strata_runner::io::IoChoice;
 use strata_runner::model::Want;
-use strata_runner::remote::{self, RemoteOptions, Store};
+use strata_runner::remote::{self, Remote, RemoteOptions, Store};
 
 fn container() -> PathBuf {
     prepared(&tiny_fixture("llama"), "remote-tiny-llama", &[])
@@ -57,30 +57,30 @@ fn logits(dir: &Path) -> Vec<f32> {
     e.forward(&[1, 2, 3, 4], Want::All).expect("forward").data
 }
 
-fn attach(store: &Arc<InMemory>, prefix: &str, cache: &Path, max: Option<u64>) -> PathBuf {
-    let s =
-        Store::with_object_store(store.clone(), prefix, &format!("mem://{prefix}")).expect("store");
-    let r = remote::attach_store(
+fn try_attach(
+    store: &Arc<InMemory>,
+    prefix: &str,
+    cache: &Path,
+    max: Option<u64>,
+) -> strata_runner::Result<Arc<Remote>> {
+    let s = Store::with_object_store(store.clone(), prefix, &format!("mem://{prefix}"))?;
+    remote::attach_store(
         s,
         &RemoteOptions {
             cache_dir: cache.to_path_buf(),
             cache_max: max,
         },
     )
-    .expect("attach");
+}
+
+fn attach(store: &Arc<InMemory>, prefix: &str, cache: &Path, max: Option<u64>) -> PathBuf {
+    let r = try_attach(store, prefix, cache, max).expect("attach");
     r.dir().to_path_buf()
 }
 
+/// The error of attaching, opening or running the container.
 fn attach_err(store: &Arc<InMemory>, prefix: &str, cache: &Path, max: Option<u64>) -> String {
-    let s =
-        Store::with_object_store(store.clone(), prefix, &format!("mem://{prefix}")).expect("store");
-    match remote::attach_store(
-        s,
-        &RemoteOptions {
-            cache_dir: cache.to_path_buf(),
-            cache_max: max,
-        },
-    ) {
+    match try_attach(store, prefix, cache, max) {
         Err(e) => e.to_string(),
         Ok(r) => match Engine::open(r.dir(), &options()) {
             Err(e) => e.to_string(),
@@ -133,15 +133,7 @@ fn a_warm_cache_fetches_only_the_manifest() {
     let cache = tempfile::tempdir().expect("tempdir");
     let view = attach(&store, "warm", cache.path(), None);
     let want = logits(&view);
-    let s = Store::with_object_store(store.clone(), "warm", "mem://warm").expect("store");
-    let r = remote::attach_store(
-        s,
-        &RemoteOptions {
-            cache_dir: cache.path().to_path_buf(),
-            cache_max: None,
-        },
-    )
-    .expect("attach");
+    let r = try_attach(&store, "warm", cache.path(), None).expect("attach");
     assert_eq!(logits(r.dir()), want);
     let manifest = std::fs::metadata(dir.join("manifest.json"))
         .expect("m")
@@ -247,15 +239,7 @@ fn a_partial_download_is_resumed() {
     let partial = cache.path().join("partial");
     std::fs::write(partial.join(format!("{sha}.part")), &bytes[..keep as usize]).expect("part");
     std::fs::write(partial.join(format!("{sha}.etag")), &etag).expect("etag");
-    let s = Store::with_object_store(store.clone(), "resume", "mem://resume").expect("store");
-    let r = remote::attach_store(
-        s,
-        &RemoteOptions {
-            cache_dir: cache.path().to_path_buf(),
-            cache_max: None,
-        },
-    )
-    .expect("attach");
+    let r = try_attach(&store, "resume", cache.path(), None).expect("attach");
     assert_eq!(logits(r.dir()), want);
     let manifest = std::fs::metadata(dir.join("manifest.json"))
         .expect("m")

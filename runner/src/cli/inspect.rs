@@ -27,7 +27,14 @@ pub fn run(mut a: InspectArgs) -> Result<i32> {
     }
     let ar = &m.architecture;
     let q = &m.quantization;
-    println!("container:     {}", a.dir.dir.display());
+    match strata_runner::remote::lookup(&a.dir.dir) {
+        Some(r) => println!(
+            "container:     {} (cached in {})",
+            r.url(),
+            r.dir().display()
+        ),
+        None => println!("container:     {}", a.dir.dir.display()),
+    }
     println!(
         "format:        {} (written by {} {})",
         m.format_version, m.tool.name, m.tool.version

@@ -202,46 +202,44 @@ impl Store {
                 "not a container URL (s3://, http:// or https://)".into()
             ));
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("strata-remote")
-            .enable_all()
-            .build()
-            .map_err(|e| bad(format!("cannot start the network runtime: {e}")))?;
-        Ok(Store {
-            store,
-            prefix,
-            url,
-            runtime,
-            retries,
-            traffic: Traffic::default(),
-        })
+        Store::build(store, prefix, &url, retries)
     }
 
     /// A store over any `object_store` implementation (an in-memory one in
-    /// tests), named `url` in messages, its objects under `prefix`.
+    /// tests), named `url` in messages, its objects under `prefix`; 2 retries.
     pub fn with_object_store(
         store: Arc<dyn ObjectStore>,
         prefix: &str,
         url: &str,
     ) -> Result<Store> {
-        let bad = |reason: String| RunnerError::Remote {
+        let prefix = ObjectPath::parse(prefix).map_err(|e| RunnerError::Remote {
             object: url.to_string(),
-            reason,
-        };
+            reason: format!("not a valid object prefix: {e}"),
+        })?;
+        Store::build(store, prefix, url, 2)
+    }
+
+    fn build(
+        store: Arc<dyn ObjectStore>,
+        prefix: ObjectPath,
+        url: &str,
+        retries: u32,
+    ) -> Result<Store> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("strata-remote")
             .enable_all()
             .build()
-            .map_err(|e| bad(format!("cannot start the network runtime: {e}")))?;
+            .map_err(|e| RunnerError::Remote {
+                object: url.to_string(),
+                reason: format!("cannot start the network runtime: {e}"),
+            })?;
         Ok(Store {
             store,
-            prefix: ObjectPath::parse(prefix)
-                .map_err(|e| bad(format!("not a valid object prefix: {e}")))?,
+            prefix,
             url: url.trim_end_matches('/').to_string(),
             runtime,
-            retries: 2,
+            retries,
             traffic: Traffic::default(),
         })
     }
