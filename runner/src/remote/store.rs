@@ -462,29 +462,40 @@ impl Store {
             self.traffic.bytes.fetch_add(len, Ordering::Relaxed);
             return Ok(());
         }
-        let mut file = std::fs::File::open(path).map_err(io)?;
-        self.block(async {
-            let upload = self
-                .retrying(name, || self.store.put_multipart(&key))
-                .await?;
+        std::fs::File::open(path).map_err(io)?;
+        // A failed part fails the upload; the whole file is then sent again
+        // (with the same retries and backoff as a read).
+        self.block(self.retrying(name, || async {
+            let local = |e: std::io::Error| object_store::Error::Generic {
+                store: "local file",
+                source: format!("{}: {e}", path.display()).into(),
+            };
+            let mut file = std::fs::File::open(path).map_err(local)?;
+            let upload = self.store.put_multipart(&key).await?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART);
             let mut buf = vec![0u8; UPLOAD_PART];
-            loop {
-                let n = file.read(&mut buf).map_err(io)?;
-                if n == 0 {
-                    break;
+            let failed = loop {
+                let n = match file.read(&mut buf) {
+                    Ok(0) => break None,
+                    Ok(n) => n,
+                    Err(e) => break Some(local(e)),
+                };
+                if let Err(e) = w.wait_for_capacity(IN_FLIGHT).await {
+                    break Some(e);
                 }
-                w.wait_for_capacity(IN_FLIGHT)
-                    .await
-                    .map_err(|e| self.error(name, classify(&e), 1))?;
                 w.write(&buf[..n]);
-                self.traffic.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            };
+            match failed {
+                // The parts already sent are dropped on the server.
+                Some(e) => {
+                    let _ = w.abort().await;
+                    Err(e)
+                }
+                None => w.finish().await.map(|_| ()),
             }
-            w.finish()
-                .await
-                .map_err(|e| self.error(name, classify(&e), 1))?;
-            Ok(())
-        })
+        }))?;
+        self.traffic.bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(())
     }
 }
 
