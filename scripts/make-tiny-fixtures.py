@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write tiny random checkpoints (Llama family, Gemma 2, Phi-3, Mixtral/Qwen2-MoE/Qwen3-MoE) and their transformers
+"""Write tiny random checkpoints (Llama family, Gemma 2, Gemma 3, Phi-3, Mixtral/Qwen2-MoE/Qwen3-MoE) and their transformers
 reference outputs.
 
 Output: tests/fixtures/tiny/<variant>/{config.json, model.safetensors, generation_config.json, golden.json}
@@ -33,7 +33,7 @@ What the script does, per variant:
 5. Seed search: tries seeds base, base+1, ... and keeps the first whose top1-top2 logit margin is at least
    MIN_MARGIN at every position and every greedy step, and whose greedy output is not one repeated token, so
    that argmax comparisons in the Rust tests are never near ties. The seed used goes into golden.json.
-6. For mistral, mixtral, phi3 and gemma2, checks empirically that eager attention applies the window (logits vs no window)
+6. For mistral, mixtral, phi3, gemma2 and gemma3, checks empirically that eager attention applies the window (logits vs no window)
    and that the mask each sliding layer receives is exactly "query i attends key j iff 0 <= i - j < sliding_window"
    (gemma2: layer 0 slides, layer 1 is plainly causal).
 7. gemma2: checks the embedding scale transformers multiplies by (sqrt(hidden) as a float32 tensor cast to the
@@ -148,6 +148,18 @@ VARIANTS = {
                "embeddings times sqrt(72), query_pre_attn_scalar 24 (not head_dim 16), attention and final soft-caps "
                "small enough to bite, sliding window 4 on layer 0 only (default layer_types), tied head, "
                "hidden 72 != 4 heads x 16"),
+    "gemma3": (14000, {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_size": 72,
+                       "num_hidden_layers": 3, "head_dim": 16, "hidden_activation": "gelu_pytorch_tanh",
+                       "rms_norm_eps": 1e-06, "query_pre_attn_scalar": 24, "sliding_window": 4,
+                       "sliding_window_pattern": 3, "rope_theta": 1000000.0, "rope_local_base_freq": 100.0,
+                       "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+                       "attn_logit_softcapping": None, "final_logit_softcapping": None,
+                       "tie_word_embeddings": True, "attention_bias": False, "attention_dropout": 0.0,
+                       "use_bidirectional_attention": False, "pad_token_id": 0},
+               "Gemma3ForCausalLM: Gemma 2's (1+w) norms, post norms, GeGLU, sqrt(72) embeddings and "
+               "query_pre_attn_scalar 24, plus (1+w) q/k norms, no soft-caps, sliding_window_pattern 3 (layers 0 "
+               "and 1 slide with window 4, layer 2 is full), RoPE base 100 on sliding layers "
+               "(rope_local_base_freq) and 1e6 with linear scaling (factor 2) on the full layer, tied head"),
     "phi3": (9000, {**PHI3, "original_max_position_embeddings": 256, "sliding_window": 7},
              "Phi3ForCausalLM: fused qkv_proj and gate_up_proj, no rope scaling, sliding_window 7 on every layer "
              "(Phi-3-mini-4k has 2047)"),
@@ -206,7 +218,8 @@ def tensor_specs(cfg):
     inter = cfg["intermediate_size"]
     v = cfg["vocab_size"]
     mt = cfg["model_type"]
-    norm = "norm_gemma" if mt == "gemma2" else "norm"  # Gemma stores w of (1 + w)
+    gemma = mt in ("gemma2", "gemma3_text")
+    norm = "norm_gemma" if gemma else "norm"  # Gemma stores w of (1 + w)
     specs = [("model.embed_tokens.weight", (v, h), "embed")]
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
@@ -232,12 +245,12 @@ def tensor_specs(cfg):
                 (p + "self_attn.k_proj.bias", (nkv * hd,), "bias"),
                 (p + "self_attn.v_proj.bias", (nkv * hd,), "bias"),
             ]
-        if mt in ("qwen3", "qwen3_moe"):
+        if mt in ("qwen3", "qwen3_moe", "gemma3_text"):
             specs += [
-                (p + "self_attn.q_norm.weight", (hd,), "norm"),
-                (p + "self_attn.k_norm.weight", (hd,), "norm"),
+                (p + "self_attn.q_norm.weight", (hd,), norm),
+                (p + "self_attn.k_norm.weight", (hd,), norm),
             ]
-        if mt == "gemma2":  # post_attention_layernorm normalizes the attention output
+        if gemma:  # post_attention_layernorm normalizes the attention output
             specs += [
                 (p + "self_attn.o_proj.weight", (h, nh * hd), "proj"),
                 (p + "post_attention_layernorm.weight", (h,), "norm_gemma_post"),
@@ -274,7 +287,7 @@ def tensor_specs(cfg):
             (p + "mlp.up_proj.weight", (inter, h), "proj"),
             (p + "mlp.down_proj.weight", (h, inter), "proj"),
         ]
-        if mt == "gemma2":
+        if gemma:
             specs.append((p + "post_feedforward_layernorm.weight", (h,), "norm_gemma_post"))
     specs.append(("model.norm.weight", (h,), norm))
     if not cfg["tie_word_embeddings"]:
@@ -294,7 +307,7 @@ def make_weights(cfg, seed):
         elif kind == "embed":
             # gemma2 multiplies by sqrt(72) and ties the head: at 0.3 the input embedding dominates the residual
             # stream and the model echoes its input token
-            x = x * (0.12 if cfg["model_type"] == "gemma2" else 0.3)
+            x = x * (0.12 if cfg["model_type"] in ("gemma2", "gemma3_text") else 0.3)
         elif kind == "proj_qk":
             x = x * 0.25  # large enough that attention is far from uniform
         elif kind == "proj":
@@ -368,8 +381,21 @@ def check_loaded(model, weights, cfg, name):
     rp = c.rope_parameters
     scaling = cfg.get("rope_scaling") or {}
     want_type = scaling.get("rope_type", scaling.get("type", "default"))
-    assert rp["rope_type"] == want_type, rp
-    assert rp["rope_theta"] == cfg["rope_theta"], rp
+    if cfg["model_type"] == "gemma3_text":  # one rope per layer type; the scaling is the full layers'
+        assert rp["full_attention"]["rope_type"] == want_type, rp
+        assert rp["full_attention"]["factor"] == scaling["factor"], rp
+        assert rp["full_attention"]["rope_theta"] == cfg["rope_theta"], rp
+        assert rp["sliding_attention"] == {"rope_type": "default", "rope_theta": cfg["rope_local_base_freq"]}, rp
+        assert c.layer_types == ["sliding_attention", "sliding_attention", "full_attention"], c.layer_types
+        assert c.sliding_window == cfg["sliding_window"]
+        assert attn.scaling == cfg["query_pre_attn_scalar"] ** -0.5
+        assert (c.attn_logit_softcapping, c.final_logit_softcapping) == (None, None)
+        assert c.hidden_activation == "gelu_pytorch_tanh"
+        emb = model.model.embed_tokens
+        assert torch.equal(emb.embed_scale.to(emb.weight.dtype), torch.tensor(cfg["hidden_size"] ** 0.5))
+    else:
+        assert rp["rope_type"] == want_type, rp
+        assert rp["rope_theta"] == cfg["rope_theta"], rp
     if cfg["model_type"] == "gemma2":
         assert c.layer_types == ["sliding_attention", "full_attention"], c.layer_types
         assert c.sliding_window == cfg["sliding_window"]
@@ -481,6 +507,8 @@ def window_checks(folder, model, logits, cfg):
     #    positions < w must match, later ones must differ
     if mt == "gemma2":
         nowin = load(folder, layer_types=["full_attention"] * cfg["num_hidden_layers"])
+    elif mt == "gemma3_text":  # full layers would change the rope too: a window longer than the sequence
+        nowin = load(folder, sliding_window=10 * len(IDS))
     else:
         nowin = load(folder, sliding_window=None)
     with torch.no_grad():
@@ -490,7 +518,8 @@ def window_checks(folder, model, logits, cfg):
     assert bool((diff[w:] > 1e-3).all()), diff
     # 2. the mask that eager attention actually receives, layer by layer
     import importlib
-    mm = importlib.import_module(f"transformers.models.{mt}.modeling_{mt}")
+    mod = "gemma3" if mt == "gemma3_text" else mt
+    mm = importlib.import_module(f"transformers.models.{mod}.modeling_{mod}")
     orig = mm.eager_attention_forward
     masks = []
 
@@ -508,7 +537,10 @@ def window_checks(folder, model, logits, cfg):
     n = len(IDS)
     window_rule = torch.tensor([[0 <= i - j < w for j in range(n)] for i in range(n)])
     causal_rule = torch.tensor([[0 <= i - j for j in range(n)] for i in range(n)])
-    sliding = [i for i in range(cfg["num_hidden_layers"]) if mt != "gemma2" or i % 2 == 0]
+    sliding = [i for i, t in enumerate(model.config.layer_types) if t == "sliding_attention"] \
+        if mt in ("gemma2", "gemma3_text") else list(range(cfg["num_hidden_layers"]))
+    if mt == "gemma2":
+        assert sliding == [i for i in range(cfg["num_hidden_layers"]) if i % 2 == 0]
     for layer, mask in enumerate(masks):
         allowed = (mask[0, 0] == 0)  # additive mask: 0 = attend, -inf/min = masked
         rule = window_rule if layer in sliding else causal_rule
@@ -518,7 +550,7 @@ def window_checks(folder, model, logits, cfg):
         "mask_rule": f"query i attends key j iff 0 <= i - j < sliding_window ({w}): each query sees {w} keys "
                      f"including itself",
     }
-    if mt == "gemma2":
+    if mt in ("gemma2", "gemma3_text"):
         out["sliding_layers"] = sliding
         out["mask_rule"] += " (sliding layers only; the others are plainly causal)"
     return out
@@ -534,6 +566,23 @@ def softcap_checks(folder, logits):
         assert d > 0.1, (key, d)
         out[f"max_abs_logit_diff_without_{key}"] = round(d, DECIMALS)
     assert float(logits.abs().max()) < GEMMA2_FINAL_CAP
+    return out
+
+
+def gemma3_rope_checks(folder, model, logits, cfg):
+    """gemma3: each layer type's rope matters (sliding base made the full one's; full scaling removed)."""
+    rp = model.config.rope_parameters
+    out = {}
+    for what, params in (
+            ("sliding_base_as_full", {**rp, "sliding_attention": {"rope_type": "default",
+                                                                 "rope_theta": cfg["rope_theta"]}}),
+            ("full_without_scaling", {**rp, "full_attention": {"rope_type": "default",
+                                                              "rope_theta": cfg["rope_theta"]}})):
+        with torch.no_grad():
+            l2 = load(folder, rope_parameters=params)(torch.tensor([IDS])).logits[0]
+        diff = (logits - l2).abs().max(dim=-1).values
+        assert float(diff[0]) == 0.0 and float(diff[1:].max()) > 1e-3, (what, diff)
+        out[f"max_abs_logit_diff_{what}"] = round(float(diff.max()), DECIMALS)
     return out
 
 
@@ -642,10 +691,13 @@ def main():
                 "with the KV cache, do_sample false, eos ignored; recomputed without cache and equal",
             ],
         }
-        if cfg["model_type"] in ("mistral", "mixtral", "phi3", "gemma2") and cfg.get("sliding_window"):
+        if cfg["model_type"] in ("mistral", "mixtral", "phi3", "gemma2", "gemma3_text") and cfg.get("sliding_window"):
             golden["sliding_window_check"] = window_checks(folder, model, logits, cfg)
-        if name == "gemma2":
-            golden["softcap_check"] = softcap_checks(folder, logits)
+        if name == "gemma3":
+            golden["rope_check"] = gemma3_rope_checks(folder, model, logits, cfg)
+        if name in ("gemma2", "gemma3"):
+            if name == "gemma2":
+                golden["softcap_check"] = softcap_checks(folder, logits)
             golden["notes"][1] = ("embeddings[i] = embed_tokens row of ids[i] times sqrt(hidden_size) (float32); "
                                   "layer_outputs[l][i] = residual stream after decoder layer l at position i "
                                   "(before the final norm)")

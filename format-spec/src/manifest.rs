@@ -73,8 +73,14 @@ pub struct Architecture {
     pub max_position_embeddings: u64,
     /// Epsilon of the RMS norms.
     pub norm_eps: f64,
-    /// Rotary position embedding.
+    /// Rotary position embedding (of every layer, or, with
+    /// [`Architecture::sliding_rope`], of the layers without a sliding window).
     pub rope: Rope,
+    /// Rotary position embedding of the sliding-window layers, where it
+    /// differs from `rope` (Gemma 3: a lower base, no scaling). `None` means
+    /// `rope` for every layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_rope: Option<Rope>,
     /// Activation of the gated feed-forward block.
     pub activation: Activation,
     /// Whether the head reuses the embedding matrix (`embed.tokens`).
@@ -399,27 +405,8 @@ impl Manifest {
                 ),
             ));
         }
-        if a.rope.rotary_dim == 0 || a.rope.rotary_dim > a.head_dim || a.rope.rotary_dim % 2 != 0 {
-            return Err(bad(
-                path,
-                format!(
-                    "rope.rotary_dim {} must be even and within 1..=head_dim",
-                    a.rope.rotary_dim
-                ),
-            ));
-        }
-        let finite_pos = |name: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(bad(
-                    path,
-                    format!("architecture.{name} = {v} must be finite and positive"),
-                ))
-            }
-        };
+        let finite_pos = |name: &str, v: f64| finite_positive(path, name, v);
         finite_pos("norm_eps", a.norm_eps)?;
-        finite_pos("rope.theta", a.rope.theta)?;
         for (name, v) in [
             ("attn_logit_softcap", a.attn_logit_softcap),
             ("final_logit_softcap", a.final_logit_softcap),
@@ -430,55 +417,20 @@ impl Manifest {
                 finite_pos(name, v)?;
             }
         }
-        match &a.rope.scaling {
-            None => {}
-            Some(RopeScaling::Linear { factor }) => finite_pos("rope.scaling.factor", *factor)?,
-            Some(RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            }) => {
-                finite_pos("rope.scaling.factor", *factor)?;
-                finite_pos("rope.scaling.low_freq_factor", *low_freq_factor)?;
-                finite_pos("rope.scaling.high_freq_factor", *high_freq_factor)?;
-                if high_freq_factor <= low_freq_factor || *original_max_position_embeddings == 0 {
-                    return Err(bad(
-                        path,
-                        format!(
-                            "rope.scaling: high_freq_factor {high_freq_factor} must exceed low_freq_factor {low_freq_factor}, and original_max_position_embeddings {original_max_position_embeddings} must be at least 1"
-                        ),
-                    ));
-                }
+        validate_rope(path, "rope", &a.rope, a.head_dim)?;
+        if let Some(r) = &a.sliding_rope {
+            validate_rope(path, "sliding_rope", r, a.head_dim)?;
+            if matches!(r.scaling, Some(RopeScaling::LongRope { .. })) {
+                return Err(bad(
+                    path,
+                    "architecture.sliding_rope.scaling is longrope, which applies to a whole model, not to its sliding layers".into(),
+                ));
             }
-            Some(RopeScaling::LongRope {
-                short_factor,
-                long_factor,
-                original_max_position_embeddings,
-                attention_factor,
-            }) => {
-                finite_pos("rope.scaling.attention_factor", *attention_factor)?;
-                let pairs = a.rope.rotary_dim / 2;
-                for (name, list) in [("short_factor", short_factor), ("long_factor", long_factor)] {
-                    if list.len() as u64 != pairs {
-                        return Err(bad(
-                            path,
-                            format!(
-                                "rope.scaling.{name} has {} values for {pairs} rotary frequencies",
-                                list.len()
-                            ),
-                        ));
-                    }
-                    for &v in list {
-                        finite_pos(&format!("rope.scaling.{name}"), v)?;
-                    }
-                }
-                if *original_max_position_embeddings == 0 {
-                    return Err(bad(
-                        path,
-                        "rope.scaling.original_max_position_embeddings must be at least 1".into(),
-                    ));
-                }
+            if a.sliding_window.is_none() {
+                return Err(bad(
+                    path,
+                    "architecture.sliding_rope is set but the model has no sliding_window".into(),
+                ));
             }
         }
         if a.max_context == Some(0) {
@@ -593,4 +545,83 @@ fn bad(path: &Path, reason: String) -> FormatError {
         path: path.to_path_buf(),
         reason,
     }
+}
+
+/// `architecture.{name} = v` must be finite and positive.
+fn finite_positive(path: &Path, name: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(bad(
+            path,
+            format!("architecture.{name} = {v} must be finite and positive"),
+        ))
+    }
+}
+
+/// Checks one rotary embedding description (`what`: `rope` or `sliding_rope`).
+fn validate_rope(path: &Path, what: &str, rope: &Rope, head_dim: u64) -> Result<()> {
+    if rope.rotary_dim == 0 || rope.rotary_dim > head_dim || rope.rotary_dim % 2 != 0 {
+        return Err(bad(
+            path,
+            format!(
+                "{what}.rotary_dim {} must be even and within 1..=head_dim",
+                rope.rotary_dim
+            ),
+        ));
+    }
+    let finite_pos = |name: &str, v: f64| finite_positive(path, &format!("{what}.{name}"), v);
+    finite_pos("theta", rope.theta)?;
+    match &rope.scaling {
+        None => {}
+        Some(RopeScaling::Linear { factor }) => finite_pos("scaling.factor", *factor)?,
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            finite_pos("scaling.factor", *factor)?;
+            finite_pos("scaling.low_freq_factor", *low_freq_factor)?;
+            finite_pos("scaling.high_freq_factor", *high_freq_factor)?;
+            if high_freq_factor <= low_freq_factor || *original_max_position_embeddings == 0 {
+                return Err(bad(
+                    path,
+                    format!(
+                        "{what}.scaling: high_freq_factor {high_freq_factor} must exceed low_freq_factor {low_freq_factor}, and original_max_position_embeddings {original_max_position_embeddings} must be at least 1"
+                    ),
+                ));
+            }
+        }
+        Some(RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max_position_embeddings,
+            attention_factor,
+        }) => {
+            finite_pos("scaling.attention_factor", *attention_factor)?;
+            let pairs = rope.rotary_dim / 2;
+            for (name, list) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                if list.len() as u64 != pairs {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "{what}.scaling.{name} has {} values for {pairs} rotary frequencies",
+                            list.len()
+                        ),
+                    ));
+                }
+                for &v in list {
+                    finite_pos(&format!("scaling.{name}"), v)?;
+                }
+            }
+            if *original_max_position_embeddings == 0 {
+                return Err(bad(
+                    path,
+                    format!("{what}.scaling.original_max_position_embeddings must be at least 1"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -188,6 +188,7 @@ impl Shape {
                 embedding_multiplier: None,
                 max_context: None,
                 alibi: false,
+                sliding_rope: None,
             },
             quantization: Quantization {
                 weights: DType::Nf4,

@@ -125,6 +125,7 @@ fn tiny_container(dir: &Path) -> Manifest {
             embedding_multiplier: None,
             max_context: None,
             alibi: false,
+            sliding_rope: None,
         },
         quantization: Quantization {
             weights: DType::Nf4,
@@ -443,6 +444,23 @@ fn manifest_refuses_values_that_would_poison_the_maths() {
         (
             "rope.scaling.factor",
             Box::new(|m| m.architecture.rope.scaling = Some(RopeScaling::Linear { factor: 0.0 })),
+        ),
+        (
+            "sliding_rope.theta",
+            Box::new(|m| {
+                m.architecture.sliding_window = Some(4);
+                m.architecture.sliding_rope = Some(strata_format::manifest::Rope {
+                    theta: -1.0,
+                    ..m.architecture.rope.clone()
+                });
+            }),
+        ),
+        (
+            "sliding_rope is set but the model has no sliding_window",
+            Box::new(|m| {
+                m.architecture.sliding_window = None;
+                m.architecture.sliding_rope = Some(m.architecture.rope.clone());
+            }),
         ),
         (
             "rope.scaling.factor",

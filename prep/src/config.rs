@@ -31,9 +31,11 @@ struct Family {
     act_default: &'static str,
     /// `tie_word_embeddings` when the key is absent.
     tie_default: bool,
-    /// Gemma 2's extras: post-block norms, soft-caps, `query_pre_attn_scalar`,
-    /// embeddings scaled by sqrt(hidden) (and `(1 + w)` norms, see `plan`).
-    gemma2: bool,
+    /// Gemma's extras: post-block norms, `query_pre_attn_scalar`, embeddings
+    /// scaled by sqrt(hidden) (and `(1 + w)` norms, see `plan`), soft-caps
+    /// (on by default in Gemma 2, off in Gemma 3), and Gemma 3's RoPE per
+    /// layer type.
+    gemma: Gemma,
     /// Rope types the class's config renames to `longrope`.
     longrope_aliases: &'static [&'static str],
     /// Phi-3 keeps `original_max_position_embeddings` at the top level of
@@ -43,6 +45,18 @@ struct Family {
     remote: Remote,
     /// How the class describes its mixture of experts, if it has one.
     moe: MoeRule,
+}
+
+/// The Gemma generations, whose configs share extras (see [`Family::gemma`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gemma {
+    /// Not a Gemma model.
+    None,
+    /// Gemma 2: soft-caps by default, every other layer slides.
+    Two,
+    /// Gemma 3: no soft-caps by default, q/k norms, five sliding layers in
+    /// six, a RoPE base per layer type.
+    Three,
 }
 
 /// Families whose modeling code ships with the checkpoint (`auto_map`).
@@ -93,6 +107,10 @@ enum WindowRule {
     /// Layers from `layer_types`, else every even layer (0, 2, …); absent
     /// `sliding_window` means 4096, null or 0 is refused.
     Gemma2,
+    /// Layers from `layer_types`, else layer `i` slides unless `i + 1` is a
+    /// multiple of `sliding_window_pattern` (default 6); absent
+    /// `sliding_window` means 4096, null or 0 is refused.
+    Gemma3,
 }
 
 /// The fields most classes share; each entry of [`FAMILIES`] changes some.
@@ -109,14 +127,14 @@ const LLAMA: Family = Family {
     act_key: "hidden_act",
     act_default: "silu",
     tie_default: false,
-    gemma2: false,
+    gemma: Gemma::None,
     longrope_aliases: &[],
     original_max_default: None,
     remote: Remote::None,
     moe: MoeRule::None,
 };
 
-const FAMILIES: [Family; 14] = [
+const FAMILIES: [Family; 15] = [
     LLAMA,
     Family {
         class: "MistralForCausalLM",
@@ -159,7 +177,21 @@ const FAMILIES: [Family; 14] = [
         act_key: "hidden_activation",
         act_default: "gelu_pytorch_tanh",
         tie_default: true,
-        gemma2: true,
+        gemma: Gemma::Two,
+        ..LLAMA
+    },
+    Family {
+        class: "Gemma3ForCausalLM",
+        family: "gemma3",
+        head_dim_default: Some(256),
+        max_position_default: 131_072,
+        mlp_bias_key: false,
+        qk_norm: true,
+        window: WindowRule::Gemma3,
+        act_key: "hidden_activation",
+        act_default: "gelu_pytorch_tanh",
+        tie_default: true,
+        gemma: Gemma::Three,
         ..LLAMA
     },
     Family {
@@ -281,6 +313,12 @@ const DEFAULT_MAX_WINDOW_LAYERS: u64 = 28;
 const GEMMA2_ATTN_SOFTCAP: f64 = 50.0;
 const GEMMA2_FINAL_SOFTCAP: f64 = 30.0;
 const GEMMA2_QUERY_PRE_ATTN_SCALAR: f64 = 256.0;
+/// Gemma 3's RoPE bases when the config names none: full-attention layers
+/// (`rope_theta`) and sliding layers (`rope_local_base_freq`).
+const GEMMA3_GLOBAL_THETA: f64 = 1_000_000.0;
+const GEMMA3_LOCAL_THETA: f64 = 10_000.0;
+/// Gemma 3's `sliding_window_pattern` default: one full layer in six.
+const GEMMA3_PATTERN: u64 = 6;
 
 /// Typed access to a JSON object with errors naming the file and key.
 #[derive(Clone, Copy)]
@@ -509,7 +547,12 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         .u64("max_position_embeddings")?
         .unwrap_or(fam.max_position_default);
     let tie = c.bool("tie_word_embeddings")?.unwrap_or(fam.tie_default);
-    let rope = parse_rope(&c, fam, head_dim, max_pos)?;
+    let (rope, sliding_rope) = if fam.gemma == Gemma::Three {
+        let (full, sliding) = parse_gemma3_rope(&c, fam, head_dim, max_pos)?;
+        (full, Some(sliding))
+    } else {
+        (parse_rope(&c, fam, head_dim, max_pos)?, None)
+    };
 
     let attn_bias_flag = if fam.attention_bias_key {
         c.bool("attention_bias")?.unwrap_or(false)
@@ -557,8 +600,9 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         embedding_multiplier: None,
         max_context: None,
         alibi: false,
+        sliding_rope,
     };
-    if fam.gemma2 {
+    if fam.gemma != Gemma::None {
         if c.bool("use_bidirectional_attention")?.unwrap_or(false) {
             return Err(c.err(
                 "`use_bidirectional_attention` is true: the model is not causal, and this runner only computes causal decoders"
@@ -575,9 +619,15 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         }
         arch.post_norms = true;
         arch.attention_scale = Some(scalar.powf(-0.5));
-        arch.attn_logit_softcap = c.f64_or_null("attn_logit_softcapping", GEMMA2_ATTN_SOFTCAP)?;
-        arch.final_logit_softcap =
-            c.f64_or_null("final_logit_softcapping", GEMMA2_FINAL_SOFTCAP)?;
+        if fam.gemma == Gemma::Two {
+            arch.attn_logit_softcap =
+                c.f64_or_null("attn_logit_softcapping", GEMMA2_ATTN_SOFTCAP)?;
+            arch.final_logit_softcap =
+                c.f64_or_null("final_logit_softcapping", GEMMA2_FINAL_SOFTCAP)?;
+        } else {
+            arch.attn_logit_softcap = c.f64("attn_logit_softcapping")?;
+            arch.final_logit_softcap = c.f64("final_logit_softcapping")?;
+        }
         // transformers multiplies by sqrt(hidden) cast to the compute dtype;
         // in float32 that is f32(sqrt(hidden)), which a runner gets from this f64.
         arch.embedding_multiplier = Some((hidden as f64).sqrt());
@@ -950,6 +1000,71 @@ fn parse_rope(c: &Cfg, fam: &Family, head_dim: u64, max_pos: u64) -> Result<Rope
     })
 }
 
+/// Gemma 3's two rotary embeddings, (full-attention layers, sliding layers),
+/// as `Gemma3TextConfig` builds them: transformers 5's `rope_parameters`
+/// holds one object per layer type (`full_attention`, `sliding_attention`);
+/// older configs give `rope_theta` (default 1e6) and `rope_scaling` for the
+/// full layers and `rope_local_base_freq` (default 1e4, never scaled) for
+/// the sliding ones.
+fn parse_gemma3_rope(c: &Cfg, fam: &Family, head_dim: u64, max_pos: u64) -> Result<(Rope, Rope)> {
+    // One rope object in the keys `parse_rope` reads, and nothing else of the
+    // config's rope keys.
+    let one = |params: Map<String, Value>| -> Result<Rope> {
+        let mut m = c.map.clone();
+        for k in ["rope_scaling", "rope_theta", "partial_rotary_factor"] {
+            m.remove(k);
+        }
+        m.insert("rope_parameters".into(), Value::Object(params));
+        parse_rope(
+            &Cfg {
+                map: &m,
+                path: c.path,
+            },
+            fam,
+            head_dim,
+            max_pos,
+        )
+    };
+    let with_theta = |mut m: Map<String, Value>, theta: f64| {
+        m.entry("rope_theta").or_insert(theta.into());
+        if m.get("rope_theta").is_some_and(Value::is_null) {
+            m.insert("rope_theta".into(), theta.into());
+        }
+        m
+    };
+    if let Some(p) = c.object("rope_parameters")? {
+        let full = p.object("full_attention")?;
+        let sliding = p.object("sliding_attention")?;
+        if full.is_none() && sliding.is_none() {
+            return Err(c.err(
+                "Gemma 3 `rope_parameters` must hold `full_attention` and `sliding_attention` objects"
+                    .into(),
+            ));
+        }
+        let own = |o: Option<Cfg>| o.map(|o| o.map.clone()).unwrap_or_default();
+        return Ok((
+            one(with_theta(own(full), GEMMA3_GLOBAL_THETA))?,
+            one(with_theta(own(sliding), GEMMA3_LOCAL_THETA))?,
+        ));
+    }
+    let mut full = match c.object("rope_scaling")? {
+        Some(s) => s.map.clone(),
+        None => Map::new(),
+    };
+    full.insert(
+        "rope_theta".into(),
+        c.f64("rope_theta")?.unwrap_or(GEMMA3_GLOBAL_THETA).into(),
+    );
+    let mut sliding = Map::new();
+    sliding.insert(
+        "rope_theta".into(),
+        c.f64("rope_local_base_freq")?
+            .unwrap_or(GEMMA3_LOCAL_THETA)
+            .into(),
+    );
+    Ok((one(full)?, one(sliding)?))
+}
+
 /// LongRoPE as transformers reads it (`_compute_longrope_parameters` and
 /// `standardize_rope_params`): the context length the short factors serve is
 /// the config's top-level `original_max_position_embeddings` when the class
@@ -1044,18 +1159,28 @@ fn parse_window(c: &Cfg, rule: WindowRule, layers: u64) -> Result<(Option<u64>, 
                 }
             }
         }
-        WindowRule::Gemma2 => {
-            // transformers builds the sliding mask for every Gemma 2 model and
-            // fails without a window.
+        WindowRule::Gemma2 | WindowRule::Gemma3 => {
+            // transformers builds the sliding mask for every Gemma 2 and 3
+            // model and fails without a window.
             if window(Some(DEFAULT_WINDOW))?.is_none() {
                 return Err(c.err(
-                    "`sliding_window` must be a positive integer for Gemma 2 (transformers cannot run it without one)"
+                    "`sliding_window` must be a positive integer for Gemma 2 and 3 (transformers cannot run them without one)"
                         .into(),
                 ));
             }
-            match layer_types(c, layers)? {
-                Some(l) => l,
-                None => (0..layers).step_by(2).collect(),
+            match (layer_types(c, layers)?, rule) {
+                (Some(l), _) => l,
+                (None, WindowRule::Gemma2) => (0..layers).step_by(2).collect(),
+                (None, _) => {
+                    let pattern = match c.u64("sliding_window_pattern")? {
+                        Some(p) => p,
+                        None => c.u64("_sliding_window_pattern")?.unwrap_or(GEMMA3_PATTERN),
+                    };
+                    if pattern == 0 {
+                        return Err(c.err("`sliding_window_pattern` is 0".into()));
+                    }
+                    (0..layers).filter(|i| (i + 1) % pattern != 0).collect()
+                }
             }
         }
     };
@@ -1330,6 +1455,81 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("query_pre_attn_scalar"));
+    }
+
+    fn gemma3() -> Value {
+        json!({"architectures": ["Gemma3ForCausalLM"], "hidden_size": 72, "num_hidden_layers": 13,
+               "num_attention_heads": 4, "num_key_value_heads": 1, "intermediate_size": 128,
+               "vocab_size": 160, "sliding_window": 512})
+    }
+
+    #[test]
+    fn gemma3_defaults_rope_per_layer_type_and_window_pattern() {
+        let a = arch(gemma3()).unwrap();
+        assert_eq!(
+            (a.family.as_str(), a.activation),
+            ("gemma3", Activation::GeluTanh)
+        );
+        assert!(a.tie_word_embeddings && a.post_norms && a.qk_norm && !a.attention_bias);
+        assert_eq!((a.attn_logit_softcap, a.final_logit_softcap), (None, None));
+        assert_eq!(a.attention_scale, Some(256f64.powf(-0.5)));
+        assert_eq!(a.embedding_multiplier, Some(72f64.sqrt()));
+        assert_eq!((a.head_dim, a.max_position_embeddings), (256, 131_072));
+        // Five sliding layers in six: layers 5 and 11 are full.
+        let full: Vec<u64> = (0..13)
+            .filter(|l| !a.sliding_window_layers.as_ref().unwrap().contains(l))
+            .collect();
+        assert_eq!((a.sliding_window, full), (Some(512), vec![5, 11]));
+        assert_eq!((a.rope.theta, &a.rope.scaling), (1e6, &None));
+        let local = a.sliding_rope.clone().unwrap();
+        assert_eq!(
+            (local.theta, local.rotary_dim, local.scaling),
+            (1e4, 256, None)
+        );
+
+        // Classic keys: rope_scaling applies to the full layers only.
+        let mut v = gemma3();
+        v["rope_theta"] = json!(500000.0);
+        v["rope_local_base_freq"] = json!(20000.0);
+        v["rope_scaling"] = json!({"rope_type": "linear", "factor": 8.0});
+        v["sliding_window_pattern"] = json!(2);
+        v["final_logit_softcapping"] = json!(30.0);
+        let a = arch(v).unwrap();
+        assert_eq!(a.rope.theta, 500000.0);
+        assert_eq!(a.rope.scaling, Some(RopeScaling::Linear { factor: 8.0 }));
+        let local = a.sliding_rope.unwrap();
+        assert_eq!((local.theta, local.scaling), (20000.0, None));
+        assert_eq!(
+            a.sliding_window_layers,
+            Some((0..13).step_by(2).collect::<Vec<u64>>())
+        );
+        assert_eq!(a.final_logit_softcap, Some(30.0));
+
+        // transformers 5's rope_parameters, one object per layer type, and layer_types.
+        let mut v = gemma3();
+        v["num_hidden_layers"] = json!(2);
+        v["layer_types"] = json!(["full_attention", "sliding_attention"]);
+        v["rope_parameters"] = json!({
+            "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}});
+        let a = arch(v).unwrap();
+        assert_eq!(a.rope.scaling, Some(RopeScaling::Linear { factor: 4.0 }));
+        assert_eq!(a.sliding_rope.unwrap().theta, 1e4);
+        assert_eq!(a.sliding_window_layers, Some(vec![1]));
+
+        let mut v = gemma3();
+        v["rope_parameters"] = json!({"rope_type": "default", "rope_theta": 1e6});
+        let e = arch(v).unwrap_err().to_string();
+        assert!(e.contains("full_attention"), "{e}");
+        let mut v = gemma3();
+        v["sliding_window_pattern"] = json!(0);
+        assert!(arch(v)
+            .unwrap_err()
+            .to_string()
+            .contains("sliding_window_pattern"));
+        let mut v = gemma3();
+        v["sliding_window"] = Value::Null;
+        assert!(arch(v).unwrap_err().to_string().contains("sliding_window"));
     }
 
     fn phi3() -> Value {

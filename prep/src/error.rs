@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 
 /// The architecture classes `prep` converts, as they appear in `config.json`.
-pub const SUPPORTED_CLASSES: [&str; 14] = [
+pub const SUPPORTED_CLASSES: [&str; 15] = [
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
     "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
     "Phi3ForCausalLM",
     "InternLM2ForCausalLM",
     "BaichuanForCausalLM",

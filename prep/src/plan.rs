@@ -193,7 +193,8 @@ impl PlannedTensor {
 enum Layout {
     /// Llama's names, one tensor per projection.
     Llama,
-    /// Gemma 2: `(1 + w)` norms and four norms per layer
+    /// Gemma 2 and 3: `(1 + w)` norms (Gemma 3's q/k norms too) and four
+    /// norms per layer
     /// (`input_layernorm`, `post_attention_layernorm`,
     /// `pre_feedforward_layernorm`, `post_feedforward_layernorm`).
     Gemma2,
@@ -222,7 +223,7 @@ enum Layout {
 impl Layout {
     fn of(arch: &Architecture) -> Layout {
         match arch.source_class.as_str() {
-            "Gemma2ForCausalLM" => Layout::Gemma2,
+            "Gemma2ForCausalLM" | "Gemma3ForCausalLM" => Layout::Gemma2,
             "Phi3ForCausalLM" => Layout::Phi3,
             "InternLM2ForCausalLM" => Layout::InternLm2,
             "BaichuanForCausalLM" => Layout::Baichuan,
@@ -664,6 +665,7 @@ pub(crate) mod tests {
             embedding_multiplier: None,
             max_context: None,
             alibi: false,
+            sliding_rope: None,
         }
     }
 

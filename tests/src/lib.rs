@@ -52,37 +52,50 @@ pub fn bin(name: &str) -> PathBuf {
 /// the last line printed by `scripts/fetch-smollm2.sh` (which builds it).
 pub fn smollm2_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Some(d) = std::env::var_os("STRATA_SMOLLM2").filter(|d| !d.is_empty()) {
-            let d = PathBuf::from(d);
-            assert!(
-                d.join("config.json").is_file(),
-                "STRATA_SMOLLM2={} holds no config.json",
-                d.display()
-            );
-            return d;
-        }
-        let script = repo_root().join("scripts/fetch-smollm2.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    DIR.get_or_init(|| fetched("STRATA_SMOLLM2", "scripts/fetch-smollm2.sh", &[]))
+        .clone()
+}
+
+/// The Gemma 3 270M checkpoint folder: `$STRATA_GEMMA3`, or else the last
+/// line printed by `scripts/fetch-model.sh gemma3-270m` (which builds it).
+pub fn gemma3_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| fetched("STRATA_GEMMA3", "scripts/fetch-model.sh", &["gemma3-270m"]))
+        .clone()
+}
+
+/// A real checkpoint folder: the one `env` names, or else the last line the
+/// fetch `script` (relative to the repository) prints.
+fn fetched(env: &str, script: &str, args: &[&str]) -> PathBuf {
+    if let Some(d) = std::env::var_os(env).filter(|d| !d.is_empty()) {
+        let d = PathBuf::from(d);
         assert!(
-            out.status.success(),
-            "{} failed ({}):\n{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            d.join("config.json").is_file(),
+            "{env}={} holds no config.json",
+            d.display()
         );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let last = stdout
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or_else(|| panic!("{} printed no path", script.display()));
-        PathBuf::from(last.trim())
-    })
-    .clone()
+        return d;
+    }
+    let script = repo_root().join(script);
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n{}",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| panic!("{} printed no path", script.display()));
+    PathBuf::from(last.trim())
 }
 
 /// A tiny fixture checkpoint: `tests/fixtures/tiny/<variant>`.

@@ -764,6 +764,7 @@ fn tiny_variants_convert() {
         ("qwen2", "nf4"),
         ("qwen3", "f32"),
         ("gemma2", "nf4"),
+        ("gemma3", "nf4"),
         ("phi3", "int8"),
         ("phi3-longrope", "f16"),
     ] {
@@ -783,7 +784,7 @@ fn tiny_variants_convert() {
         let layer = tensor_names(&out.join("layer.001.strata"));
         let head = tensor_names(&out.join("head.strata"));
         match variant {
-            "llama-tied" | "gemma2" => assert_eq!(head, ["final_norm"]),
+            "llama-tied" | "gemma2" | "gemma3" => assert_eq!(head, ["final_norm"]),
             _ => assert_eq!(head, ["final_norm", "head"]),
         }
         match variant {
@@ -830,6 +831,30 @@ fn tiny_variants_convert() {
                 assert_eq!(a.attention_scale, Some(24f64.powf(-0.5)));
                 assert_eq!(a.embedding_multiplier, Some(72f64.sqrt()));
                 assert_eq!(a.activation, strata_format::manifest::Activation::GeluTanh);
+            }
+            "gemma3" => {
+                assert!(a.post_norms && a.tie_word_embeddings && a.qk_norm);
+                assert!(
+                    layer.contains(&"attn.q_norm".into())
+                        && layer.contains(&"mlp_post_norm".into())
+                );
+                assert_eq!(
+                    (a.sliding_window, a.sliding_window_layers.clone()),
+                    (Some(4), Some(vec![0, 1]))
+                );
+                assert_eq!((a.attn_logit_softcap, a.final_logit_softcap), (None, None));
+                assert_eq!(a.attention_scale, Some(24f64.powf(-0.5)));
+                assert_eq!(a.embedding_multiplier, Some(72f64.sqrt()));
+                assert_eq!(a.rope.theta, 1e6);
+                assert!(matches!(
+                    a.rope.scaling,
+                    Some(strata_format::manifest::RopeScaling::Linear { factor }) if factor == 2.0
+                ));
+                let local = a.sliding_rope.as_ref().expect("gemma3 has a sliding rope");
+                assert_eq!(
+                    (local.theta, local.rotary_dim, &local.scaling),
+                    (100.0, 16, &None)
+                );
             }
             "phi3" => assert_eq!((a.sliding_window, a.rope.scaling.clone()), (Some(7), None)),
             "phi3-longrope" => {

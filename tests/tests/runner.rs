@@ -302,6 +302,7 @@ fn tiny_architectures_match_transformers() {
         "qwen2",
         "qwen3",
         "gemma2",
+        "gemma3",
         "phi3",
         "phi3-longrope",
         // Remote-code families: goldens from LlamaForCausalLM on the same

@@ -44,15 +44,23 @@ pub fn run(mut a: InspectArgs) -> Result<i32> {
         "shape:         {} layers, hidden {}, {} heads / {} kv heads × {}, intermediate {}, vocab {}",
         ar.num_layers, ar.hidden_size, ar.num_attention_heads, ar.num_kv_heads, ar.head_dim, ar.intermediate_size, ar.vocab_size
     );
-    println!(
-        "rope:          theta {}, rotary dim {}, scaling {}",
-        ar.rope.theta,
-        ar.rope.rotary_dim,
-        ar.rope
-            .scaling
-            .as_ref()
-            .map_or("none".to_string(), |s| format!("{s:?}"))
-    );
+    let rope = |r: &strata_format::manifest::Rope| {
+        format!(
+            "theta {}, rotary dim {}, scaling {}",
+            r.theta,
+            r.rotary_dim,
+            r.scaling
+                .as_ref()
+                .map_or("none".to_string(), |s| format!("{s:?}"))
+        )
+    };
+    match &ar.sliding_rope {
+        None => println!("rope:          {}", rope(&ar.rope)),
+        Some(sr) => {
+            println!("rope:          full layers: {}", rope(&ar.rope));
+            println!("               sliding layers: {}", rope(sr));
+        }
+    }
     println!(
         "options:       norm eps {}, activation {:?}, tied embeddings {}, qkv bias {}, qk norm {}, sliding window {:?}, max positions {}",
         ar.norm_eps, ar.activation, ar.tie_word_embeddings, ar.attention_bias, ar.qk_norm, ar.sliding_window, ar.max_position_embeddings

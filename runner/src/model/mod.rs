@@ -68,6 +68,8 @@ struct Sequence {
 pub struct Model {
     arch: Architecture,
     rope: RopeTables,
+    /// The sliding-window layers' tables, where they differ (Gemma 3).
+    sliding_rope: Option<RopeTables>,
     seqs: Vec<Sequence>,
     final_norm: Vec<f32>,
     ctx: usize,
@@ -161,6 +163,7 @@ impl Model {
         }
         let mut m = Model {
             rope: RopeTables::new(&arch.rope),
+            sliding_rope: arch.sliding_rope.as_ref().map(RopeTables::new),
             seqs: Vec::new(),
             arch,
             final_norm,
@@ -423,9 +426,12 @@ impl Model {
             let qs = &mut q[sp.row * qd..(sp.row + sp.n) * qd];
             let ks = &mut k[sp.row * kd..(sp.row + sp.n) * kd];
             if !a.alibi {
-                let inv = self.rope.inv(seq.long_rope);
-                apply_rope(qs, heads, hd, seq.pos, inv, self.rope.scale);
-                apply_rope(ks, kv_heads, hd, seq.pos, inv, self.rope.scale);
+                let (inv, scale) = match (&self.sliding_rope, window) {
+                    (Some(t), Some(_)) => (t.inv(false), t.scale),
+                    _ => (self.rope.inv(seq.long_rope), self.rope.scale),
+                };
+                apply_rope(qs, heads, hd, seq.pos, inv, scale);
+                apply_rope(ks, kv_heads, hd, seq.pos, inv, scale);
             }
             let cache = &mut seq.cache[l];
             cache.k.extend_from_slice(ks);
