@@ -623,10 +623,68 @@ def write_folder(folder, cfg, weights):
     safetensors.torch.save_file(weights, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
 
 
+def gemma3_multimodal(text_folder, folder):
+    """gemma3-mm: the gemma3 variant's text model inside a tiny Gemma3ForConditionalGeneration (a 1-layer SigLIP
+    vision tower and projector with random weights), saved with the Hub's names (`language_model.model.*`,
+    `vision_tower.*`, `multi_modal_projector.*`) and a config whose text_config gives only what differs from
+    Gemma3TextConfig's defaults. transformers' logits for the 12 ids must equal the gemma3 golden's: its golden.json
+    is that one."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+    text_cfg = json.load(open(os.path.join(text_folder, "config.json")))
+    text_config = {k: v for k, v in text_cfg.items()
+                   if k not in ("architectures", "transformers_version", "torch_dtype", "bos_token_id", "eos_token_id",
+                                "initializer_range", "use_cache", "hidden_act", "max_position_embeddings")}
+    text_config["model_type"] = "gemma3_text"
+    vision_config = {"model_type": "siglip_vision_model", "hidden_size": 16, "intermediate_size": 32,
+                     "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 28, "patch_size": 14,
+                     "vision_use_head": False}
+    cfg = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "text_config": text_config,
+           "vision_config": vision_config, "mm_tokens_per_image": 4, "boi_token_index": 155,
+           "eoi_token_index": 156, "image_token_index": 157, "initializer_range": 0.02,
+           "bos_token_id": text_cfg["bos_token_id"], "eos_token_id": text_cfg["eos_token_id"],
+           "torch_dtype": "bfloat16", "transformers_version": transformers.__version__}
+    torch.manual_seed(0)
+    mm = Gemma3ForConditionalGeneration(Gemma3Config(**{k: v for k, v in cfg.items()
+                                                         if k not in ("architectures", "transformers_version")}))
+    text = safetensors.torch.load_file(os.path.join(text_folder, "model.safetensors"))
+    out = {"language_model." + k: v for k, v in text.items()}  # model.X -> language_model.model.X
+    for k, v in mm.state_dict().items():
+        for p in ("model.vision_tower.", "model.multi_modal_projector."):
+            if k.startswith(p):
+                out[k[len("model."):]] = v.detach().to(torch.bfloat16).contiguous()
+    assert any(k.startswith("vision_tower.") for k in out) and any(k.startswith("multi_modal_projector.") for k in out)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    with open(os.path.join(folder, "generation_config.json"), "w") as f:
+        f.write(json.dumps({"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"],
+                            "transformers_version": transformers.__version__}, indent=2, sort_keys=True) + "\n")
+    safetensors.torch.save_file(dict(sorted(out.items())), os.path.join(folder, "model.safetensors"),
+                                metadata={"format": "pt"})
+    model = Gemma3ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32,
+                                                           attn_implementation="eager").eval()
+    golden = json.load(open(os.path.join(text_folder, "golden.json")))
+    with torch.no_grad():
+        logits = model(torch.tensor([IDS])).logits[0]
+    want = torch.tensor(golden["logits"])
+    d = float((logits - want).abs().max())
+    assert d < 2e-6, f"gemma3-mm: logits differ from the text model's by {d}"
+    golden["variant"] = "gemma3-mm"
+    golden["description"] = ("Gemma3ForConditionalGeneration holding the gemma3 variant's text model (Hub names "
+                             "language_model.model.*), a 1-layer SigLIP vision tower and a projector; text-only "
+                             "input gives the gemma3 variant's outputs")
+    golden["multimodal_check"] = {"max_abs_logit_diff_vs_text_model": round(d, 9),
+                                  "note": "transformers' Gemma3ForConditionalGeneration on the 12 ids, against the "
+                                          "gemma3 variant's logits (the values below are that variant's)"}
+    with open(os.path.join(folder, "golden.json"), "w") as f:
+        f.write(json.dumps(golden, sort_keys=True, separators=(",", ":")) + "\n")
+    print(f"gemma3-mm: logits within {d} of the text model", file=sys.stderr)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     summary = {}
-    unknown = set(ONLY or []) - set(VARIANTS)
+    unknown = set(ONLY or []) - set(VARIANTS) - {"gemma3-mm"}
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
     for name, (base_seed, overrides, desc) in VARIANTS.items():
@@ -719,6 +777,8 @@ def main():
             "min_margin": round(min(margins + pos_margins), 4),
         }
         print(f"{name}: {summary[name]}", file=sys.stderr)
+    if ONLY is None or "gemma3-mm" in ONLY:
+        gemma3_multimodal(os.path.join(OUT, "gemma3"), os.path.join(OUT, "gemma3-mm"))
     print(json.dumps(summary, indent=1))
 
 

@@ -45,6 +45,9 @@ struct Family {
     remote: Remote,
     /// How the class describes its mixture of experts, if it has one.
     moe: MoeRule,
+    /// The architecture is the `text_config` object of a multimodal config
+    /// (Gemma 3 4B and larger), whose text model alone is converted.
+    text_config: bool,
 }
 
 /// The Gemma generations, whose configs share extras (see [`Family::gemma`]).
@@ -132,9 +135,10 @@ const LLAMA: Family = Family {
     original_max_default: None,
     remote: Remote::None,
     moe: MoeRule::None,
+    text_config: false,
 };
 
-const FAMILIES: [Family; 15] = [
+const FAMILIES: [Family; 16] = [
     LLAMA,
     Family {
         class: "MistralForCausalLM",
@@ -192,6 +196,21 @@ const FAMILIES: [Family; 15] = [
         act_default: "gelu_pytorch_tanh",
         tie_default: true,
         gemma: Gemma::Three,
+        ..LLAMA
+    },
+    Family {
+        class: "Gemma3ForConditionalGeneration",
+        family: "gemma3",
+        head_dim_default: Some(256),
+        max_position_default: 131_072,
+        mlp_bias_key: false,
+        qk_norm: true,
+        window: WindowRule::Gemma3,
+        act_key: "hidden_activation",
+        act_default: "gelu_pytorch_tanh",
+        tie_default: true,
+        gemma: Gemma::Three,
+        text_config: true,
         ..LLAMA
     },
     Family {
@@ -476,6 +495,13 @@ pub fn parse_architecture(json: &Value, path: &Path) -> Result<Architecture> {
         }
     };
     debug_assert!(SUPPORTED_CLASSES.contains(&fam.class));
+    let text;
+    let c = if fam.text_config {
+        text = gemma3_text_config(&c)?;
+        Cfg { map: &text, path }
+    } else {
+        c
+    };
     let translated;
     let c = match fam.remote {
         Remote::Qwen | Remote::ChatGlm => {
@@ -723,6 +749,48 @@ fn translate_qwen(c: &Cfg) -> Result<Map<String, Value>> {
         if let Some(seq) = c.u64("seq_length")? {
             let max = c.u64("max_position_embeddings")?.unwrap_or(seq);
             m.insert("max_position_embeddings".into(), seq.min(max).into());
+        }
+    }
+    Ok(m)
+}
+
+/// `Gemma3TextConfig`'s defaults for the keys a multimodal Gemma 3 config's
+/// `text_config` may leave out (the published 4B/12B/27B configs give only
+/// what differs from them).
+const GEMMA3_TEXT_DEFAULTS: [(&str, u64); 6] = [
+    ("hidden_size", 2304),
+    ("intermediate_size", 9216),
+    ("num_hidden_layers", 26),
+    ("num_attention_heads", 8),
+    ("num_key_value_heads", 4),
+    ("vocab_size", 262_208),
+];
+
+/// The text model's config of a multimodal Gemma 3 checkpoint
+/// (`Gemma3ForConditionalGeneration`): its `text_config` object over
+/// `Gemma3TextConfig`'s defaults, with the top level's
+/// `tie_word_embeddings` (default true) where the text config has none.
+fn gemma3_text_config(c: &Cfg) -> Result<Map<String, Value>> {
+    let text = c.object("text_config")?.ok_or_else(|| {
+        c.err("a Gemma3ForConditionalGeneration config needs a `text_config` object".into())
+    })?;
+    if let Some(t) = text.str("model_type")? {
+        if t != "gemma3_text" {
+            return Err(c.err(format!(
+                "`text_config.model_type` is {t:?}, not \"gemma3_text\""
+            )));
+        }
+    }
+    let mut m: Map<String, Value> = GEMMA3_TEXT_DEFAULTS
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), Value::from(*v)))
+        .collect();
+    for (k, v) in text.map {
+        m.insert(k.clone(), v.clone());
+    }
+    if !m.contains_key("tie_word_embeddings") {
+        if let Some(tie) = c.bool("tie_word_embeddings")? {
+            m.insert("tie_word_embeddings".into(), tie.into());
         }
     }
     Ok(m)
@@ -1530,6 +1598,47 @@ mod tests {
         let mut v = gemma3();
         v["sliding_window"] = Value::Null;
         assert!(arch(v).unwrap_err().to_string().contains("sliding_window"));
+    }
+
+    #[test]
+    fn gemma3_multimodal_reads_its_text_config_over_the_defaults() {
+        // As google/gemma-3-4b-it's config.json: text_config gives only what
+        // differs from Gemma3TextConfig's defaults.
+        let v = json!({"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+                       "text_config": {"model_type": "gemma3_text", "hidden_size": 2560,
+                                       "intermediate_size": 10240, "num_hidden_layers": 34,
+                                       "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                                       "sliding_window": 1024},
+                       "vision_config": {"model_type": "siglip_vision_model"}});
+        let a = arch(v).unwrap();
+        assert_eq!(
+            (a.family.as_str(), a.source_class.as_str()),
+            ("gemma3", "Gemma3ForConditionalGeneration")
+        );
+        assert_eq!(
+            (
+                a.hidden_size,
+                a.num_layers,
+                a.num_attention_heads,
+                a.num_kv_heads
+            ),
+            (2560, 34, 8, 4)
+        );
+        assert_eq!((a.head_dim, a.vocab_size), (256, 262_208));
+        assert!(a.tie_word_embeddings && a.qk_norm && a.post_norms);
+        assert_eq!(a.rope.scaling, Some(RopeScaling::Linear { factor: 8.0 }));
+        assert_eq!(a.sliding_rope.unwrap().theta, 1e4);
+        assert_eq!(a.sliding_window, Some(1024));
+
+        let e = arch(json!({"architectures": ["Gemma3ForConditionalGeneration"]}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("text_config"), "{e}");
+        let e = arch(json!({"architectures": ["Gemma3ForConditionalGeneration"],
+                            "text_config": {"model_type": "llama"}}))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("gemma3_text"), "{e}");
     }
 
     fn phi3() -> Value {

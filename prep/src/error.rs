@@ -4,13 +4,14 @@
 use std::path::PathBuf;
 
 /// The architecture classes `prep` converts, as they appear in `config.json`.
-pub const SUPPORTED_CLASSES: [&str; 15] = [
+pub const SUPPORTED_CLASSES: [&str; 16] = [
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
     "Gemma2ForCausalLM",
     "Gemma3ForCausalLM",
+    "Gemma3ForConditionalGeneration",
     "Phi3ForCausalLM",
     "InternLM2ForCausalLM",
     "BaichuanForCausalLM",

@@ -223,7 +223,9 @@ enum Layout {
 impl Layout {
     fn of(arch: &Architecture) -> Layout {
         match arch.source_class.as_str() {
-            "Gemma2ForCausalLM" | "Gemma3ForCausalLM" => Layout::Gemma2,
+            "Gemma2ForCausalLM" | "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration" => {
+                Layout::Gemma2
+            }
             "Phi3ForCausalLM" => Layout::Phi3,
             "InternLM2ForCausalLM" => Layout::InternLm2,
             "BaichuanForCausalLM" => Layout::Baichuan,
@@ -562,6 +564,33 @@ impl<'a> Sources<'a> {
     }
 }
 
+/// The name a text-only checkpoint gives a multimodal Gemma 3 checkpoint's
+/// tensor (`model.…`, `lm_head.…`), or `None` for the vision tower and the
+/// projector. The Hub's checkpoints name the text model
+/// `language_model.model.…`; transformers 5 saves it as
+/// `model.language_model.…`.
+fn multimodal_text_name(name: &str) -> Option<String> {
+    const VISION: [&str; 4] = [
+        "vision_tower.",
+        "multi_modal_projector.",
+        "model.vision_tower.",
+        "model.multi_modal_projector.",
+    ];
+    if VISION.iter().any(|p| name.starts_with(p)) {
+        return None;
+    }
+    for (from, to) in [
+        ("language_model.model.", "model."),
+        ("model.language_model.", "model."),
+        ("language_model.lm_head.", "lm_head."),
+    ] {
+        if let Some(rest) = name.strip_prefix(from) {
+            return Some(format!("{to}{rest}"));
+        }
+    }
+    Some(name.to_string())
+}
+
 /// How a source tensor name relates to the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Class {
@@ -577,6 +606,9 @@ pub enum Class {
 /// Classifies source tensor names against a plan.
 pub struct Classifier {
     used: HashMap<String, Vec<(usize, usize)>>,
+    /// A multimodal checkpoint whose text model alone is converted: its text
+    /// tensors' names are read as the text-only class names them.
+    multimodal: bool,
     tied: bool,
     head: &'static str,
     layer_prefix: &'static str,
@@ -594,6 +626,7 @@ impl Classifier {
         }
         Classifier {
             used,
+            multimodal: arch.source_class == "Gemma3ForConditionalGeneration",
             tied: arch.tie_word_embeddings,
             head: Layout::of(arch).names().head,
             layer_prefix: Layout::of(arch).names().layer,
@@ -603,6 +636,22 @@ impl Classifier {
 
     /// Classifies one source tensor name.
     pub fn classify(&self, name: &str) -> Class {
+        let text_name;
+        let name = if self.multimodal {
+            match multimodal_text_name(name) {
+                Some(n) => {
+                    text_name = n;
+                    text_name.as_str()
+                }
+                None => {
+                    return Class::Ignored(
+                        "the vision tower and projector of a multimodal checkpoint (only its text model is converted)",
+                    )
+                }
+            }
+        } else {
+            name
+        };
         if let Some(targets) = self.used.get(name) {
             return Class::Used(targets.clone());
         }
@@ -629,6 +678,29 @@ impl Classifier {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn multimodal_gemma3_names_read_as_the_text_model() {
+        for (src, want) in [
+            (
+                "language_model.model.layers.3.mlp.up_proj.weight",
+                Some("model.layers.3.mlp.up_proj.weight"),
+            ),
+            (
+                "model.language_model.embed_tokens.weight",
+                Some("model.embed_tokens.weight"),
+            ),
+            ("language_model.lm_head.weight", Some("lm_head.weight")),
+            ("lm_head.weight", Some("lm_head.weight")),
+            ("vision_tower.vision_model.post_layernorm.weight", None),
+            (
+                "model.multi_modal_projector.mm_input_projection_weight",
+                None,
+            ),
+        ] {
+            assert_eq!(multimodal_text_name(src).as_deref(), want, "{src}");
+        }
+    }
     use strata_format::manifest::{Activation, Rope};
 
     pub(crate) fn tiny_arch() -> Architecture {

@@ -765,6 +765,7 @@ fn tiny_variants_convert() {
         ("qwen3", "f32"),
         ("gemma2", "nf4"),
         ("gemma3", "nf4"),
+        ("gemma3-mm", "bf16"),
         ("phi3", "int8"),
         ("phi3-longrope", "f16"),
     ] {
@@ -784,7 +785,9 @@ fn tiny_variants_convert() {
         let layer = tensor_names(&out.join("layer.001.strata"));
         let head = tensor_names(&out.join("head.strata"));
         match variant {
-            "llama-tied" | "gemma2" | "gemma3" => assert_eq!(head, ["final_norm"]),
+            "llama-tied" | "gemma2" | "gemma3" | "gemma3-mm" => {
+                assert_eq!(head, ["final_norm"])
+            }
             _ => assert_eq!(head, ["final_norm", "head"]),
         }
         match variant {
@@ -832,7 +835,7 @@ fn tiny_variants_convert() {
                 assert_eq!(a.embedding_multiplier, Some(72f64.sqrt()));
                 assert_eq!(a.activation, strata_format::manifest::Activation::GeluTanh);
             }
-            "gemma3" => {
+            "gemma3" | "gemma3-mm" => {
                 assert!(a.post_norms && a.tie_word_embeddings && a.qk_norm);
                 assert!(
                     layer.contains(&"attn.q_norm".into())

@@ -303,6 +303,9 @@ fn tiny_architectures_match_transformers() {
         "qwen3",
         "gemma2",
         "gemma3",
+        // Gemma 3's text model inside a multimodal checkpoint (Hub names, a
+        // vision tower prep leaves out): the gemma3 goldens.
+        "gemma3-mm",
         "phi3",
         "phi3-longrope",
         // Remote-code families: goldens from LlamaForCausalLM on the same
