@@ -64,7 +64,7 @@ else
   fi
   FUZZ_SCRATCH="$(mktemp -d)"
   RUSTC_BOOTSTRAP=1 cargo fuzz build --fuzz-dir tests/fuzz -s none
-  for target in stage_header manifest safetensors_header hf_config tokenizer_config tokenizer_model container_open; do
+  for target in stage_header manifest safetensors_header gguf_header hf_config tokenizer_config tokenizer_model container_open; do
     mkdir -p "$FUZZ_SCRATCH/$target"
     RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz -s none "$target" \
       "$FUZZ_SCRATCH/$target" "tests/fuzz/corpus/$target" -- \

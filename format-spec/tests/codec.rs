@@ -295,3 +295,46 @@ fn quantized_rows_of_the_wrong_length_are_errors() {
         ));
     }
 }
+
+/// The GGML block decoders against gguf-py's dequantizers
+/// (tests/vectors/ggml_vectors.json, scripts/make-ggml-vectors.py): every
+/// value bit for bit.
+#[test]
+fn ggml_vectors() {
+    use strata_format::codec::ggml::GgmlType;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/vectors/ggml_vectors.json"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("ggml_vectors.json")).expect("json");
+    let types = v["types"].as_object().expect("types");
+    assert_eq!(types.len(), 10, "every block type has vectors");
+    for (name, case) in types {
+        let t = (0..32)
+            .filter_map(GgmlType::from_id)
+            .find(|t| t.name() == name)
+            .unwrap_or_else(|| panic!("no GgmlType named {name}"));
+        let hex = case["bytes"].as_str().expect("bytes");
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        let want: Vec<u32> = case["f32_bits"]
+            .as_array()
+            .expect("f32_bits")
+            .iter()
+            .map(|x| x.as_u64().expect("bits") as u32)
+            .collect();
+        let mut got = vec![0f32; want.len()];
+        t.decode(&bytes, &mut got).expect("decodes");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                *w,
+                "{name} value {i}: {g} vs gguf-py {}",
+                f32::from_bits(*w)
+            );
+        }
+    }
+}

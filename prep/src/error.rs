@@ -46,6 +46,14 @@ pub enum PrepError {
         /// What is wrong.
         reason: String,
     },
+    /// A GGUF file is malformed (header, metadata, tensor table, sizes).
+    #[error("{}: not a valid GGUF file: {reason}", path.display())]
+    Gguf {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The sharded checkpoint's index is malformed or disagrees with the shards.
     #[error("{}: {reason}", path.display())]
     Index {

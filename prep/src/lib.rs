@@ -21,6 +21,7 @@ pub mod config;
 pub mod convert;
 pub mod disk;
 pub mod error;
+pub mod gguf;
 pub mod hashing;
 pub mod hub;
 pub mod job;

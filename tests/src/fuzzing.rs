@@ -16,10 +16,11 @@ use strata_format::header::{FileHeader, PREFIX_LEN};
 use strata_format::manifest::Manifest;
 
 /// The fuzz targets, by the name of their directory under `tests/fuzz/corpus/`.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "stage_header",
     "manifest",
     "safetensors_header",
+    "gguf_header",
     "hf_config",
     "tokenizer_config",
     "tokenizer_model",
@@ -32,6 +33,7 @@ pub fn run_target(target: &str, data: &[u8]) {
         "stage_header" => stage_header(data),
         "manifest" => manifest(data),
         "safetensors_header" => safetensors_header(data),
+        "gguf_header" => gguf_header(data),
         "hf_config" => hf_config(data),
         "tokenizer_config" => tokenizer_config(data),
         "tokenizer_model" => tokenizer_model(data),
@@ -100,6 +102,32 @@ pub fn safetensors_header(data: &[u8]) {
         cursor = t.start.checked_add(t.len).expect("validated length");
     }
     assert_eq!(cursor, 8 + json.len() as u64 + data_len);
+}
+
+/// A GGUF file (`data` is the whole file): on success every tensor's data
+/// lies inside the file and is sized as its rows × its type's row bytes, and
+/// the block decoders take its first row.
+pub fn gguf_header(data: &[u8]) {
+    let path = Path::new("fuzz.gguf");
+    let Ok(g) = strata_prep::gguf::Gguf::parse(data, data.len() as u64, path) else {
+        return;
+    };
+    for t in &g.tensors {
+        let end = t.start.checked_add(t.len).expect("validated length");
+        assert!(end <= data.len() as u64, "tensor {} past the end", t.name);
+        let rows: u64 = t.dims[1..].iter().product();
+        let row = t.ty.row_bytes(t.dims[0]).expect("validated row size");
+        assert_eq!(row * rows, t.len, "tensor {}", t.name);
+        if let strata_prep::gguf::TensorType::Block(b) = t.ty {
+            // At most one row of at most 64 KiB: bounded work per input.
+            let row = row as usize;
+            if row > 0 && rows > 0 && row <= 1 << 16 {
+                let bytes = &data[t.start as usize..t.start as usize + row];
+                let mut out = vec![0f32; bytes.len() / b.block_bytes() * b.block_elems()];
+                b.decode(bytes, &mut out).expect("whole blocks decode");
+            }
+        }
+    }
 }
 
 /// A Hugging Face `config.json`, read as `prep` reads it: JSON, then the

@@ -147,3 +147,102 @@ fn gemma3_nf4_perplexity_within_bounds() {
     // were Q4_K/Q5_0 in the GGUF a second time, which a 270M model feels (SmolLM2: +25%).
     assert!(got / want - 1.0 < 0.45, "nf4 perplexity {got} vs {want}");
 }
+
+/// prep's GGUF reader and strata-format's GGML block decoders on the real
+/// Gemma 3 270M file: every tensor decodes to the values gguf-py decoded it
+/// to when scripts/gguf_to_hf.py wrote the folder (compared after the same
+/// bf16 rounding, norms less one as there).
+#[test]
+fn gemma3_gguf_decodes_as_gguf_py_does() {
+    use std::io::{Read, Seek, SeekFrom};
+    use strata_prep::gguf::{Gguf, TensorType};
+    let dir = gemma3_dir();
+    let g = Gguf::open(&dir.join("gemma-3-270m-q4_k_m.gguf")).expect("the GGUF opens");
+    assert_eq!(
+        g.get("general.architecture").and_then(|v| v.as_str()),
+        Some("gemma3")
+    );
+    assert_eq!(
+        g.get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .map(<[_]>::len),
+        Some(262_144)
+    );
+    assert_eq!(g.tensors.len(), 236);
+    let shard = strata_prep::safetensors::Shard::open(&dir.join("model.safetensors"))
+        .expect("the folder's weights open");
+    let hf_name = |n: &str| -> String {
+        let globals = [
+            ("token_embd.weight", "model.embed_tokens.weight"),
+            ("output_norm.weight", "model.norm.weight"),
+        ];
+        if let Some((_, h)) = globals.iter().find(|(g, _)| *g == n) {
+            return h.to_string();
+        }
+        let rest = n.strip_prefix("blk.").expect("a layer tensor");
+        let (layer, what) = rest.split_once('.').expect("blk.N.x");
+        let what = what.strip_suffix(".weight").expect("a weight");
+        let hf = match what {
+            "attn_norm" => "input_layernorm",
+            "post_attention_norm" => "post_attention_layernorm",
+            "ffn_norm" => "pre_feedforward_layernorm",
+            "post_ffw_norm" => "post_feedforward_layernorm",
+            "attn_q_norm" => "self_attn.q_norm",
+            "attn_k_norm" => "self_attn.k_norm",
+            "attn_q" => "self_attn.q_proj",
+            "attn_k" => "self_attn.k_proj",
+            "attn_v" => "self_attn.v_proj",
+            "attn_output" => "self_attn.o_proj",
+            "ffn_gate" => "mlp.gate_proj",
+            "ffn_up" => "mlp.up_proj",
+            "ffn_down" => "mlp.down_proj",
+            other => panic!("unknown GGUF tensor kind {other}"),
+        };
+        format!("model.layers.{layer}.{hf}.weight")
+    };
+    let bf16 = |x: f32| -> u16 {
+        let u = x.to_bits();
+        ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+    };
+    let mut file = std::fs::File::open(&g.path).expect("open");
+    let mut kinds = std::collections::BTreeSet::new();
+    for t in &g.tensors {
+        let info = shard
+            .tensors()
+            .iter()
+            .find(|i| i.name == hf_name(&t.name))
+            .unwrap_or_else(|| panic!("{} is not in the folder", t.name));
+        assert_eq!(info.shape, t.shape(), "{}", t.name);
+        let mut raw = vec![0u8; t.len as usize];
+        file.seek(SeekFrom::Start(t.start)).expect("seek");
+        file.read_exact(&mut raw).expect("read");
+        let n: u64 = t.dims.iter().product();
+        let mut f = vec![0f32; n as usize];
+        match t.ty {
+            TensorType::F32 => {
+                for (o, b) in f.iter_mut().zip(raw.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            TensorType::Block(b) => b.decode(&raw, &mut f).expect("decodes"),
+            other => panic!("{}: unexpected {other:?}", t.name),
+        }
+        kinds.insert(t.ty.name());
+        if t.name.ends_with("norm.weight") {
+            f.iter_mut().for_each(|v| *v -= 1.0);
+        }
+        let want = shard.data(info);
+        for (i, (v, w)) in f.iter().zip(want.chunks_exact(2)).enumerate() {
+            assert_eq!(
+                bf16(*v),
+                u16::from_le_bytes([w[0], w[1]]),
+                "{} element {i}",
+                t.name
+            );
+        }
+    }
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["F32", "Q4_K", "Q5_0", "Q6_K", "Q8_0"]
+    );
+}

@@ -6,6 +6,7 @@
 //! a plain scalar reference that runners may replace with fused kernels.
 
 pub mod float;
+pub mod ggml;
 pub mod int8;
 pub mod nf4;
 
