@@ -184,34 +184,11 @@ const FAMILIES: [Family; 16] = [
         gemma: Gemma::Two,
         ..LLAMA
     },
-    Family {
-        class: "Gemma3ForCausalLM",
-        family: "gemma3",
-        head_dim_default: Some(256),
-        max_position_default: 131_072,
-        mlp_bias_key: false,
-        qk_norm: true,
-        window: WindowRule::Gemma3,
-        act_key: "hidden_activation",
-        act_default: "gelu_pytorch_tanh",
-        tie_default: true,
-        gemma: Gemma::Three,
-        ..LLAMA
-    },
+    GEMMA3,
     Family {
         class: "Gemma3ForConditionalGeneration",
-        family: "gemma3",
-        head_dim_default: Some(256),
-        max_position_default: 131_072,
-        mlp_bias_key: false,
-        qk_norm: true,
-        window: WindowRule::Gemma3,
-        act_key: "hidden_activation",
-        act_default: "gelu_pytorch_tanh",
-        tie_default: true,
-        gemma: Gemma::Three,
         text_config: true,
-        ..LLAMA
+        ..GEMMA3
     },
     Family {
         class: "Phi3ForCausalLM",
@@ -299,6 +276,23 @@ const FAMILIES: [Family; 16] = [
         ..LLAMA
     },
 ];
+
+/// Gemma 3's text-only class; its multimodal class reads the same keys from
+/// `text_config`.
+const GEMMA3: Family = Family {
+    class: "Gemma3ForCausalLM",
+    family: "gemma3",
+    head_dim_default: Some(256),
+    max_position_default: 131_072,
+    mlp_bias_key: false,
+    qk_norm: true,
+    window: WindowRule::Gemma3,
+    act_key: "hidden_activation",
+    act_default: "gelu_pytorch_tanh",
+    tie_default: true,
+    gemma: Gemma::Three,
+    ..LLAMA
+};
 
 /// ChatGLM's checkpoints name `ChatGLMModel` (chatglm3-6b, glm-4-9b-chat) or
 /// `ChatGLMForConditionalGeneration`; both load the same weights.

@@ -98,6 +98,26 @@ fn fetched(env: &str, script: &str, args: &[&str]) -> PathBuf {
     PathBuf::from(last.trim())
 }
 
+/// `runner perplexity DIR --file tests/fixtures/smollm2/passage.txt --json -q`
+/// with `extra` options: the passage's mean NLL and its number of tokens.
+pub fn passage_nll(dir: &Path, extra: &[&str]) -> (f64, u64) {
+    let out = run_ok(
+        Command::new(bin("runner"))
+            .arg("perplexity")
+            .arg(dir)
+            .arg("--file")
+            .arg(repo_root().join("tests/fixtures/smollm2/passage.txt"))
+            .arg("--json")
+            .args(extra)
+            .arg("-q"),
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("perplexity JSON");
+    (
+        v["mean_nll"].as_f64().expect("mean_nll"),
+        v["tokens"].as_u64().expect("tokens"),
+    )
+}
+
 /// A tiny fixture checkpoint: `tests/fixtures/tiny/<variant>`.
 pub fn tiny_fixture(variant: &str) -> PathBuf {
     let d = repo_root().join("tests/fixtures/tiny").join(variant);

@@ -44,21 +44,13 @@ fn f64s(v: &Value) -> Vec<f64> {
 }
 
 fn mean_nll(dir: &Path, extra: &[&str]) -> f64 {
-    let file = repo_root().join("tests/fixtures/smollm2/passage.txt");
-    let mut args = vec![
-        "perplexity",
-        "--file",
-        file.to_str().expect("utf-8 path"),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let v = json(&run_ok(&mut runner(&args, dir)));
+    let (nll, tokens) = passage_nll(dir, extra);
     assert_eq!(
-        v["tokens"],
-        golden()["passage"]["num_tokens"],
+        Some(tokens),
+        golden()["passage"]["num_tokens"].as_u64(),
         "the passage tokenizes to as many tokens as transformers' tokenizer makes"
     );
-    v["mean_nll"].as_f64().expect("mean_nll")
+    nll
 }
 
 #[test]

@@ -13,10 +13,6 @@ fn golden() -> Value {
     serde_json::from_slice(&std::fs::read(path).expect("golden.json")).expect("golden.json parses")
 }
 
-fn passage() -> PathBuf {
-    repo_root().join("tests/fixtures/smollm2/passage.txt")
-}
-
 fn smol(quant: &str, block: &str) -> PathBuf {
     prepared(
         &smollm2_dir(),
@@ -69,21 +65,12 @@ fn max_abs_diff(a: &[f64], b: &Value) -> f64 {
 }
 
 fn mean_nll(dir: &Path, extra: &[&str]) -> f64 {
-    let file = passage();
-    let mut args = vec![
-        "perplexity",
-        "--file",
-        file.to_str().expect("utf-8 path"),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let out = run_ok(&mut runner(&args, dir));
-    let v: Value = serde_json::from_str(stdout(&out).trim()).expect("perplexity JSON");
+    let (nll, tokens) = passage_nll(dir, extra);
     assert_eq!(
-        v["tokens"], 305,
+        tokens, 305,
         "the passage tokenizes to the golden's 305 tokens"
     );
-    v["mean_nll"].as_f64().expect("mean_nll")
+    nll
 }
 
 #[test]
