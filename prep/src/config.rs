@@ -1088,8 +1088,7 @@ fn parse_gemma3_rope(c: &Cfg, fam: &Family, head_dim: u64, max_pos: u64) -> Resu
         )
     };
     let with_theta = |mut m: Map<String, Value>, theta: f64| {
-        m.entry("rope_theta").or_insert(theta.into());
-        if m.get("rope_theta").is_some_and(Value::is_null) {
+        if m.get("rope_theta").is_none_or(Value::is_null) {
             m.insert("rope_theta".into(), theta.into());
         }
         m
