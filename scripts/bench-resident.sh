@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # bench-resident.sh [--runs N] [--prompt-tokens P] [--new-tokens M] -- decode speed of `runner` on
 # SmolLM2-135M-Instruct (whole model resident) against llama.cpp on the same machine, at equal bits:
-# strata nf4 (block 64) vs llama.cpp Q4_1, strata int8 (block 64) vs llama.cpp Q8_0.
+# strata nf4 (block 64) vs llama.cpp Q4_1, strata int8 (block 64) vs llama.cpp Q8_0, and the same
+# Q4_1 GGUF on both: strata's container made from it with its encodings kept (`prep FILE.gguf`)
+# vs llama.cpp reading it.
 #
 # Builds prep and runner in release mode, fetches the model (scripts/fetch-smollm2.sh), prepares the
 # nf4 and int8 containers under ${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}/smollm2-{nf4,int8},
@@ -46,8 +48,12 @@ for q in nf4 int8; do
   rm -rf "$BENCH_DIR/smollm2-$q"
   target/release/prep "$MODEL" --out "$BENCH_DIR/smollm2-$q" --quant "$q" --quiet
 done
+log "preparing the GGUF-native container in $BENCH_DIR/smollm2-gguf"
+rm -rf "$BENCH_DIR/smollm2-gguf"
+target/release/prep "$MODEL/SmolLM2-135M-Instruct.Q4_1.gguf" --out "$BENCH_DIR/smollm2-gguf" --quiet
 PY="$(scripts/llama-cpp.sh python)"
 declare -A GGUF=([nf4]="$(scripts/llama-cpp.sh gguf Q4_1)" [int8]="$(scripts/llama-cpp.sh gguf Q8_0)")
+GGUF[gguf]="${GGUF[nf4]}"
 
 # llama.cpp's decode tokens/s with T threads, same protocol as `runner bench`.
 # llama_run QUANT THREADS
@@ -84,7 +90,7 @@ declare -A RES
 log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for i in $(seq "$RUNS"); do
   line="run $i: decode tokens/s:"
-  for q in nf4 int8; do
+  for q in nf4 int8 gguf; do
     for t in 1 2; do
       RES[s-$q-$t]+=" $(strata_run "$q" "$t")"
       RES[l-$q-$t]+=" $(llama_run "$q" "$t")"
@@ -106,6 +112,9 @@ echo "  strata nf4 b64:   1 thread ${MED[s-nf4-1]}, 2 threads ${MED[s-nf4-2]}"
 echo "  llama.cpp Q4_1:   1 thread ${MED[l-nf4-1]}, 2 threads ${MED[l-nf4-2]}"
 echo "  strata int8 b64:  1 thread ${MED[s-int8-1]}, 2 threads ${MED[s-int8-2]}"
 echo "  llama.cpp Q8_0:   1 thread ${MED[l-int8-1]}, 2 threads ${MED[l-int8-2]}"
+echo "  strata Q4_1 GGUF kept: 1 thread ${MED[s-gguf-1]}, 2 threads ${MED[s-gguf-2]}"
+echo "  llama.cpp Q4_1 (same): 1 thread ${MED[l-gguf-1]}, 2 threads ${MED[l-gguf-2]}"
 awk -v a="${MED[s-nf4-1]}" -v b="${MED[l-nf4-1]}" -v c="${MED[s-nf4-2]}" -v d="${MED[l-nf4-2]}" \
   -v e="${MED[s-int8-1]}" -v f="${MED[l-int8-1]}" -v g="${MED[s-int8-2]}" -v h="${MED[l-int8-2]}" \
-  'BEGIN {printf "ratio strata/llama.cpp decode tokens/s: nf4/Q4_1 1 thread %.2f, 2 threads %.2f; int8/Q8_0 1 thread %.2f, 2 threads %.2f\n", a / b, c / d, e / f, g / h}'
+  -v i="${MED[s-gguf-1]}" -v j="${MED[l-gguf-1]}" -v k="${MED[s-gguf-2]}" -v l="${MED[l-gguf-2]}" \
+  'BEGIN {printf "ratio strata/llama.cpp decode tokens/s: nf4/Q4_1 1 thread %.2f, 2 threads %.2f; int8/Q8_0 1 thread %.2f, 2 threads %.2f; Q4_1 GGUF (same file) 1 thread %.2f, 2 threads %.2f\n", a / b, c / d, e / f, g / h, i / j, k / l}'

@@ -3,26 +3,41 @@
 
 Usage:
     ~/.cache/strata-venv-ref/bin/python scripts/make-real-goldens.py MODEL_DIR OUT.json NAME SOURCE
+    ~/.cache/strata-venv-ref/bin/python scripts/make-real-goldens.py --gguf GGUF_NAME [--passage-only] \
+        MODEL_DIR OUT.json NAME SOURCE      # -> tests/fixtures/<model>/gguf-golden.json
 
 MODEL_DIR is a folder made by scripts/fetch-model.sh (bf16 model.safetensors, config.json, tokenizer files);
 NAME and SOURCE are recorded as they are given. The venv is the one of scripts/make-tiny-fixtures.py plus
-sentencepiece-free tokenization: transformers 5.23.0, torch 2.15.0, tokenizers 0.23.3, safetensors 0.8.0.
+sentencepiece-free tokenization: transformers 5.23.0, torch 2.15.0, tokenizers 0.23.3, safetensors 0.8.0
+(--gguf also needs gguf 0.19.0). To recreate it (~4 min; PyPI's torch wheel, CUDA libraries and all, when the
+CPU index is not reachable; it runs on CPU all the same):
+    python3 -m venv ~/.cache/strata-venv-ref && ~/.cache/strata-venv-ref/bin/pip install torch==2.15.0 \
+        transformers==5.23.0 tokenizers==0.23.3 safetensors==0.8.0 gguf==0.19.0 numpy==2.4.6 accelerate
 
 The tokenizer is transformers' own: AutoTokenizer on MODEL_DIR (a tokenizer.json), or, for a folder that holds
 a SentencePiece tokenizer.model and the GGUF it came from (Gemma 3), AutoTokenizer on that GGUF (transformers'
 GGUF tokenizer converter), so that the ids do not come from strata's own conversion.
 
+--gguf GGUF_NAME: the "from the GGUF" golden instead. The model is transformers' own GGUF loader,
+AutoModelForCausalLM.from_pretrained(dir, gguf_file=GGUF_NAME, dtype=torch.float32) on MODEL_DIR/GGUF_NAME alone
+(symlinked into an empty folder, so that the folder's config.json and converted weights play no part): every
+tensor dequantized by gguf-py to float32, no bf16 rounding. The tokenizer is then always transformers' GGUF
+tokenizer of that file. --passage-only (for models too slow for the prompts, e.g. the 1.5B) writes no prompts.
+
 Written (json, sorted keys), in the format of tests/fixtures/smollm2/golden.json (`strata-golden/1`) except
-that a 262k-entry vocabulary makes whole logit rows too large to commit: per prompt, `last_logits_top64`
-(ids and values of the 64 largest logits of the last position) and `last_logits_strided` (every 97th logit,
-ids 0, 97, 194, ...) replace `last_logits`.
+that whole logit rows of 150k-262k-entry vocabularies (Qwen 2.5, Gemma 3) are too large to commit: for every
+model this script writes, per prompt, `last_logits_top64` (ids and values of the 64 largest logits of the last
+position) and `last_logits_strided` (every 97th logit, ids 0, 97, 194, ...) in place of `last_logits`.
   - prompts: plain-text completions (the tokenizer's BOS added as it adds it), input_ids, the two logit
     extracts, 24 greedy tokens with the KV cache (EOS not stopping), the text they decode to (special tokens
     skipped, as `runner generate` prints), and each step's top1 - top2 margin;
-  - passage: tests/fixtures/smollm2/passage.txt, its ids, mean NLL over positions 1.. and perplexity.
-Compute: float32 (the bf16 weights upcast exactly), eager attention, 2 torch threads, CPU.
+  - passage: tests/fixtures/smollm2/passage.txt, its ids, mean NLL over positions 1.. and perplexity
+    (with --gguf also each position's NLL, `token_nll`, rounded to 5 decimals).
+Compute: float32 (the bf16 weights upcast exactly; with --gguf the dequantized GGUF tensors), eager attention,
+2 torch threads, CPU. Reruns on one machine are byte-identical; on another CPU, logits may move by ~4e-5.
 """
 
+import argparse
 import json
 import os
 import platform
@@ -51,22 +66,44 @@ def r(x, d):
     return [round(float(v), d) for v in x]
 
 
+def alone(model_dir, gguf):
+    """A fresh folder holding only a symlink to MODEL_DIR/gguf (else the folder's own files would be read)."""
+    import tempfile
+    d = tempfile.mkdtemp()
+    os.symlink(os.path.abspath(os.path.join(model_dir, gguf)), os.path.join(d, gguf))
+    return d
+
+
 def main():
-    model_dir, out_path, name, source = sys.argv[1:5]
-    ggufs = [f for f in os.listdir(model_dir) if f.endswith(".gguf")]
-    if os.path.exists(os.path.join(model_dir, "tokenizer.json")) or not ggufs:
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        tok_source = "AutoTokenizer on the folder's tokenizer.json"
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--gguf", metavar="GGUF_NAME", help="load this GGUF of MODEL_DIR with transformers (f32)")
+    ap.add_argument("--passage-only", action="store_true", help="with --gguf: the passage only, no prompts")
+    ap.add_argument("model_dir")
+    ap.add_argument("out_path")
+    ap.add_argument("name")
+    ap.add_argument("source")
+    a = ap.parse_args()
+    model_dir, out_path, name, source = a.model_dir, a.out_path, a.name, a.source
+    if a.passage_only and not a.gguf:
+        ap.error("--passage-only needs --gguf")
+    ggufs = sorted(f for f in os.listdir(model_dir) if f.endswith(".gguf"))
+    if a.gguf:
+        d = alone(model_dir, a.gguf)
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=a.gguf)
+        tok_source = f"AutoTokenizer on {a.gguf} (transformers' GGUF tokenizer converter)"
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=a.gguf, dtype=torch.float32,
+                                                     attn_implementation="eager").eval()
     else:
-        # alone in a folder: the folder's own tokenizer files would be read instead
-        import tempfile
-        alone = tempfile.mkdtemp()
-        os.symlink(os.path.abspath(os.path.join(model_dir, ggufs[0])), os.path.join(alone, ggufs[0]))
-        tok = AutoTokenizer.from_pretrained(alone, gguf_file=ggufs[0])
-        tok_source = f"AutoTokenizer on {ggufs[0]} (transformers' GGUF tokenizer converter)"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+        if os.path.exists(os.path.join(model_dir, "tokenizer.json")) or not ggufs:
+            tok = AutoTokenizer.from_pretrained(model_dir)
+            tok_source = "AutoTokenizer on the folder's tokenizer.json"
+        else:
+            tok = AutoTokenizer.from_pretrained(alone(model_dir, ggufs[0]), gguf_file=ggufs[0])
+            tok_source = f"AutoTokenizer on {ggufs[0]} (transformers' GGUF tokenizer converter)"
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                     attn_implementation="eager").eval()
     prompts = []
-    for pname, text in PROMPTS:
+    for pname, text in ([] if a.passage_only else PROMPTS):
         ids = tok(text).input_ids
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0, -1]
@@ -127,6 +164,19 @@ def main():
                     "num_predicted": len(nll), "mean_nll": round(mean, 6),
                     "perplexity": round(float(np.exp(mean)), 5)},
     }
+    if a.gguf:
+        from importlib.metadata import version
+        golden["model"]["folder"] = (f"{a.gguf} alone, loaded by transformers' GGUF loader "
+                                     f"(from_pretrained(dir, gguf_file=...), gguf-py dequantization)")
+        golden["model"]["gguf_file"] = a.gguf
+        golden["reference"]["gguf"] = version("gguf")
+        golden["reference"]["compute_dtype"] = ("float32 (GGUF tensors dequantized to float32 by gguf-py, "
+                                                "no bf16 rounding)")
+        golden["passage"]["token_nll"] = r(nll, 5)
+        golden["notes"].append("weights: the GGUF itself, dequantized to float32; compare with golden.json (bf16 "
+                               "folder converted from the same GGUF) and llamacpp.json (llama.cpp on the GGUF).")
+        if a.passage_only:
+            golden["notes"].append("--passage-only: no prompts were run.")
     with open(out_path, "w") as f:
         f.write(json.dumps(golden, sort_keys=True, indent=1) + "\n")
     for p in prompts:

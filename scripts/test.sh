@@ -4,7 +4,7 @@
 # through the openai client and headless Chromium: scripts/test-serve.sh; containers on S3
 # and HTTP servers: scripts/test-remote.sh).
 # Installs what it needs by itself: the test models are built by scripts/fetch-smollm2.sh and
-# scripts/fetch-model.sh gemma3-270m (a private Python venv under the model cache; needs
+# scripts/fetch-model.sh gemma3-270m and 0.5b (a private Python venv under the model cache; needs
 # python3 >= 3.11 and PyPI access).
 # Env: STRATA_MODELS (model cache dir, default ~/.cache/strata-models); STRATA_FUZZ=0 skips
 # the bounded fuzz run, STRATA_FUZZ_SECS sets its seconds per target (default 20).
@@ -38,6 +38,8 @@ STRATA_SMOLLM2="$(scripts/fetch-smollm2.sh | tail -n 1)"
 export STRATA_SMOLLM2
 STRATA_GEMMA3="$(scripts/fetch-model.sh gemma3-270m | tail -n 1)"
 export STRATA_GEMMA3
+STRATA_QWEN05="$(scripts/fetch-model.sh 0.5b | tail -n 1)"
+export STRATA_QWEN05
 
 step "build binaries"
 cargo build --workspace --bins --locked

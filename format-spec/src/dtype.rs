@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::ggml::GgmlType;
 use crate::error::CodecError;
 
 /// Smallest allowed quantization block size.
@@ -25,12 +26,97 @@ pub enum DType {
     Nf4,
     /// Symmetric 8-bit integers in blocks with an f16 scale.
     Int8,
+    /// GGML `Q4_0` blocks (SPEC.md §4.6), kept as a GGUF stored them.
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    /// GGML `Q4_1` blocks (SPEC.md §4.6).
+    #[serde(rename = "q4_1")]
+    Q4_1,
+    /// GGML `Q5_0` blocks (SPEC.md §4.6).
+    #[serde(rename = "q5_0")]
+    Q5_0,
+    /// GGML `Q5_1` blocks (SPEC.md §4.6).
+    #[serde(rename = "q5_1")]
+    Q5_1,
+    /// GGML `Q8_0` blocks (SPEC.md §4.6).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// GGML `Q2_K` super-blocks (SPEC.md §4.6).
+    #[serde(rename = "q2_k")]
+    Q2K,
+    /// GGML `Q3_K` super-blocks (SPEC.md §4.6).
+    #[serde(rename = "q3_k")]
+    Q3K,
+    /// GGML `Q4_K` super-blocks (SPEC.md §4.6).
+    #[serde(rename = "q4_k")]
+    Q4K,
+    /// GGML `Q5_K` super-blocks (SPEC.md §4.6).
+    #[serde(rename = "q5_k")]
+    Q5K,
+    /// GGML `Q6_K` super-blocks (SPEC.md §4.6).
+    #[serde(rename = "q6_k")]
+    Q6K,
 }
 
+/// Every encoding, in the order of SPEC.md §4.
+pub const ALL_DTYPES: [DType; 15] = [
+    DType::F32,
+    DType::F16,
+    DType::Bf16,
+    DType::Nf4,
+    DType::Int8,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q2K,
+    DType::Q3K,
+    DType::Q4K,
+    DType::Q5K,
+    DType::Q6K,
+];
+
 impl DType {
-    /// Whether this encoding is block-quantized (needs a block size).
+    /// Whether this encoding is block-quantized with a chosen block size
+    /// (`nf4`, `int8`: the header's `block_size` says it). The GGML
+    /// encodings have their own fixed blocks and no `block_size`
+    /// ([`DType::ggml`]).
     pub fn is_quantized(self) -> bool {
         matches!(self, DType::Nf4 | DType::Int8)
+    }
+
+    /// The GGML block encoding this is, for the encodings kept from GGUF files.
+    pub fn ggml(self) -> Option<GgmlType> {
+        Some(match self {
+            DType::Q4_0 => GgmlType::Q4_0,
+            DType::Q4_1 => GgmlType::Q4_1,
+            DType::Q5_0 => GgmlType::Q5_0,
+            DType::Q5_1 => GgmlType::Q5_1,
+            DType::Q8_0 => GgmlType::Q8_0,
+            DType::Q2K => GgmlType::Q2K,
+            DType::Q3K => GgmlType::Q3K,
+            DType::Q4K => GgmlType::Q4K,
+            DType::Q5K => GgmlType::Q5K,
+            DType::Q6K => GgmlType::Q6K,
+            DType::F32 | DType::F16 | DType::Bf16 | DType::Nf4 | DType::Int8 => return None,
+        })
+    }
+
+    /// The encoding that keeps a GGML block type as it is.
+    pub fn from_ggml(t: GgmlType) -> DType {
+        match t {
+            GgmlType::Q4_0 => DType::Q4_0,
+            GgmlType::Q4_1 => DType::Q4_1,
+            GgmlType::Q5_0 => DType::Q5_0,
+            GgmlType::Q5_1 => DType::Q5_1,
+            GgmlType::Q8_0 => DType::Q8_0,
+            GgmlType::Q2K => DType::Q2K,
+            GgmlType::Q3K => DType::Q3K,
+            GgmlType::Q4K => DType::Q4K,
+            GgmlType::Q5K => DType::Q5K,
+            GgmlType::Q6K => DType::Q6K,
+        }
     }
 
     /// Lower-case name as written in headers and manifests.
@@ -41,19 +127,22 @@ impl DType {
             DType::Bf16 => "bf16",
             DType::Nf4 => "nf4",
             DType::Int8 => "int8",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_1 => "q4_1",
+            DType::Q5_0 => "q5_0",
+            DType::Q5_1 => "q5_1",
+            DType::Q8_0 => "q8_0",
+            DType::Q2K => "q2_k",
+            DType::Q3K => "q3_k",
+            DType::Q4K => "q4_k",
+            DType::Q5K => "q5_k",
+            DType::Q6K => "q6_k",
         }
     }
 
     /// Parses a lower-case encoding name.
     pub fn from_name(name: &str) -> Option<DType> {
-        Some(match name {
-            "f32" => DType::F32,
-            "f16" => DType::F16,
-            "bf16" => DType::Bf16,
-            "nf4" => DType::Nf4,
-            "int8" => DType::Int8,
-            _ => return None,
-        })
+        ALL_DTYPES.into_iter().find(|d| d.name() == name)
     }
 
     /// Bytes of one encoded block of `block` elements (quantized types only):
@@ -82,6 +171,21 @@ impl DType {
                 let blocks_per_row = cols.div_ceil(u64::from(block));
                 rows.checked_mul(blocks_per_row)?
                     .checked_mul(self.block_bytes(block)?)
+            }
+            _ => {
+                // GGML blocks: no block size, and no padded last block.
+                let t = self.ggml()?;
+                if block.is_some() {
+                    return None;
+                }
+                let (&cols, outer) = shape.split_last()?;
+                let rows = outer.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
+                let be = t.block_elems() as u64;
+                if cols % be != 0 {
+                    return None;
+                }
+                rows.checked_mul(cols / be)?
+                    .checked_mul(t.block_bytes() as u64)
             }
         }
     }
@@ -127,9 +231,28 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for d in [DType::F32, DType::F16, DType::Bf16, DType::Nf4, DType::Int8] {
+        for d in ALL_DTYPES {
             assert_eq!(DType::from_name(d.name()), Some(d));
+            let json = serde_json::to_string(&d).unwrap();
+            assert_eq!(json, format!("\"{}\"", d.name()));
+            assert_eq!(serde_json::from_str::<DType>(&json).unwrap(), d);
+            if let Some(t) = d.ggml() {
+                assert_eq!(DType::from_ggml(t), d);
+                assert_eq!(d.name(), t.name().to_ascii_lowercase());
+            }
         }
-        assert_eq!(DType::from_name("q4_0"), None);
+        assert_eq!(DType::from_name("q4_K"), None);
+        assert_eq!(DType::from_name("iq4_xs"), None);
+    }
+
+    #[test]
+    fn ggml_sizes() {
+        assert_eq!(DType::Q4K.encoded_len(&[3, 512], None), Some(3 * 2 * 144));
+        assert_eq!(DType::Q8_0.encoded_len(&[2, 64], None), Some(2 * 2 * 34));
+        // Not a whole number of blocks, or a block size given: refused.
+        assert_eq!(DType::Q4K.encoded_len(&[3, 500], None), None);
+        assert_eq!(DType::Q4_0.encoded_len(&[3, 64], Some(64)), None);
+        assert_eq!(DType::Q6K.encoded_len(&[], None), None);
+        assert_eq!(DType::Q6K.encoded_len(&[u64::MAX, 256], None), None);
     }
 }

@@ -34,6 +34,13 @@ pub enum CodecError {
         /// The target encoding's name.
         dtype: &'static str,
     },
+    /// The encoding is one that is only ever copied from a source file (the
+    /// GGML block encodings, SPEC.md §4.6), never encoded from values.
+    #[error("{dtype} is kept from GGUF files as stored; values are not encoded into it")]
+    NotEncodable {
+        /// The encoding's name.
+        dtype: &'static str,
+    },
     /// The input or output buffer length does not match the shape.
     #[error("expected {expected} {what}, got {actual}")]
     Length {

@@ -34,7 +34,7 @@ pub use writer::{StageWriter, TensorSpec, WrittenFile};
 /// Major format version this crate reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Minor format version this crate writes.
-pub const FORMAT_MINOR: u32 = 2;
+pub const FORMAT_MINOR: u32 = 3;
 
 /// The `format_version` string this crate writes into manifests.
 pub fn format_version() -> String {

@@ -18,7 +18,8 @@ use strata_format::dtype::DType;
 use strata_format::error::CodecError;
 use strata_format::fsutil::{sync_dir, tmp_path, write_atomic, TMP_SUFFIX};
 use strata_format::manifest::{
-    FileEntry, Manifest, Source as SourceInfo, Stages, TokenizerInfo, Tool, MANIFEST_NAME,
+    FileEntry, Manifest, Quantization, Source as SourceInfo, Stages, TokenizerInfo, Tool,
+    MANIFEST_NAME,
 };
 use strata_format::writer::{layout_header, StageWriter, TensorSpec, WrittenFile};
 use strata_format::StageFile;
@@ -26,12 +27,13 @@ use strata_format::StageFile;
 use crate::config::{parse_architecture, parse_json, parse_token_ids};
 use crate::disk;
 use crate::error::{human_bytes, PrepError, Result};
+use crate::gguf_input::GgufInput;
 use crate::hashing::ShardHasher;
 use crate::hub::HubSettings;
 use crate::job::{JobFile, JobIdentity, OutDir, StageRecord, JOB_NAME};
 use crate::plan::{plan, Class, Classifier, Derive, PlannedTensor, QuantPolicy, Stage};
 use crate::progress::Reporter;
-use crate::safetensors::{convert_slice, Shard, TensorInfo};
+use crate::safetensors::{convert_slice, Shard, SourceDType, TensorInfo};
 use crate::source::{
     Origin, Source, WeightLayout, CONFIG, GENERATION_CONFIG, QWEN_TIKTOKEN, TOKENIZER_FILES,
     TOKENIZER_JSON,
@@ -155,7 +157,14 @@ pub fn run(opts: &Options, rep: &mut Reporter) -> Result<Summary> {
     let out = input.lock_output(opts)?;
     if out.path().join(MANIFEST_NAME).exists() {
         let (source, layout, identity) = (&input.source, &input.layout, &input.identity);
-        return already_complete(out.path(), source, layout, identity, opts, started);
+        return already_complete(
+            out.path(),
+            source,
+            layout,
+            identity,
+            &input.quantization,
+            started,
+        );
     }
     let mut job = Conversion::resume(opts, &input, out, rep)?;
     job.open_shards()?;
@@ -185,8 +194,13 @@ struct Input {
     tokenizer_paths: Vec<(&'static str, PathBuf)>,
     /// The stage files to write.
     stages: Vec<Stage>,
+    /// The manifest's `quantization` (from the stages, when a GGUF's
+    /// encodings are kept).
+    quantization: Quantization,
     /// What this conversion is, as recorded in the job file.
     identity: JobIdentity,
+    /// For a GGUF source: what it holds, seen as a Hugging Face checkpoint.
+    gguf: Option<GgufInput>,
 }
 
 impl Input {
@@ -200,16 +214,31 @@ impl Input {
         if let Some(w) = warning {
             rep.warn(&w);
         }
-        let config_path = source.required(CONFIG)?;
-        let config_bytes = read(&config_path)?;
-        let config = parse_json(&config_bytes, &config_path)?;
+        let gguf = match &source.gguf {
+            Some(files) => Some(GgufInput::read(&source.dir, files, rep)?),
+            None => None,
+        };
+        let (config_path, config_bytes, config) = match &gguf {
+            Some(g) => {
+                let bytes = serde_json::to_vec_pretty(&g.view.config)
+                    .map_err(|e| PrepError::io(&g.first, std::io::Error::other(e)))?;
+                (g.first.clone(), bytes, g.view.config.clone())
+            }
+            None => {
+                let path = source.required(CONFIG)?;
+                let bytes = read(&path)?;
+                let config = parse_json(&bytes, &path)?;
+                (path, bytes, config)
+            }
+        };
         let arch = parse_architecture(&config, &config_path)?;
-        let generation = match source.file(GENERATION_CONFIG)? {
-            Some(p) => {
+        let generation = match (&gguf, source.file(GENERATION_CONFIG)?) {
+            (Some(g), _) => Some((g.view.generation_config.clone(), g.first.clone())),
+            (None, Some(p)) => {
                 let bytes = read(&p)?;
                 Some((parse_json(&bytes, &p)?, p))
             }
-            None => None,
+            (None, None) => None,
         };
         let tokens = parse_token_ids(
             generation.as_ref().map(|(v, p)| (v, p.as_path())),
@@ -219,24 +248,30 @@ impl Input {
         let layout = source.weight_layout()?;
         // Small files first, so a Hub source fails early rather than after hours.
         let mut tokenizer_paths = Vec::new();
-        for name in TOKENIZER_FILES {
-            if let Some(p) = source.file(name)? {
-                tokenizer_paths.push((name, p));
+        if gguf.is_none() {
+            for name in TOKENIZER_FILES {
+                if let Some(p) = source.file(name)? {
+                    tokenizer_paths.push((name, p));
+                }
             }
         }
-        let stages = plan(&arch, &opts.quant);
+        let mut stages = plan(&arch, &opts.quant);
+        let quantization = match &gguf {
+            Some(g) => g.adjust(&mut stages, &arch, &opts.quant)?,
+            None => opts.quant.manifest(),
+        };
         let identity = JobIdentity {
             tool: format!("{TOOL_NAME} {}", env!("CARGO_PKG_VERSION")),
             source_kind: kind_name(&source).into(),
             location: source.location.clone(),
             revision: source.revision.clone(),
-            quant: opts.quant.weights,
-            block_size: opts.quant.manifest().block_size,
+            quant: quantization.weights,
+            block_size: quantization.block_size,
             weights: layout.shards.clone(),
-            compress: opts.quant.manifest().compression,
+            compress: quantization.compression.clone(),
         };
         // Catch architecture bounds before anything is written.
-        provisional_manifest(&stages, &arch, opts, &tokens).validate(&config_path)?;
+        provisional_manifest(&stages, &arch, &quantization, &tokens).validate(&config_path)?;
         Ok(Input {
             source,
             config_bytes,
@@ -245,7 +280,9 @@ impl Input {
             layout,
             tokenizer_paths,
             stages,
+            quantization,
             identity,
+            gguf,
         })
     }
 
@@ -395,9 +432,18 @@ impl<'a> Conversion<'a> {
                 }
             }
         }
+        let gguf = &self.input.gguf;
         self.shards = shard_paths
             .iter()
-            .map(|p| p.as_deref().map(Shard::open).transpose())
+            .enumerate()
+            .map(|(s, p)| {
+                p.as_deref()
+                    .map(|p| match gguf {
+                        Some(g) => g.shard(s, p),
+                        None => Shard::open(p),
+                    })
+                    .transpose()
+            })
             .collect::<Result<_>>()?;
         self.shard_paths = shard_paths;
         Ok(())
@@ -466,6 +512,7 @@ impl<'a> Conversion<'a> {
             stages: &self.input.stages,
             work: &self.work,
             tokenizer_paths: &self.input.tokenizer_paths,
+            generated_bytes: self.input.gguf.as_ref().map_or(0, |g| g.generated_bytes()),
             shard_paths: &self.shard_paths,
             last_use: &self.last_use,
             source: &self.input.source,
@@ -612,6 +659,20 @@ impl<'a> Conversion<'a> {
             &mut self.source_files,
             &mut self.tokenizer_files,
         );
+        if let Some(g) = &self.input.gguf {
+            for (name, bytes) in &g.generated {
+                write_atomic(&dir.join(name), bytes)?;
+                files.push(FileEntry {
+                    path: name.to_string(),
+                    bytes: bytes.len() as u64,
+                    sha256: sha256_hex(bytes),
+                });
+                tokenizer_files.push(name.to_string());
+            }
+            for note in &g.view.notes {
+                rep.note(note);
+            }
+        }
         for (name, p) in tokenizer_paths {
             let bytes = read(p)?;
             write_atomic(&dir.join(name), &bytes)?;
@@ -650,14 +711,16 @@ impl<'a> Conversion<'a> {
     fn record_sources(&mut self, mut hasher: ShardHasher) -> Result<()> {
         let (layout, config_bytes) = (&self.input.layout, &self.input.config_bytes);
         let source_files = &mut self.source_files;
-        source_files.insert(
-            CONFIG.into(),
-            FileEntry {
-                path: CONFIG.into(),
-                bytes: config_bytes.len() as u64,
-                sha256: sha256_hex(config_bytes),
-            },
-        );
+        if self.input.gguf.is_none() {
+            source_files.insert(
+                CONFIG.into(),
+                FileEntry {
+                    path: CONFIG.into(),
+                    bytes: config_bytes.len() as u64,
+                    sha256: sha256_hex(config_bytes),
+                },
+            );
+        }
         if let Some(index) = &layout.index {
             let (bytes, sha256) = sha256_file(index)?;
             let name = file_name(index);
@@ -693,9 +756,14 @@ impl<'a> Conversion<'a> {
     /// Writes the manifest (last), removes the job record and releases the
     /// directory.
     fn finish(mut self, started: Instant) -> Result<Summary> {
-        let (opts, input, dir) = (self.opts, self.input, &self.dir);
+        let (input, dir) = (self.input, &self.dir);
         let source = &input.source;
-        let mut manifest = provisional_manifest(&input.stages, &input.arch, opts, &input.tokens);
+        let mut manifest = provisional_manifest(
+            &input.stages,
+            &input.arch,
+            &input.quantization,
+            &input.tokens,
+        );
         manifest.tokenizer.files = std::mem::take(&mut self.tokenizer_files);
         manifest.files = std::mem::take(&mut self.files);
         manifest.source = SourceInfo {
@@ -719,8 +787,8 @@ impl<'a> Conversion<'a> {
             out: self.dir.display().to_string(),
             source: source.location.clone(),
             revision: source.revision.clone(),
-            quant: opts.quant.weights.name().into(),
-            block_size: opts.quant.manifest().block_size,
+            quant: input.quantization.weights.name().into(),
+            block_size: input.quantization.block_size,
             already_complete: false,
             stages_written: self.stages_written,
             stages_reused: self.stages_reused,
@@ -816,9 +884,10 @@ fn file_name(path: &Path) -> String {
 }
 
 fn kind_name(source: &Source) -> &'static str {
-    match source.origin {
-        Origin::Local => "local",
-        Origin::Hub(_) => "hub",
+    match (&source.origin, &source.gguf) {
+        (Origin::Local, Some(_)) => "gguf",
+        (Origin::Local, None) => "local",
+        (Origin::Hub(_), _) => "hub",
     }
 }
 
@@ -827,7 +896,7 @@ fn kind_name(source: &Source) -> &'static str {
 fn provisional_manifest(
     stages: &[Stage],
     arch: &strata_format::manifest::Architecture,
-    opts: &Options,
+    quantization: &Quantization,
     tokens: &crate::config::TokenIds,
 ) -> Manifest {
     let layers: Vec<String> = stages[1..stages.len() - 1]
@@ -841,7 +910,7 @@ fn provisional_manifest(
             version: env!("CARGO_PKG_VERSION").into(),
         },
         architecture: arch.clone(),
-        quantization: opts.quant.manifest(),
+        quantization: quantization.clone(),
         tokenizer: TokenizerInfo {
             bos_token_id: tokens.bos,
             eos_token_ids: tokens.eos.clone(),
@@ -876,7 +945,7 @@ fn already_complete(
     source: &Source,
     layout: &WeightLayout,
     identity: &JobIdentity,
-    opts: &Options,
+    quantization: &Quantization,
     started: Instant,
 ) -> Result<Summary> {
     let m = Manifest::load(dir).map_err(|e| PrepError::Output {
@@ -900,7 +969,7 @@ fn already_complete(
     let same = m.source.kind == identity.source_kind
         && m.source.location == identity.location
         && m.source.revision == identity.revision
-        && m.quantization == opts.quant.manifest()
+        && m.quantization == *quantization
         && same_files;
     if !same {
         let rev = m
@@ -1028,7 +1097,7 @@ fn check_tensor(stage: &Stage, pt: &PlannedTensor, info: &TensorInfo, shard: &Sh
     };
     if info.source_dtype().is_none() {
         return Err(err(format!(
-            "dtype {} is not supported (only F32, F16 and BF16 weights are)",
+            "dtype {} is not supported (F32, F16 and BF16 are; from GGUF files also Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K to Q6_K)",
             info.dtype
         )));
     }
@@ -1176,6 +1245,8 @@ struct SpaceCheck<'a> {
     stages: &'a [Stage],
     work: &'a [Work],
     tokenizer_paths: &'a [(&'a str, PathBuf)],
+    /// Bytes of the tokenizer files written from a GGUF's metadata.
+    generated_bytes: u64,
     shard_paths: &'a [Option<PathBuf>],
     last_use: &'a [usize],
     source: &'a Source,
@@ -1222,7 +1293,7 @@ impl SpaceCheck<'_> {
                 }
             }
         }
-        let mut tail = METADATA_RESERVE;
+        let mut tail = METADATA_RESERVE + self.generated_bytes;
         for (_, p) in self.tokenizer_paths {
             tail += std::fs::metadata(p).map_err(|e| PrepError::io(p, e))?.len();
         }
@@ -1506,11 +1577,38 @@ fn convert_tensor(
         Derive::Whole | Derive::Rows { .. } | Derive::PairsToHalves { .. } => {}
     };
     let data = shard.data(info);
+    // A GGUF's block encoding kept as it is: rows are copied (gathered, for
+    // the derivations that reorder rows), each decoded once to refuse
+    // non-finite values (SPEC.md §4.6).
+    let keep = matches!(dtype, SourceDType::Ggml(_)) && spec.dtype == dtype.kept();
+    let check_finite = |bytes: &[u8], base: usize| -> std::result::Result<(), CodecError> {
+        let mut f = vec![0f32; dtype.elements(bytes.len())];
+        convert_slice(dtype, bytes, &mut f);
+        match f.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(CodecError::NonFinite {
+                index: base + i,
+                value: f[i],
+            }),
+            None => Ok(()),
+        }
+    };
     // A vector split from a fused one (a fused projection's bias) is small:
     // read whole, its elements picked as the rows of `Derive::Rows`.
     let split_vector = spec.shape.len() == 1 && pt.derive.source_rows().is_some();
+    if keep && (split_vector || spec.shape.len() < 2 || pt.derive == Derive::PlusOne) {
+        return Err(PrepError::Tensor {
+            path: shard.path().to_path_buf(),
+            tensor: info.name.clone(),
+            reason: format!(
+                "a {} tensor cannot be kept as it is for {} `{}`; convert with --quant",
+                info.dtype,
+                stage.label(),
+                spec.name
+            ),
+        });
+    }
     if rows == 0 || cols == 0 || spec.shape.is_empty() || split_vector {
-        let mut f = vec![0f32; data.len() / dtype.size()];
+        let mut f = vec![0f32; dtype.elements(data.len())];
         convert_slice(dtype, data, &mut f);
         derive(&mut f);
         if split_vector {
@@ -1524,7 +1622,11 @@ fn convert_tensor(
         rep.advance(data.len() as u64);
         return Ok(());
     }
-    let row_src = cols * dtype.size();
+    let row_src = dtype.row_bytes(cols).ok_or_else(|| PrepError::Tensor {
+        path: shard.path().to_path_buf(),
+        tensor: info.name.clone(),
+        reason: format!("rows of {cols} values are not whole {} blocks", info.dtype),
+    })?;
     let group_rows = (GROUP_F32_BYTES / (cols * 4)).max(1);
     let chunk_rows = ((CHUNK_F32_BYTES / (cols * 4)) / group_rows).max(1) * group_rows;
     let single_row = spec.shape.len() == 1;
@@ -1539,6 +1641,10 @@ fn convert_tensor(
             .enumerate()
             .map(|(g, bytes)| {
                 let g_rows = bytes.len() / row_src;
+                if keep {
+                    check_finite(bytes, (r0 + g * group_rows) * cols)?;
+                    return Ok(bytes.to_vec());
+                }
                 let mut f = vec![0f32; g_rows * cols];
                 convert_slice(dtype, bytes, &mut f);
                 derive(&mut f);
@@ -1624,6 +1730,7 @@ mod tests {
             weights: strata_format::DType::Nf4,
             block_size: 64,
             compress: None,
+            keep_source: false,
         };
         let stages = plan(&tiny_arch(), &quant);
         let work: Vec<Work> = stages.iter().map(|_| Work::Write(Vec::new())).collect();
@@ -1635,6 +1742,7 @@ mod tests {
             stages: &stages,
             work: &work,
             tokenizer_paths: &tokenizer_paths,
+            generated_bytes: 0,
             shard_paths: &shard_paths,
             last_use: &[1, 3],
             source: &source,

@@ -22,6 +22,8 @@ pub mod convert;
 pub mod disk;
 pub mod error;
 pub mod gguf;
+pub mod gguf_hf;
+pub mod gguf_input;
 pub mod hashing;
 pub mod hub;
 pub mod job;

@@ -46,11 +46,17 @@ ENCODINGS
   near-lossless), and otherwise take --quant too. A head tied to the embeddings is stored once, as
   `embed.tokens` in embed.strata; head.strata then holds only `final_norm`.
 
+  From a GGUF file, without --quant, every tensor keeps the GGUF's own encoding (F32, F16, BF16,
+  Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K to Q6_K: no second rounding); --quant re-encodes from the
+  dequantized values.
+
 SOURCES
   SOURCE is a folder with config.json and model.safetensors (or model.safetensors.index.json and
-  its shards), or a Hugging Face Hub id `org/name`. Supported classes: LlamaForCausalLM,
-  MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM; weights in F32, F16 or BF16. Tokenizer
-  files present in SOURCE are copied verbatim.
+  its shards), a Hugging Face Hub id `org/name`, or a GGUF file (a folder holding one, or any part
+  of a split NAME-00001-of-0000N.gguf: all parts are read). Checkpoint classes: see the README's
+  table; weights in F32, F16 or BF16. GGUF architectures: llama (Llama, Mistral, SmolLM2), qwen2,
+  qwen3, gemma2, gemma3, phi3; config, tokenizer.json and the chat template come from its
+  metadata. Tokenizer files present in a folder SOURCE are copied verbatim.
   Hub downloads go to the standard cache ($HF_HUB_CACHE, else $HF_HOME/hub, else
   ~/.cache/huggingface/hub) and files already there are not downloaded again. HF_ENDPOINT selects
   another endpoint; HF_HUB_OFFLINE=1 uses the cache only; if the Hub cannot be reached, a cached
@@ -84,9 +90,10 @@ struct Cli {
     /// Container directory to write (created if needed).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Encoding of the decoder layers' linear weights.
-    #[arg(long, value_enum, default_value_t = Quant::Nf4)]
-    quant: Quant,
+    /// Encoding of the decoder layers' linear weights [default: nf4; for a
+    /// GGUF source, its own encodings kept as they are].
+    #[arg(long, value_enum)]
+    quant: Option<Quant>,
     /// Elements per quantization block (a multiple of 32 from 32 to 4096).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BLOCK, value_parser = parse_block)]
     block_size: u32,
@@ -157,9 +164,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         source: cli.source,
         out: cli.out,
         quant: QuantPolicy {
-            weights: cli.quant.dtype(),
+            weights: cli.quant.unwrap_or(Quant::Nf4).dtype(),
             block_size: cli.block_size,
             compress: cli.compress,
+            keep_source: cli.quant.is_none(),
         },
         delete_originals: cli.delete_originals,
         revision: cli.revision,

@@ -24,6 +24,9 @@ pub struct QuantPolicy {
     pub block_size: u32,
     /// `--compress`: zstd for the tensors where it saves enough.
     pub compress: Option<Codec>,
+    /// No `--quant` given: a GGUF source's encodings are kept as they are
+    /// (other sources take `weights`).
+    pub keep_source: bool,
 }
 
 impl QuantPolicy {
@@ -745,6 +748,7 @@ pub(crate) mod tests {
         weights: DType::Nf4,
         block_size: 64,
         compress: None,
+        keep_source: false,
     };
 
     #[test]
@@ -809,6 +813,7 @@ pub(crate) mod tests {
                 weights: w,
                 block_size: 32,
                 compress: None,
+                keep_source: false,
             };
             assert_eq!(q.embeddings(), e);
             let m = q.manifest();

@@ -402,7 +402,7 @@ impl Fill {
                     zero_from,
                 })
             }
-            DType::F16 | DType::Bf16 => Err(unsupported(spec)),
+            _ => Err(unsupported(spec)),
         }
     }
 
@@ -646,6 +646,7 @@ mod tests {
             weights: DType::Nf4,
             block_size: strata_format::dtype::DEFAULT_BLOCK,
             compress: None,
+            keep_source: false,
         };
         let mut archs: Vec<_> = SHAPE_NAMES
             .iter()

@@ -14,6 +14,9 @@ use rayon::prelude::*;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
+use strata_format::codec::ggml::GgmlType;
+use strata_format::dtype::{DType, ALL_DTYPES};
+
 use crate::error::{PrepError, Result};
 
 /// Largest header accepted (the limit of the reference implementation).
@@ -28,14 +31,37 @@ pub enum SourceDType {
     F16,
     /// bfloat16.
     Bf16,
+    /// A GGML block encoding (GGUF sources).
+    Ggml(GgmlType),
 }
 
 impl SourceDType {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
+    /// Bytes of a row of `cols` elements, or `None` when `cols` is not a
+    /// whole number of GGML blocks or the size overflows.
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
         match self {
-            SourceDType::F32 => 4,
-            SourceDType::F16 | SourceDType::Bf16 => 2,
+            SourceDType::F32 => cols.checked_mul(4),
+            SourceDType::F16 | SourceDType::Bf16 => cols.checked_mul(2),
+            SourceDType::Ggml(t) => t.row_bytes(cols),
+        }
+    }
+
+    /// Elements held by `bytes` stored bytes (whole elements or blocks).
+    pub fn elements(self, bytes: usize) -> usize {
+        match self {
+            SourceDType::F32 => bytes / 4,
+            SourceDType::F16 | SourceDType::Bf16 => bytes / 2,
+            SourceDType::Ggml(t) => bytes / t.block_bytes() * t.block_elems(),
+        }
+    }
+
+    /// The container encoding that stores these bytes unchanged.
+    pub fn kept(self) -> DType {
+        match self {
+            SourceDType::F32 => DType::F32,
+            SourceDType::F16 => DType::F16,
+            SourceDType::Bf16 => DType::Bf16,
+            SourceDType::Ggml(t) => DType::from_ggml(t),
         }
     }
 }
@@ -74,7 +100,11 @@ impl TensorInfo {
             "F32" => Some(SourceDType::F32),
             "F16" => Some(SourceDType::F16),
             "BF16" => Some(SourceDType::Bf16),
-            _ => None,
+            other => ALL_DTYPES
+                .iter()
+                .filter_map(|d| d.ggml())
+                .find(|t| t.name() == other)
+                .map(SourceDType::Ggml),
         }
     }
 }
@@ -254,6 +284,37 @@ impl Shard {
         })
     }
 
+    /// Maps a weight file of another format (a GGUF) whose tensor table the
+    /// caller has read and checked: `tensors` with absolute offsets, each
+    /// within the file's `len` bytes (refused otherwise).
+    pub fn map_with(path: &Path, len: u64, tensors: Vec<TensorInfo>) -> Result<Shard> {
+        if let Some(t) = tensors
+            .iter()
+            .find(|t| t.start.checked_add(t.len).is_none_or(|end| end > len))
+        {
+            return Err(PrepError::Gguf {
+                path: path.to_path_buf(),
+                reason: format!("tensor `{}` lies past the end of the file", t.name),
+            });
+        }
+        let file = File::open(path).map_err(|e| PrepError::io(path, e))?;
+        // SAFETY: as in `Shard::open`: a read-only map of a file prep never
+        // writes; a size change is caught just below, and nothing is mapped
+        // on the error paths above.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| PrepError::io(path, e))?;
+        if map.len() as u64 != len {
+            return Err(PrepError::Gguf {
+                path: path.to_path_buf(),
+                reason: "the file changed size since its header was read".into(),
+            });
+        }
+        Ok(Shard {
+            path: path.to_path_buf(),
+            tensors,
+            map,
+        })
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -294,13 +355,18 @@ impl Shard {
 }
 
 /// Converts stored little-endian elements to `f32`, in parallel. `out` must
-/// hold exactly `bytes.len() / dtype.size()` elements.
+/// hold exactly `dtype.elements(bytes.len())` elements.
 pub fn to_f32(dtype: SourceDType, bytes: &[u8], out: &mut [f32]) {
     const GRAIN: usize = 1 << 16;
-    let size = dtype.size();
-    debug_assert_eq!(bytes.len(), out.len() * size);
-    out.par_chunks_mut(GRAIN)
-        .zip(bytes.par_chunks(GRAIN * size))
+    // GGML blocks are never cut: a grain is a whole number of them.
+    let unit = match dtype {
+        SourceDType::Ggml(t) => t.block_elems(),
+        _ => 1,
+    };
+    let grain = GRAIN.div_ceil(unit) * unit;
+    let grain_bytes = dtype.row_bytes(grain).unwrap_or(usize::MAX);
+    out.par_chunks_mut(grain)
+        .zip(bytes.par_chunks(grain_bytes))
         .for_each(|(o, b)| convert_slice(dtype, b, o));
 }
 
@@ -313,6 +379,13 @@ pub fn convert_slice(dtype: SourceDType, bytes: &[u8], out: &mut [f32]) {
             }
         }
         SourceDType::F16 => f16_to_f32(bytes, out),
+        // Whole blocks, as callers cut them; a length mismatch gives NaNs,
+        // which the encoders refuse as non-finite values.
+        SourceDType::Ggml(t) => {
+            if t.decode(bytes, out).is_err() {
+                out.fill(f32::NAN);
+            }
+        }
         SourceDType::Bf16 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                 *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);

@@ -55,6 +55,9 @@ pub struct Source {
     pub location: String,
     /// Manifest `source.revision`: the commit for Hub sources.
     pub revision: Option<String>,
+    /// For a GGUF source, its file names in `dir`, in split order (one name
+    /// for an unsplit file).
+    pub gguf: Option<Vec<String>>,
 }
 
 impl Source {
@@ -70,26 +73,55 @@ impl Source {
             reason,
         };
         let path = Path::new(arg);
+        if path.exists() && revision.is_some() {
+            return Err(bad(
+                "--revision applies to Hub repositories, not to a local folder or file".into(),
+            ));
+        }
         if path.is_dir() {
-            if revision.is_some() {
-                return Err(bad(
-                    "--revision applies to Hub repositories, not to a local folder".into(),
-                ));
-            }
             let dir = path.canonicalize().map_err(|e| PrepError::io(path, e))?;
+            let gguf = if dir.join(CONFIG).is_file() {
+                None
+            } else {
+                gguf_in_folder(&dir).map_err(bad)?
+            };
+            let location = match &gguf {
+                Some(files) => dir.join(&files[0]).display().to_string(),
+                None => dir.display().to_string(),
+            };
             return Ok((
                 Source {
                     origin: Origin::Local,
-                    location: dir.display().to_string(),
+                    location,
                     dir,
                     revision: None,
+                    gguf,
+                },
+                None,
+            ));
+        }
+        if path.is_file() && crate::gguf::is_gguf(path) {
+            let file = path.canonicalize().map_err(|e| PrepError::io(path, e))?;
+            let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let files = gguf_split_set(&dir, &name).map_err(bad)?;
+            return Ok((
+                Source {
+                    origin: Origin::Local,
+                    location: dir.join(&files[0]).display().to_string(),
+                    dir,
+                    revision: None,
+                    gguf: Some(files),
                 },
                 None,
             ));
         }
         if path.exists() {
             return Err(bad(
-                "is not a folder; SOURCE must be a checkpoint folder or a Hub repository id (org/name)".into(),
+                "is neither a folder nor a GGUF file; SOURCE must be a checkpoint folder, a .gguf file or a Hub repository id (org/name)".into(),
             ));
         }
         if !looks_like_repo_id(arg) {
@@ -110,6 +142,7 @@ impl Source {
                 location: repo.repo_id().to_string(),
                 revision: Some(repo.commit().to_string()),
                 origin: Origin::Hub(Box::new(repo)),
+                gguf: None,
             },
             warning,
         ))
@@ -144,6 +177,13 @@ impl Source {
 
     /// Where the weights are: reads the index if there is one.
     pub fn weight_layout(&self) -> Result<WeightLayout> {
+        if let Some(files) = &self.gguf {
+            return Ok(WeightLayout {
+                index: None,
+                shards: files.clone(),
+                weight_map: BTreeMap::new(),
+            });
+        }
         if self.has(SINGLE_WEIGHTS) {
             return Ok(WeightLayout {
                 index: None,
@@ -191,6 +231,62 @@ impl Source {
             })
             .collect()
     }
+}
+
+/// `NAME-00001-of-00003.gguf` → `("NAME", 1, 3)`.
+fn split_name(name: &str) -> Option<(&str, u32, u32)> {
+    let stem = name.strip_suffix(".gguf")?;
+    let (rest, count) = stem.rsplit_once("-of-")?;
+    let (base, no) = rest.rsplit_once('-')?;
+    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(no) || !digits(count) {
+        return None;
+    }
+    let (no, count) = (no.parse().ok()?, count.parse().ok()?);
+    (no >= 1 && no <= count).then_some((base, no, count))
+}
+
+/// The files of the GGUF `name` in `dir`, in split order: every
+/// `BASE-0000K-of-0000N.gguf` of a split one (all must be present), or
+/// `name` alone.
+pub fn gguf_split_set(dir: &Path, name: &str) -> std::result::Result<Vec<String>, String> {
+    let Some((base, _, count)) = split_name(name) else {
+        return Ok(vec![name.to_string()]);
+    };
+    let files: Vec<String> = (1..=count)
+        .map(|k| format!("{base}-{k:05}-of-{count:05}.gguf"))
+        .collect();
+    if let Some(missing) = files.iter().find(|f| !dir.join(f).is_file()) {
+        return Err(format!(
+            "is part {} of a GGUF split into {count} files, but {missing} is not beside it",
+            split_name(name).map_or(0, |s| s.1)
+        ));
+    }
+    Ok(files)
+}
+
+/// The GGUF model a folder without config.json holds: `None` when it holds
+/// no `.gguf` file, an error when it holds several models.
+fn gguf_in_folder(dir: &Path) -> std::result::Result<Option<Vec<String>>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot be listed: {e}"))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".gguf") && dir.join(n).is_file())
+        .collect();
+    names.sort();
+    let Some(first) = names.first() else {
+        return Ok(None);
+    };
+    let set = gguf_split_set(dir, first)?;
+    if names.len() != set.len() {
+        return Err(format!(
+            "holds no {CONFIG} and {} GGUF files of more than one model ({}); give the .gguf file to convert",
+            names.len(),
+            names.join(", ")
+        ));
+    }
+    Ok(Some(set))
 }
 
 /// How the weights are stored.
@@ -266,6 +362,34 @@ mod tests {
     }
 
     #[test]
+    fn gguf_split_sets() {
+        assert_eq!(split_name("m-00002-of-00003.gguf"), Some(("m", 2, 3)));
+        assert_eq!(split_name("m-00004-of-00003.gguf"), None);
+        assert_eq!(split_name("m-2-of-3.gguf"), None);
+        assert_eq!(split_name("model.Q4_K_M.gguf"), None);
+        let d = tempfile::tempdir().unwrap();
+        for k in [1, 2] {
+            std::fs::write(d.path().join(format!("m-{k:05}-of-00003.gguf")), b"GGUF").unwrap();
+        }
+        let e = gguf_split_set(d.path(), "m-00001-of-00003.gguf").unwrap_err();
+        assert!(e.contains("m-00003-of-00003.gguf"), "{e}");
+        std::fs::write(d.path().join("m-00003-of-00003.gguf"), b"GGUF").unwrap();
+        assert_eq!(
+            gguf_split_set(d.path(), "m-00002-of-00003.gguf").unwrap(),
+            [
+                "m-00001-of-00003.gguf",
+                "m-00002-of-00003.gguf",
+                "m-00003-of-00003.gguf"
+            ]
+        );
+        assert_eq!(gguf_in_folder(d.path()).unwrap().unwrap().len(), 3);
+        std::fs::write(d.path().join("other.gguf"), b"GGUF").unwrap();
+        assert!(gguf_in_folder(d.path())
+            .unwrap_err()
+            .contains("more than one"));
+    }
+
+    #[test]
     fn local_sources() {
         let d = tempfile::tempdir().unwrap();
         let arg = d.path().to_str().unwrap();
@@ -300,6 +424,6 @@ mod tests {
         let e = Source::resolve(f.to_str().unwrap(), None, no_hub)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not a folder"), "{e}");
+        assert!(e.contains("neither a folder nor a GGUF file"), "{e}");
     }
 }

@@ -64,6 +64,15 @@ pub fn gemma3_dir() -> PathBuf {
         .clone()
 }
 
+/// The Qwen2.5-Coder-0.5B-Instruct checkpoint folder (with its GGUF):
+/// `$STRATA_QWEN05`, or else the last line printed by
+/// `scripts/fetch-model.sh 0.5b` (which builds it).
+pub fn qwen05_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| fetched("STRATA_QWEN05", "scripts/fetch-model.sh", &["0.5b"]))
+        .clone()
+}
+
 /// A real checkpoint folder: the one `env` names, or else the last line the
 /// fetch `script` (relative to the repository) prints.
 fn fetched(env: &str, script: &str, args: &[&str]) -> PathBuf {

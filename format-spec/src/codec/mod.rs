@@ -67,6 +67,9 @@ pub fn encode(
             })?;
             encode_blocks(dtype, data, rows, cols, block as usize)
         }
+        _ => Err(CodecError::NotEncodable {
+            dtype: dtype.name(),
+        }),
     }
 }
 
@@ -131,13 +134,23 @@ pub(crate) fn check_quantized_row(
     Ok(())
 }
 
-/// Bytes of one encoded row of `cols` elements for a quantized `dtype`.
+/// Bytes of one encoded row of `cols` elements of `dtype` (`block` is the
+/// block size of `nf4` and `int8`, ignored otherwise).
 pub fn row_bytes(dtype: DType, cols: usize, block: usize) -> usize {
     let per_block = match dtype {
         DType::Nf4 => 2 + block / 2,
         DType::Int8 => 2 + block,
         DType::F32 => return cols.saturating_mul(4),
         DType::F16 | DType::Bf16 => return cols.saturating_mul(2),
+        _ => match dtype.ggml() {
+            // A partial last block is refused by the decoder (SPEC.md §4.6).
+            Some(t) => {
+                return cols
+                    .div_ceil(t.block_elems())
+                    .saturating_mul(t.block_bytes())
+            }
+            None => return usize::MAX,
+        },
     };
     cols.div_ceil(block).saturating_mul(per_block)
 }
@@ -163,6 +176,13 @@ pub fn decode_row(
         DType::Bf16 => float::decode_bf16(bytes, out),
         DType::Nf4 => nf4::decode_row(bytes, block, out)?,
         DType::Int8 => int8::decode_row(bytes, block, out)?,
+        // Every other encoding is a GGML one.
+        _ => dtype
+            .ggml()
+            .ok_or(CodecError::NotEncodable {
+                dtype: dtype.name(),
+            })?
+            .decode(bytes, out)?,
     }
     Ok(())
 }

@@ -6,6 +6,11 @@
 //!   table (`vpermw`, or byte shuffles), int8 weights are widened, and
 //!   blocks are dotted in integers (`vpdpwssd` / `vpmaddwd`), then scaled by
 //!   `weight scale × activation scale` in f32.
+//! * the GGML block encodings kept from GGUF files (`q4_0` … `q6_k`), as
+//!   llama.cpp's ggml-cpu computes them: activations quantized once per call
+//!   to int8 blocks (Q8_0 / Q8_K style), weight blocks unpacked to small
+//!   integers and dotted in integers (`vpmaddubsw` / `vpdpbusd`), the block
+//!   scales and minimums applied in f32 ([`ggml`]).
 //! * `f32`, `f16` and `bf16` weights: converted to f32 in registers and
 //!   multiplied with f32 FMA (no activation quantization).
 //!
@@ -17,6 +22,7 @@
 
 mod dispatch;
 mod float;
+mod ggml;
 mod int8;
 mod nf4;
 mod quant_act;
@@ -26,6 +32,7 @@ mod tests;
 mod x86;
 
 use rayon::prelude::*;
+use strata_format::codec::ggml::GgmlType;
 use strata_format::codec::{decode_row, row_bytes};
 use strata_format::dtype::check_block_size;
 use strata_format::{CodecError, DType};
@@ -83,21 +90,38 @@ pub fn linear_t(
     }
     let rb = row_bytes(w.dtype, cols, w.block.max(1));
     check("weight bytes", rows * rb, w.bytes.len())?;
+    let ggml = w.dtype.ggml();
+    if let Some(t) = ggml {
+        // GGML rows are whole blocks (SPEC.md §4.6), as the decoder says.
+        let be = t.block_elems();
+        if cols % be != 0 {
+            return Err(CodecError::Length {
+                what: "values (a whole number of blocks)",
+                expected: cols.div_ceil(be) * be,
+                actual: cols,
+            });
+        }
+    }
     if n == 0 || rows == 0 || cols == 0 {
         out.fill(0.0);
         return Ok(());
     }
     let isa = if isa.is_available() { isa } else { Isa::Scalar };
-    let acts = match w.dtype {
-        DType::Nf4 => Some(quantize(x, n, cols, w.block, Order::Nf4)),
-        DType::Int8 => Some(quantize(x, n, cols, w.block, Order::Natural)),
-        DType::F32 | DType::F16 | DType::Bf16 => None,
+    let acts = match (w.dtype, ggml) {
+        (DType::Nf4, _) => Acts::Int16(quantize(x, n, cols, w.block, Order::Nf4)),
+        (DType::Int8, _) => Acts::Int16(quantize(x, n, cols, w.block, Order::Natural)),
+        (_, Some(t)) => Acts::Int8(t, ggml::quantize(x, n, cols, t.block_elems())),
+        (_, None) => Acts::Float,
     };
     let task = |wb: &[u8], o: &mut [f32]| -> bool {
         match (w.dtype, &acts) {
-            (DType::Nf4, Some(a)) => nf4::rows(isa, wb, rb, a, n, o),
-            (DType::Int8, Some(a)) => int8::rows(isa, wb, rb, a, n, o),
-            (dtype, _) => {
+            (DType::Nf4, Acts::Int16(a)) => nf4::rows(isa, wb, rb, a, n, o),
+            (_, Acts::Int16(a)) => int8::rows(isa, wb, rb, a, n, o),
+            (_, Acts::Int8(t, a)) => {
+                ggml::rows(isa, *t, wb, rb, a, n, o);
+                false
+            }
+            (dtype, Acts::Float) => {
                 float::rows(isa, float::Kind::of(dtype), wb, x, cols, n, o);
                 false
             }
@@ -122,6 +146,16 @@ pub fn linear_t(
         }
     }
     Ok(())
+}
+
+/// The activations as a product's kernel takes them.
+enum Acts {
+    /// Quantized to int16 per weight block (`nf4`, `int8`).
+    Int16(quant_act::QuantActs),
+    /// Quantized to int8 blocks for a GGML block type.
+    Int8(GgmlType, ggml::Q8Acts),
+    /// As they are (`f32`, `f16`, `bf16` weights).
+    Float,
 }
 
 /// Whether an f16 block scale (by its bits) is invalid: NaN, infinite or

@@ -77,7 +77,7 @@ pub(crate) const Q_MAX: f32 = 8191.0;
 /// Rounds to the nearest integer, ties to even, for `|y| ≤ 2²²` (adding and
 /// subtracting 1.5 × 2²³ leaves no fraction bits in binary32).
 #[inline]
-fn round_even(y: f32) -> f32 {
+pub(crate) fn round_even(y: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     (y + MAGIC) - MAGIC
 }

@@ -12,14 +12,14 @@ use super::*;
 
 /// How test values are drawn.
 #[derive(Debug, Clone, Copy)]
-enum Data {
+pub(super) enum Data {
     /// Standard normal.
     Normal,
     /// Cauchy, clipped to ±1000: mostly small values with huge outliers.
     HeavyTailed,
 }
 
-fn values(rng: &mut StdRng, len: usize, data: Data) -> Vec<f32> {
+pub(super) fn values(rng: &mut StdRng, len: usize, data: Data) -> Vec<f32> {
     (0..len)
         .map(|_| {
             let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
@@ -33,7 +33,13 @@ fn values(rng: &mut StdRng, len: usize, data: Data) -> Vec<f32> {
         .collect()
 }
 
-fn weight<'a>(dtype: DType, rows: usize, cols: usize, block: usize, bytes: &'a [u8]) -> Weight<'a> {
+pub(super) fn weight<'a>(
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    block: usize,
+    bytes: &'a [u8],
+) -> Weight<'a> {
     Weight {
         dtype,
         rows,
@@ -54,7 +60,7 @@ fn decode(dtype: DType, bytes: &[u8], rows: usize, cols: usize, block: usize) ->
 }
 
 /// `Σ |w · x|` of every output (the scale of the f32 rounding error).
-fn magnitudes(wd: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f64> {
+pub(super) fn magnitudes(wd: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f64> {
     let mut m = vec![0f64; rows * n];
     for r in 0..rows {
         for t in 0..n {
@@ -67,7 +73,7 @@ fn magnitudes(wd: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<
 }
 
 /// Exact `x · Wᵀ` of the decoded weights, in f64, laid out like `linear_t`.
-fn exact(wd: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f64> {
+pub(super) fn exact(wd: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f64> {
     let mut y = vec![0f64; rows * n];
     for r in 0..rows {
         for t in 0..n {
@@ -111,7 +117,7 @@ fn quantization_bounds(w: &Weight<'_>, wd: &[f32], x: &[f32], n: usize) -> Vec<f
     bound
 }
 
-fn run(isa: Isa, w: &Weight<'_>, x: &[f32], n: usize) -> Vec<f32> {
+pub(super) fn run(isa: Isa, w: &Weight<'_>, x: &[f32], n: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; w.rows * n];
     linear_t(isa, w, x, n, &mut out).expect("runs");
     out
@@ -119,7 +125,14 @@ fn run(isa: Isa, w: &Weight<'_>, x: &[f32], n: usize) -> Vec<f32> {
 
 /// Checks every available path against the scalar reference (f32 rounding
 /// only) and the reference against the exact product (within `bounds`).
-fn check_paths(what: &str, w: &Weight<'_>, wd: &[f32], x: &[f32], n: usize, bounds: &[f64]) {
+pub(super) fn check_paths(
+    what: &str,
+    w: &Weight<'_>,
+    wd: &[f32],
+    x: &[f32],
+    n: usize,
+    bounds: &[f64],
+) {
     let (rows, cols) = (w.rows, w.cols);
     let reference = run(Isa::Scalar, w, x, n);
     let want = exact(wd, x, rows, cols, n);

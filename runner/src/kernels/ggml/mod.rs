@@ -1,0 +1,114 @@
+//! GGML block encodings (SPEC.md §4.6) × f32 activations, computed the way
+//! llama.cpp's ggml-cpu does: the activation rows are quantized once per call
+//! to int8 blocks ([`acts`]: Q8_0-style blocks of 32 for the 32-element
+//! types, Q8_K-style blocks of 256 with 16-element sums for the K types),
+//! then every weight block is unpacked to small integers and dotted with
+//! them in exact integer sums, and the block scales are applied in f32.
+//!
+//! * [`scalar`]: the portable reference (integers straight from the spec).
+//! * [`simd`]: the kernels written once against a per-ISA vocabulary, with
+//!   the x86-64 vocabulary in `x86` (AVX2 `vpmaddubsw`/`vpmaddwd`; AVX-512
+//!   VNNI `vpdpbusd` for the unscaled dot products). NEON runs the scalar
+//!   reference for these encodings.
+//!
+//! Up to four activation rows are computed together, so that a weight block
+//! is unpacked once per four tokens; each row's result does not depend on
+//! how the rows were grouped (bit for bit).
+//!
+//! Against the exact product of the decoded weights, the outputs differ by
+//! the activations' rounding (at most `d_x / 2` per element, `d_x = max|x| /
+//! 127` of its block) and f32 rounding.
+
+mod acts;
+mod scalar;
+mod simd;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use strata_format::codec::ggml::GgmlType;
+
+pub(crate) use acts::{quantize, Q8Acts};
+
+use super::Isa;
+
+/// Computes `out[r * n + t] = Σ_c W[r, c] · x[t, c]` for the rows of `w`
+/// (`rb` bytes of type-`t` blocks each) and the `n` rows of `acts` (quantized
+/// from `x` in blocks of `t.block_elems()`). The caller has checked every
+/// length.
+pub(crate) fn rows(
+    isa: Isa,
+    t: GgmlType,
+    w: &[u8],
+    rb: usize,
+    acts: &Q8Acts,
+    n: usize,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        Isa::Avx512 => {
+            if let Some(v) = x86::Avx512::new() {
+                // SAFETY: `v` exists only on a CPU with the function's target
+                // features (AVX-512 F/BW/VL/VNNI, AVX2, FMA, F16C).
+                return unsafe { x86::rows_avx512(v, t, w, rb, acts, n, out) };
+            }
+        }
+        Isa::Avx2 => {
+            if let Some(v) = x86::Avx2::new() {
+                // SAFETY: `v` exists only on a CPU with AVX2, FMA and F16C.
+                return unsafe { x86::rows_avx2(v, t, w, rb, acts, n, out) };
+            }
+        }
+        _ => {}
+    }
+    let _ = isa;
+    scalar::rows(t, w, rb, acts, n, out)
+}
+
+/// An f16 value given by its bits, as f32 (exact): normal numbers and zero
+/// in a few integer operations, the rest through the `half` crate.
+#[inline(always)]
+fn f16_to_f32(bits: u16) -> f32 {
+    let h = u32::from(bits);
+    let (sign, em) = ((h & 0x8000) << 16, h & 0x7fff);
+    if (0x0400..0x7c00).contains(&em) {
+        // Rebias the exponent (15 → 127) and widen the mantissa (10 → 23 bits).
+        f32::from_bits(sign | ((em + ((127 - 15) << 10)) << 13))
+    } else if em == 0 {
+        f32::from_bits(sign)
+    } else {
+        half::f16::from_bits(bits).to_f32()
+    }
+}
+
+/// The former path, kept as a second reference and as the benchmarks'
+/// baseline: each weight row decoded to f32 by the format's reference
+/// decoder, then multiplied with the f32 kernels of [`super::float`].
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)] // `float::rows`'s, with the block type
+pub(crate) fn decoded_rows(
+    isa: Isa,
+    t: GgmlType,
+    w: &[u8],
+    rb: usize,
+    x: &[f32],
+    cols: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    use super::float::{self, Kind};
+    let mut dec = vec![0f32; cols];
+    let mut bytes = vec![0u8; cols * 4];
+    for (row, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
+        if t.decode(row, &mut dec).is_err() {
+            o.fill(f32::NAN);
+            continue;
+        }
+        for (b, v) in bytes.chunks_exact_mut(4).zip(&dec) {
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+        float::rows(isa, Kind::F32, &bytes, x, cols, n, o);
+    }
+}
