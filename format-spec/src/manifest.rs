@@ -14,9 +14,9 @@ pub const MANIFEST_NAME: &str = "manifest.json";
 /// Upper bound on the manifest's size.
 pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 /// Upper bound on any count in the architecture (layers, heads, experts).
-const MAX_COUNT: u64 = 1 << 20;
+pub const MAX_COUNT: u64 = 1 << 20;
 /// Upper bound on any width in the architecture (hidden, vocab, intermediate).
-const MAX_WIDTH: u64 = 1 << 24;
+pub const MAX_WIDTH: u64 = 1 << 24;
 
 /// The whole manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

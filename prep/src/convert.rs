@@ -182,8 +182,8 @@ pub fn run(opts: &Options, rep: &mut Reporter) -> Result<Summary> {
 struct Input {
     /// The resolved source.
     source: Source,
-    /// The bytes of its config.json.
-    config_bytes: Vec<u8>,
+    /// The bytes of its config.json (none for a GGUF: its config is derived).
+    config_bytes: Option<Vec<u8>>,
     /// The architecture config.json describes.
     arch: strata_format::manifest::Architecture,
     /// BOS / EOS / PAD ids.
@@ -219,16 +219,13 @@ impl Input {
             None => None,
         };
         let (config_path, config_bytes, config) = match &gguf {
-            Some(g) => {
-                let bytes = serde_json::to_vec_pretty(&g.view.config)
-                    .map_err(|e| PrepError::io(&g.first, std::io::Error::other(e)))?;
-                (g.first.clone(), bytes, g.view.config.clone())
-            }
+            // The GGUF itself is the source file recorded; its config is derived.
+            Some(g) => (g.first.clone(), None, g.view.config.clone()),
             None => {
                 let path = source.required(CONFIG)?;
                 let bytes = read(&path)?;
                 let config = parse_json(&bytes, &path)?;
-                (path, bytes, config)
+                (path, Some(bytes), config)
             }
         };
         let arch = parse_architecture(&config, &config_path)?;
@@ -711,7 +708,7 @@ impl<'a> Conversion<'a> {
     fn record_sources(&mut self, mut hasher: ShardHasher) -> Result<()> {
         let (layout, config_bytes) = (&self.input.layout, &self.input.config_bytes);
         let source_files = &mut self.source_files;
-        if self.input.gguf.is_none() {
+        if let Some(config_bytes) = config_bytes {
             source_files.insert(
                 CONFIG.into(),
                 FileEntry {
@@ -1581,16 +1578,10 @@ fn convert_tensor(
     // the derivations that reorder rows), each decoded once to refuse
     // non-finite values (SPEC.md §4.6).
     let keep = matches!(dtype, SourceDType::Ggml(_)) && spec.dtype == dtype.kept();
-    let check_finite = |bytes: &[u8], base: usize| -> std::result::Result<(), CodecError> {
+    let check_finite = |bytes: &[u8], base: usize| {
         let mut f = vec![0f32; dtype.elements(bytes.len())];
         convert_slice(dtype, bytes, &mut f);
-        match f.iter().position(|v| !v.is_finite()) {
-            Some(i) => Err(CodecError::NonFinite {
-                index: base + i,
-                value: f[i],
-            }),
-            None => Ok(()),
-        }
+        codec::check_finite(&f).map_err(|e| shift(e, base))
     };
     // A vector split from a fused one (a fused projection's bias) is small:
     // read whole, its elements picked as the rows of `Derive::Rows`.

@@ -35,6 +35,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use serde_json::{json, Map, Value as Json};
+use strata_format::manifest::{MAX_COUNT, MAX_WIDTH};
 
 use crate::error::{PrepError, Result};
 use crate::gguf::{Gguf, Tensor, TensorType, Value};
@@ -91,10 +92,6 @@ pub struct MappedTensor {
 /// The `general.architecture` values [`hf_view`] maps.
 pub const SUPPORTED_ARCHS: [&str; 6] = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"];
 
-/// Upper bound on layer and head counts (the manifest's).
-const MAX_COUNT: u64 = 1 << 20;
-/// Upper bound on widths (the manifest's).
-const MAX_WIDTH: u64 = 1 << 24;
 /// Upper bound on the bytes of a RoPE factor tensor read from the file.
 const MAX_FACTOR_BYTES: u64 = 1 << 20;
 /// llama.cpp's token types (`gguf.TokenType`).

@@ -268,15 +268,7 @@ impl Shard {
         file.read_exact(&mut json)
             .map_err(|e| PrepError::io(path, e))?;
         let tensors = parse_header(&json, len - 8 - header_len, path)?;
-        // SAFETY: memmap2 requires that the file not change while mapped. The
-        // mapping is read-only and prep never writes its sources; a source file
-        // changed by another process while we convert it is outside what prep
-        // can defend against (a size change here is caught just below). On the
-        // error path nothing is mapped.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| PrepError::io(path, e))?;
-        if map.len() as u64 != len {
-            return Err(bad("the file changed size while being opened".into()));
-        }
+        let map = map_file(&file, path, len, bad)?;
         Ok(Shard {
             path: path.to_path_buf(),
             tensors,
@@ -298,16 +290,10 @@ impl Shard {
             });
         }
         let file = File::open(path).map_err(|e| PrepError::io(path, e))?;
-        // SAFETY: as in `Shard::open`: a read-only map of a file prep never
-        // writes; a size change is caught just below, and nothing is mapped
-        // on the error paths above.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| PrepError::io(path, e))?;
-        if map.len() as u64 != len {
-            return Err(PrepError::Gguf {
-                path: path.to_path_buf(),
-                reason: "the file changed size since its header was read".into(),
-            });
-        }
+        let map = map_file(&file, path, len, |reason| PrepError::Gguf {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         Ok(Shard {
             path: path.to_path_buf(),
             tensors,
@@ -352,6 +338,26 @@ impl Shard {
             log::debug!("{}: madvise(DONTNEED) failed: {e}", self.path.display());
         }
     }
+}
+
+/// Maps the whole of `file` (at `path`) read-only, refusing it (through
+/// `bad`) unless it is still the `len` bytes its header was checked against.
+fn map_file(
+    file: &File,
+    path: &Path,
+    len: u64,
+    bad: impl FnOnce(String) -> PrepError,
+) -> Result<Mmap> {
+    // SAFETY: memmap2 requires that the file not change while mapped. The
+    // mapping is read-only and prep never writes its sources; a source file
+    // changed by another process while we convert it is outside what prep
+    // can defend against (a size change is caught just below). On the error
+    // path the mapping is dropped before anything reads it.
+    let map = unsafe { Mmap::map(file) }.map_err(|e| PrepError::io(path, e))?;
+    if map.len() as u64 != len {
+        return Err(bad("the file changed size while being opened".into()));
+    }
+    Ok(map)
 }
 
 /// Converts stored little-endian elements to `f32`, in parallel. `out` must

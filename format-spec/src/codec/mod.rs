@@ -22,7 +22,8 @@ pub fn rows_cols(shape: &[u64]) -> Option<(usize, usize)> {
     Some((usize::try_from(rows).ok()?, usize::try_from(cols).ok()?))
 }
 
-fn check_finite(data: &[f32]) -> Result<(), CodecError> {
+/// Refuses the first NaN or infinity of `data`, naming its index.
+pub fn check_finite(data: &[f32]) -> Result<(), CodecError> {
     match data.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(CodecError::NonFinite {
             index,
