@@ -10,7 +10,8 @@
 //!   llama.cpp's ggml-cpu computes them: activations quantized once per call
 //!   to int8 blocks (Q8_0 / Q8_K style), weight blocks unpacked to small
 //!   integers and dotted in integers (`vpmaddubsw` / `vpdpbusd`), the block
-//!   scales and minimums applied in f32 ([`ggml`]).
+//!   scales and minimums applied in f32 ([`ggml`]; on NEON, for now, each
+//!   weight row decoded to f32 and the f32 path below).
 //! * `f32`, `f16` and `bf16` weights: converted to f32 in registers and
 //!   multiplied with f32 FMA (no activation quantization).
 //!
@@ -110,7 +111,10 @@ pub fn linear_t(
     let acts = match (w.dtype, ggml) {
         (DType::Nf4, _) => Acts::Int16(quantize(x, n, cols, w.block, Order::Nf4)),
         (DType::Int8, _) => Acts::Int16(quantize(x, n, cols, w.block, Order::Natural)),
-        (_, Some(t)) => Acts::Int8(t, ggml::quantize(x, n, cols, t.block_elems())),
+        (_, Some(t)) if ggml::integer_kernels(isa) => {
+            Acts::Int8(t, ggml::quantize(x, n, cols, t.block_elems()))
+        }
+        (_, Some(t)) => Acts::Decoded(t),
         (_, None) => Acts::Float,
     };
     let task = |wb: &[u8], o: &mut [f32]| -> bool {
@@ -119,6 +123,10 @@ pub fn linear_t(
             (_, Acts::Int16(a)) => int8::rows(isa, wb, rb, a, n, o),
             (_, Acts::Int8(t, a)) => {
                 ggml::rows(isa, *t, wb, rb, a, n, o);
+                false
+            }
+            (_, Acts::Decoded(t)) => {
+                ggml::decoded_rows(isa, *t, wb, rb, x, cols, n, o);
                 false
             }
             (dtype, Acts::Float) => {
@@ -154,6 +162,8 @@ enum Acts {
     Int16(quant_act::QuantActs),
     /// Quantized to int8 blocks for a GGML block type.
     Int8(GgmlType, ggml::Q8Acts),
+    /// As they are, for a GGML block type decoded row by row (NEON).
+    Decoded(GgmlType),
     /// As they are (`f32`, `f16`, `bf16` weights).
     Float,
 }

@@ -19,6 +19,7 @@ pub(super) enum Data {
     HeavyTailed,
 }
 
+/// `len` values drawn as `data` says.
 pub(super) fn values(rng: &mut StdRng, len: usize, data: Data) -> Vec<f32> {
     (0..len)
         .map(|_| {
@@ -33,6 +34,7 @@ pub(super) fn values(rng: &mut StdRng, len: usize, data: Data) -> Vec<f32> {
         .collect()
 }
 
+/// A weight over `bytes`.
 pub(super) fn weight<'a>(
     dtype: DType,
     rows: usize,
@@ -117,6 +119,7 @@ fn quantization_bounds(w: &Weight<'_>, wd: &[f32], x: &[f32], n: usize) -> Vec<f
     bound
 }
 
+/// `linear_t` on the `isa` path, into a fresh output.
 pub(super) fn run(isa: Isa, w: &Weight<'_>, x: &[f32], n: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; w.rows * n];
     linear_t(isa, w, x, n, &mut out).expect("runs");
@@ -125,14 +128,7 @@ pub(super) fn run(isa: Isa, w: &Weight<'_>, x: &[f32], n: usize) -> Vec<f32> {
 
 /// Checks every available path against the scalar reference (f32 rounding
 /// only) and the reference against the exact product (within `bounds`).
-pub(super) fn check_paths(
-    what: &str,
-    w: &Weight<'_>,
-    wd: &[f32],
-    x: &[f32],
-    n: usize,
-    bounds: &[f64],
-) {
+fn check_paths(what: &str, w: &Weight<'_>, wd: &[f32], x: &[f32], n: usize, bounds: &[f64]) {
     let (rows, cols) = (w.rows, w.cols);
     let reference = run(Isa::Scalar, w, x, n);
     let want = exact(wd, x, rows, cols, n);

@@ -8,8 +8,12 @@
 //! * [`scalar`]: the portable reference (integers straight from the spec).
 //! * [`simd`]: the kernels written once against a per-ISA vocabulary, with
 //!   the x86-64 vocabulary in `x86` (AVX2 `vpmaddubsw`/`vpmaddwd`; AVX-512
-//!   VNNI `vpdpbusd` for the unscaled dot products). NEON runs the scalar
-//!   reference for these encodings.
+//!   VNNI `vpdpbusd` for the unscaled dot products).
+//! * NEON has no vocabulary yet: there, [`decoded_rows`] decodes each weight
+//!   row to f32 and runs the NEON f32 kernel (the path every ISA took
+//!   before). The scalar reference is no fallback for it: measured on
+//!   x86-64, one thread, it takes 0.3–1.3× that path's time with one
+//!   activation row but 1.1–4.4× with eight, depending on the type.
 //!
 //! Up to four activation rows are computed together, so that a weight block
 //! is unpacked once per four tokens; each row's result does not depend on
@@ -33,10 +37,17 @@ pub(crate) use acts::{quantize, Q8Acts};
 
 use super::Isa;
 
+/// Whether `isa` computes the GGML encodings with the integer kernels here
+/// ([`rows`]) rather than by decoding the weights ([`decoded_rows`]).
+pub(crate) fn integer_kernels(isa: Isa) -> bool {
+    !matches!(isa, Isa::Neon)
+}
+
 /// Computes `out[r * n + t] = Σ_c W[r, c] · x[t, c]` for the rows of `w`
 /// (`rb` bytes of type-`t` blocks each) and the `n` rows of `acts` (quantized
-/// from `x` in blocks of `t.block_elems()`). The caller has checked every
-/// length.
+/// from `x` in blocks of `t.block_elems()`), with the vocabulary of `isa`
+/// (the scalar reference for an ISA without one). The caller has checked
+/// every length.
 pub(crate) fn rows(
     isa: Isa,
     t: GgmlType,
@@ -83,10 +94,12 @@ fn f16_to_f32(bits: u16) -> f32 {
     }
 }
 
-/// The former path, kept as a second reference and as the benchmarks'
-/// baseline: each weight row decoded to f32 by the format's reference
-/// decoder, then multiplied with the f32 kernels of [`super::float`].
-#[cfg(test)]
+/// Computes `out[r * n + t]` like [`rows`] from the f32 activations `x` (`n`
+/// rows of `cols`): each weight row decoded to f32 by the format's reference
+/// decoder, then multiplied with the f32 kernels of [`super::float`] (the
+/// product of the decoded weights up to f32 rounding). The path for ISAs
+/// without integer kernels, and the benchmarks' baseline. The caller has
+/// checked every length (a row that failed to decode would give NaN).
 #[allow(clippy::too_many_arguments)] // `float::rows`'s, with the block type
 pub(crate) fn decoded_rows(
     isa: Isa,

@@ -39,6 +39,7 @@ fn q5(qh: u32, qs: &[u8], off: i8) -> [i8; 32] {
     v
 }
 
+/// A 32-element block of type `t` as integers.
 fn ints32(t: GgmlType, b: &[u8]) -> Ints32 {
     let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     let (v, m) = match t {
@@ -81,6 +82,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (i32, i32) {
     (i32::from(s), i32::from(m))
 }
 
+/// A K super-block of type `t` as integers.
 fn ints_k(t: GgmlType, b: &[u8]) -> IntsK {
     let mut k = IntsK {
         v: [0; 256],

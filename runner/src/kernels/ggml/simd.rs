@@ -217,6 +217,7 @@ trait Block32 {
     fn unpack<V: Simd>(v: V, b: &Self::Block) -> (V::B, f32, f32);
 }
 
+/// [`Kernel::tile`] of a 32-element block type.
 #[inline(always)]
 fn tile32<V: Simd, Q: Block32, const T: usize>(
     v: V,
@@ -406,6 +407,7 @@ trait BlockK {
     fn unpack<V: Simd>(v: V, b: &Self::Block) -> KBlock<V>;
 }
 
+/// [`Kernel::tile`] of a K super-block type.
 #[inline(always)]
 fn tile_k<V: Simd, K: BlockK, const T: usize>(
     v: V,

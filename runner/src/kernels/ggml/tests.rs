@@ -10,7 +10,7 @@ use strata_format::{CodecError, DType};
 
 use super::*;
 use crate::container::Weight;
-use crate::kernels::tests::{check_paths, exact, magnitudes, run, values, weight, Data};
+use crate::kernels::tests::{exact, magnitudes, run, values, weight, Data};
 use crate::kernels::{linear_t, MAX_FUSED_ROWS};
 
 /// Every type, in the order of how much real GGUF files use them.
@@ -53,10 +53,12 @@ fn random_weights(rng: &mut StdRng, t: GgmlType, rows: usize, cols: usize) -> Ve
     bytes
 }
 
+/// The weight `rows × cols` of type `t` in `bytes`.
 fn ggml_weight(t: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Weight<'_> {
     weight(DType::from_ggml(t), rows, cols, 0, bytes)
 }
 
+/// The values of the weight, by the format's reference decoder.
 fn decode(t: GgmlType, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
     let mut wd = vec![0f32; rows * cols];
     t.decode(bytes, &mut wd).expect("decodes");
@@ -81,13 +83,43 @@ fn bounds(t: GgmlType, wd: &[f32], x: &[f32], rows: usize, cols: usize, n: usize
     b
 }
 
-/// Checks every path (through `linear_t`) on `w` and `x`: against the
-/// scalar reference, and the reference against the exact product.
+/// Checks every path (through `linear_t`) on `w` and `x`: the scalar
+/// reference against the exact product of the decoded weights (within the
+/// activations' rounding), the integer kernels against the reference and a
+/// path that decodes the weights (NEON) against the exact product (both up
+/// to f32 rounding).
 fn check(what: &str, t: GgmlType, bytes: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) {
     let w = ggml_weight(t, rows, cols, bytes);
     let wd = decode(t, bytes, rows, cols);
-    let b = bounds(t, &wd, x, rows, cols, n);
-    check_paths(what, &w, &wd, x, n, &b);
+    let bound = bounds(t, &wd, x, rows, cols, n);
+    let want = exact(&wd, x, rows, cols, n);
+    let mags = magnitudes(&wd, x, rows, cols, n);
+    let reference = run(Isa::Scalar, &w, x, n);
+    for i in 0..rows * n {
+        let err = (f64::from(reference[i]) - want[i]).abs();
+        assert!(
+            err <= bound[i] + 1e-5 * mags[i] + 1e-6,
+            "{what}: scalar output {i} = {} vs exact {} (error {err}, bound {})",
+            reference[i],
+            want[i],
+            bound[i]
+        );
+    }
+    for isa in Isa::available() {
+        let got = run(isa, &w, x, n);
+        for i in 0..rows * n {
+            let base = if integer_kernels(isa) {
+                f64::from(reference[i])
+            } else {
+                want[i]
+            };
+            assert!(
+                (f64::from(got[i]) - base).abs() <= 1e-5 * mags[i] + 1e-6,
+                "{what}: {isa} output {i} = {} vs {base}",
+                got[i]
+            );
+        }
+    }
 }
 
 #[test]
@@ -150,7 +182,7 @@ fn every_simd_vocabulary_equals_the_scalar_reference() {
     let mut rng = StdRng::seed_from_u64(23);
     let mut ran = vec![];
     for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
-        if !isa.is_available() {
+        if !isa.is_available() || !integer_kernels(isa) {
             continue;
         }
         ran.push(isa);
@@ -323,8 +355,10 @@ fn partial_blocks_are_refused_and_bad_scales_give_nan() {
 /// cache); "streamed": 8 copies in turn, 62 MB or more, so that the weights
 /// come from memory as in decoding. Best of 1 s (`STRATA_BENCH_SECONDS`)
 /// each. Run with
-/// `cargo test -p strata-runner --release --lib ggml_speed -- --ignored --nocapture`
-/// (`STRATA_BENCH_TYPES=q8_0,q4_0` picks other types).
+/// `cargo test -p strata-runner --release --lib ggml_speed -- --ignored --nocapture --exact kernels::ggml::tests::ggml_speed`
+/// (`STRATA_BENCH_TYPES=q8_0,q4_0` picks other types, `STRATA_BENCH_ROWS=1`
+/// other activation rows, `STRATA_BENCH_QUICK=1` times the integer kernels
+/// only).
 #[test]
 #[ignore = "benchmark"]
 fn ggml_speed() {
@@ -353,6 +387,11 @@ fn ggml_speed() {
             .collect(),
         Err(_) => vec![GgmlType::Q4K, GgmlType::Q6K],
     };
+    let ns: Vec<usize> = match std::env::var("STRATA_BENCH_ROWS") {
+        Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Err(_) => vec![1, 8],
+    };
+    let quick = std::env::var_os("STRATA_BENCH_QUICK").is_some();
     // Seconds per matrix of `f(copy)` over `k` copies, best of `seconds`.
     let time = |k: usize, f: &mut dyn FnMut(usize)| {
         (0..k).for_each(&mut *f);
@@ -371,25 +410,32 @@ fn ggml_speed() {
             .map(|_| random_weights(&mut rng, t, rows, cols))
             .collect();
         let rb = cols / t.block_elems() * t.block_bytes();
-        for n in [1, 8] {
+        for &n in &ns {
             let x = values(&mut rng, n * cols, Data::Normal);
             let mut out = vec![0f32; rows * n];
             for (what, k) in [("hot", 1), ("streamed", copies)] {
                 let per = rows.div_ceil(8);
-                let base = time(k, &mut |c| {
-                    pool.install(|| {
-                        out.par_chunks_mut(per * n)
-                            .zip(all[c].par_chunks(per * rb))
-                            .for_each(|(o, wb)| decoded_rows(isa, t, wb, rb, &x, cols, n, o))
-                    })
-                });
+                let mut base = f64::NAN;
+                let mut scalar = f64::NAN;
                 let mut new = |isa| {
                     time(k, &mut |c| {
                         let w = ggml_weight(t, rows, cols, &all[c]);
                         pool.install(|| linear_t(isa, &w, &x, n, &mut out).expect("runs"))
                     })
                 };
-                let (scalar, simd) = (new(Isa::Scalar), new(isa));
+                let simd = new(isa);
+                if !quick {
+                    scalar = new(Isa::Scalar);
+                }
+                if !quick {
+                    base = time(k, &mut |c| {
+                        pool.install(|| {
+                            out.par_chunks_mut(per * n)
+                                .zip(all[c].par_chunks(per * rb))
+                                .for_each(|(o, wb)| decoded_rows(isa, t, wb, rb, &x, cols, n, o))
+                        })
+                    });
+                }
                 let gbs = |s: f64| all[0].len() as f64 / s / 1e9;
                 eprintln!(
                     "{} n={n} {what:>8}: decode+f32 {:6.2} ms ({:4.1} GB/s) | integer scalar {:6.2} ms ({:4.1} GB/s) | integer {isa} {:5.2} ms ({:4.1} GB/s) | {:4.1}× the former",
@@ -440,7 +486,9 @@ fn ggml_speed_one_thread() {
     let mut rng = StdRng::seed_from_u64(29);
     let isa = Isa::selected();
     eprintln!("{rows}×{cols}, one thread, CPU time, best of 20; kernels: {isa}");
-    // STRATA_BENCH_TYPES=q4_k,q6_k and STRATA_BENCH_ROWS=1,8 narrow it down.
+    // STRATA_BENCH_TYPES=q4_k,q6_k and STRATA_BENCH_ROWS=1,8 narrow it down
+    // (and STRATA_BENCH_QUICK=1 leaves out the scalar and decoding paths).
+    let quick = std::env::var_os("STRATA_BENCH_QUICK").is_some();
     let only = |var: &str| std::env::var(var).ok().map(|v| v.to_lowercase());
     let (types, ns) = (only("STRATA_BENCH_TYPES"), only("STRATA_BENCH_ROWS"));
     for t in TYPES {
@@ -452,6 +500,15 @@ fn ggml_speed_one_thread() {
         }
         let bytes = random_weights(&mut rng, t, rows, cols);
         let rb = cols / t.block_elems() * t.block_bytes();
+        // STRATA_BENCH_STREAMED=1: 8 copies in turn (time per matrix), so
+        // that the weights come from memory.
+        let copies: Vec<Vec<u8>> = match std::env::var_os("STRATA_BENCH_STREAMED") {
+            Some(_) => (0..8)
+                .map(|_| random_weights(&mut rng, t, rows, cols))
+                .collect(),
+            None => vec![bytes.clone()],
+        };
+        let k = copies.len() as f64;
         for n in [1, 4, 8] {
             if ns
                 .as_ref()
@@ -461,14 +518,21 @@ fn ggml_speed_one_thread() {
             }
             let x = values(&mut rng, n * cols, Data::Normal);
             let mut out = vec![0f32; rows * n];
-            let base = cpu_time(&mut || decoded_rows(isa, t, &bytes, rb, &x, cols, n, &mut out));
+            let base = if quick {
+                f64::NAN
+            } else {
+                cpu_time(&mut || decoded_rows(isa, t, &bytes, rb, &x, cols, n, &mut out))
+            };
             let mut new = |isa| {
                 cpu_time(&mut || {
-                    let qa = quantize(&x, n, cols, t.block_elems());
-                    super::rows(isa, t, &bytes, rb, &qa, n, &mut out)
-                })
+                    for w in &copies {
+                        let qa = quantize(&x, n, cols, t.block_elems());
+                        super::rows(isa, t, w, rb, &qa, n, &mut out)
+                    }
+                }) / k
             };
-            let (scalar, simd) = (new(Isa::Scalar), new(isa));
+            let simd = new(isa);
+            let scalar = if quick { f64::NAN } else { new(Isa::Scalar) };
             let gbs = |s: f64| bytes.len() as f64 / s / 1e9;
             eprintln!(
                 "{:>4} n={n}: decode+f32 {:7.2} ms | scalar {:7.2} ms | {isa} {:6.2} ms ({:5.1} GB/s, {:4.1} ns/block/row) | {:5.1}× the former",
