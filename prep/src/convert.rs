@@ -857,10 +857,10 @@ fn derive_tokenizer(
         None => None,
     };
     let converted = spm::Additions::of(family, config.as_ref().and_then(|c| c.as_object()))
-        .and_then(|additions| spm::tokenizer_json(&model, &additions));
+        .and_then(|additions| spm::tokenizer_json_bytes(&model, &additions));
     Ok(match converted {
         Ok(json) => Ok((
-            json.to_string().into_bytes(),
+            json,
             format!(
                 "tokenizer.model (SentencePiece BPE, {} pieces)",
                 model.pieces.len()

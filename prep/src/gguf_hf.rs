@@ -1647,13 +1647,16 @@ pub fn hf_view_with(g: &Gguf, path: &Path, read: &TensorReader) -> Result<HfView
         }
     }
     let tokenizer_config = tokenizer_config(&m, kind, &shape, &vocab, used)?;
+    let serialized = |t: Json| {
+        serde_json::to_vec(&t).map_err(|e| format!("tokenizer.json does not serialize: {e}"))
+    };
     let built = match vocab.model.as_deref() {
         _ if vocab.tokens.is_empty() => Err("the file has no tokenizer.ggml.tokens".to_string()),
-        Some("gpt2") => bpe_tokenizer(&vocab, used),
+        Some("gpt2") => bpe_tokenizer(&vocab, used).and_then(serialized),
         Some("llama") => spm_model(&vocab).and_then(|model| {
             let additions = spm::Additions::of(&arch, tokenizer_config.as_object())
                 .map_err(|e| e.to_string())?;
-            spm::tokenizer_json(&model, &additions).map_err(|e| e.to_string())
+            spm::tokenizer_json_bytes(&model, &additions).map_err(|e| e.to_string())
         }),
         Some(other) => Err(format!(
             "tokenizer.ggml.model `{other}` is not supported (gpt2 and llama are)"
@@ -1661,10 +1664,7 @@ pub fn hf_view_with(g: &Gguf, path: &Path, read: &TensorReader) -> Result<HfView
         None => Err("the file has no tokenizer.ggml.model".to_string()),
     };
     let tokenizer_json = match built {
-        Ok(t) => Some(serde_json::to_vec(&t).map_err(|e| PrepError::Gguf {
-            path: path.to_path_buf(),
-            reason: format!("tokenizer.json does not serialize: {e}"),
-        })?),
+        Ok(t) => Some(t),
         Err(why) => {
             notes.push(format!("no tokenizer.json: {why}"));
             None

@@ -84,15 +84,22 @@ impl GgufInput {
                 }
             }
         }
-        // One table of every part's tensors, so the mapping sees the whole model.
-        let mut merged = parts[0].0.clone();
-        merged.tensors.clear();
+        // One table of every part's tensors, so the mapping sees the whole
+        // model, with the first part's metadata (moved: a large vocabulary
+        // is tens of MB of it).
+        let mut merged = Gguf {
+            path: parts[0].0.path.clone(),
+            version: parts[0].0.version,
+            metadata: std::mem::take(&mut parts[0].0.metadata),
+            tensors: Vec::new(),
+            data_start: parts[0].0.data_start,
+        };
         let mut owner = Vec::new();
         for (k, (g, _)) in parts.iter().enumerate() {
             merged.tensors.extend(g.tensors.iter().cloned());
             owner.extend(std::iter::repeat_n(k, g.tensors.len()));
         }
-        let view = hf_view_with(&merged, &first, &|i| {
+        let mut view = hf_view_with(&merged, &first, &|i| {
             let part = &parts[owner[i]].0;
             read_tensor_data(&part.path, &merged.tensors[i])
         })?;
@@ -129,8 +136,9 @@ impl GgufInput {
                 .map_err(|e| PrepError::io(&first, std::io::Error::other(e)))
         };
         let mut generated = Vec::new();
-        if let Some(t) = &view.tokenizer_json {
-            generated.push((TOKENIZER_JSON, t.clone()));
+        // Moved, not copied: a 262k-token vocabulary's tokenizer.json is ~30 MB.
+        if let Some(t) = view.tokenizer_json.take() {
+            generated.push((TOKENIZER_JSON, t));
         }
         generated.push((TOKENIZER_CONFIG, json(&view.tokenizer_config)?));
         generated.push((GENERATION_CONFIG, json(&view.generation_config)?));

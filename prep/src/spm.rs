@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 
 use crate::base64;
@@ -276,6 +277,19 @@ impl SpmModel {
     /// ranked by the merged piece's score (highest first), then by its id and
     /// the ids of its parts, so that the order is deterministic.
     pub fn merges(&self) -> Vec<(String, String)> {
+        self.merge_cuts()
+            .into_iter()
+            .map(|cut| {
+                let (l, r) = self.split(cut);
+                (l.to_string(), r.to_string())
+            })
+            .collect()
+    }
+
+    /// [`SpmModel::merges`] as (merged piece id, byte offset of the cut):
+    /// 8 bytes a merge instead of two strings (a 262k-piece vocabulary has
+    /// millions of merges).
+    fn merge_cuts(&self) -> Vec<(u32, u32)> {
         let ids: HashMap<&str, usize> = self
             .pieces
             .iter()
@@ -291,7 +305,9 @@ impl SpmModel {
             for (cut, _) in p.piece.char_indices().skip(1) {
                 let (l, r) = p.piece.split_at(cut);
                 if let (Some(&li), Some(&ri)) = (ids.get(l), ids.get(r)) {
-                    merges.push((p.score, id, li, ri, l, r));
+                    // Piece ids and byte offsets come from a protobuf whose
+                    // length fits memory; u32 holds any real vocabulary.
+                    merges.push((p.score, id, li, ri, id as u32, cut as u32));
                 }
             }
         }
@@ -301,10 +317,12 @@ impl SpmModel {
                 .then(a.2.cmp(&b.2))
                 .then(a.3.cmp(&b.3))
         });
-        merges
-            .into_iter()
-            .map(|m| (m.4.to_string(), m.5.to_string()))
-            .collect()
+        merges.into_iter().map(|m| (m.4, m.5)).collect()
+    }
+
+    /// The two parts of a merge cut.
+    fn split(&self, (id, cut): (u32, u32)) -> (&str, &str) {
+        self.pieces[id as usize].piece.split_at(cut as usize)
     }
 }
 
@@ -412,146 +430,230 @@ fn added(id: usize, content: &str, special: bool) -> Value {
 }
 
 /// The `tokenizer.json` (as a JSON value) that encodes like `model` with
-/// the family's `additions`.
+/// the family's `additions`. For a large vocabulary prefer
+/// [`tokenizer_json_bytes`], which never holds the vocabulary and merges as
+/// JSON values.
 pub fn tokenizer_json(model: &SpmModel, additions: &Additions) -> Result<Value> {
-    if model.model_type != 2 {
-        let kind = match model.model_type {
-            1 => "unigram",
-            3 => "word",
-            4 => "char",
-            _ => "unknown",
-        };
-        return Err(SpmError::Unsupported(format!(
+    let t = TokenizerJson::build(model, additions)?;
+    serde_json::to_value(&t).map_err(|e| SpmError::Malformed(format!("tokenizer.json: {e}")))
+}
+
+/// [`tokenizer_json`] serialized (compact, as `Value::to_string` writes it),
+/// the vocabulary and merges written straight from the model: a 262k-piece
+/// vocabulary (Gemma 3) peaks at a fraction of the memory its JSON values
+/// take.
+pub fn tokenizer_json_bytes(model: &SpmModel, additions: &Additions) -> Result<Vec<u8>> {
+    let t = TokenizerJson::build(model, additions)?;
+    serde_json::to_vec(&t).map_err(|e| SpmError::Malformed(format!("tokenizer.json: {e}")))
+}
+
+/// A tokenizer.json being written: every field as a JSON value except the
+/// BPE model's `vocab` and `merges`, which follow the other model fields.
+struct TokenizerJson<'a> {
+    /// The whole object, `model` without `vocab` and `merges`.
+    head: Value,
+    /// Token text by id (the vocabulary in id order).
+    names: Vec<String>,
+    /// The merges kept, as cuts of `model`'s pieces.
+    merges: Vec<(u32, u32)>,
+    /// The model the cuts index.
+    model: &'a SpmModel,
+}
+
+impl<'a> TokenizerJson<'a> {
+    fn build(model: &'a SpmModel, additions: &Additions) -> Result<TokenizerJson<'a>> {
+        if model.model_type != 2 {
+            let kind = match model.model_type {
+                1 => "unigram",
+                3 => "word",
+                4 => "char",
+                _ => "unknown",
+            };
+            return Err(SpmError::Unsupported(format!(
             "a SentencePiece {kind} model (type {}); only BPE models are converted to tokenizer.json",
             model.model_type
         )));
-    }
-    let unk = model.unk()?;
-    // Token text per id: the pieces, renamed and extended by the registered tokens.
-    let mut names: Vec<String> = model.pieces.iter().map(|p| p.piece.clone()).collect();
-    // Added tokens by id: content and whether it is special.
-    let mut added_by_id: std::collections::BTreeMap<usize, bool> = model
-        .pieces
-        .iter()
-        .enumerate()
-        .filter_map(|(id, p)| match p.kind {
-            PieceType::Control | PieceType::Unknown => Some((id, true)),
-            PieceType::UserDefined => Some((id, false)),
-            _ => None,
-        })
-        .collect();
-    for (id, content, special) in &additions.registered {
-        match (*id).cmp(&names.len()) {
-            std::cmp::Ordering::Less => names[*id] = content.clone(),
-            std::cmp::Ordering::Equal => names.push(content.clone()),
-            std::cmp::Ordering::Greater => {
-                let before = names.len();
-                return Err(SpmError::Unsupported(format!(
+        }
+        let unk = model.unk()?;
+        // Token text per id: the pieces, renamed and extended by the registered tokens.
+        let mut names: Vec<String> = model.pieces.iter().map(|p| p.piece.clone()).collect();
+        // Added tokens by id: content and whether it is special.
+        let mut added_by_id: std::collections::BTreeMap<usize, bool> = model
+            .pieces
+            .iter()
+            .enumerate()
+            .filter_map(|(id, p)| match p.kind {
+                PieceType::Control | PieceType::Unknown => Some((id, true)),
+                PieceType::UserDefined => Some((id, false)),
+                _ => None,
+            })
+            .collect();
+        for (id, content, special) in &additions.registered {
+            match (*id).cmp(&names.len()) {
+                std::cmp::Ordering::Less => names[*id] = content.clone(),
+                std::cmp::Ordering::Equal => names.push(content.clone()),
+                std::cmp::Ordering::Greater => {
+                    let before = names.len();
+                    return Err(SpmError::Unsupported(format!(
                     "added token {content:?} has id {id}, leaving a gap after the {before} tokens"
+                )));
+                }
+            }
+            added_by_id.insert(*id, *special);
+        }
+        names.extend(additions.appended.iter().cloned());
+        let mut vocab: HashMap<&str, usize> = HashMap::with_capacity(names.len());
+        for (id, name) in names.iter().enumerate() {
+            if vocab.insert(name.as_str(), id).is_some() {
+                return Err(SpmError::Malformed(format!(
+                    "token {name:?} appears twice in the vocabulary"
                 )));
             }
         }
-        added_by_id.insert(*id, *special);
-    }
-    names.extend(additions.appended.iter().cloned());
-    let mut vocab = Map::new();
-    for (id, name) in names.iter().enumerate() {
-        if vocab.insert(name.clone(), id.into()).is_some() {
-            return Err(SpmError::Malformed(format!(
-                "token {name:?} appears twice in the vocabulary"
-            )));
+        let added_tokens: Vec<Value> = added_by_id
+            .iter()
+            .map(|(&id, &special)| added(id, &names[id], special))
+            .collect();
+        let id_of = |t: &str| -> Result<u64> {
+            vocab.get(t).map(|&id| id as u64).ok_or_else(|| {
+                SpmError::Unsupported(format!("special token {t:?} is not in the vocabulary"))
+            })
+        };
+        let mut normalizers = Vec::new();
+        if !model.precompiled_charsmap.is_empty() {
+            normalizers.push(json!({
+                "type": "Precompiled",
+                "precompiled_charsmap": base64::encode(&model.precompiled_charsmap)
+            }));
         }
-    }
-    let added_tokens: Vec<Value> = added_by_id
-        .iter()
-        .map(|(&id, &special)| added(id, &names[id], special))
-        .collect();
-    let id_of = |t: &str| -> Result<u64> {
-        vocab.get(t).and_then(Value::as_u64).ok_or_else(|| {
-            SpmError::Unsupported(format!("special token {t:?} is not in the vocabulary"))
-        })
-    };
-    let mut normalizers = Vec::new();
-    if !model.precompiled_charsmap.is_empty() {
-        normalizers.push(json!({
-            "type": "Precompiled",
-            "precompiled_charsmap": base64::encode(&model.precompiled_charsmap)
-        }));
-    }
-    if model.remove_extra_whitespaces {
-        normalizers
-            .push(json!({"type": "Replace", "pattern": {"Regex": "^ +| +$"}, "content": ""}));
-        normalizers.push(json!({"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}));
-    }
-    if model.add_dummy_prefix {
-        normalizers.push(json!({"type": "Prepend", "prepend": SPACE}));
-    }
-    if model.escape_whitespaces {
-        normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": SPACE}));
-    }
-    let mut decoders =
-        vec![json!({"type": "Replace", "pattern": {"String": SPACE}, "content": " "})];
-    if model.byte_fallback {
-        decoders.push(json!({"type": "ByteFallback"}));
-    }
-    decoders.push(json!({"type": "Fuse"}));
-    if model.add_dummy_prefix {
-        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
-    }
-    let mut special = Map::new();
-    let mut single = Vec::new();
-    let mut pair = Vec::new();
-    let tok = |t: &str| json!({"SpecialToken": {"id": t, "type_id": 0}});
-    for t in &additions.prefix {
-        single.push(tok(t));
-        pair.push(tok(t));
-    }
-    single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
-    pair.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
-    for t in &additions.suffix {
-        single.push(tok(t));
-        pair.push(tok(t));
-    }
-    for t in &additions.prefix {
-        pair.push(tok(t));
-    }
-    pair.push(json!({"Sequence": {"id": "B", "type_id": 1}}));
-    for t in &additions.suffix {
-        pair.push(tok(t));
-    }
-    for t in additions.prefix.iter().chain(&additions.suffix) {
-        special.insert(
-            t.clone(),
-            json!({"id": t, "ids": [id_of(t)?], "tokens": [t]}),
-        );
-    }
-    // A renamed piece leaves the vocabulary under its old name, and its merges with it.
-    let merges: Vec<Value> = model
-        .merges()
-        .into_iter()
-        .filter(|(l, r)| {
-            vocab.contains_key(l) && vocab.contains_key(r) && vocab.contains_key(&format!("{l}{r}"))
-        })
-        .map(|(l, r)| json!([l, r]))
-        .collect();
-    Ok(json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added_tokens,
-        "normalizer": {"type": "Sequence", "normalizers": normalizers},
-        "pre_tokenizer": null,
-        "post_processor": {
-            "type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special
-        },
-        "decoder": {"type": "Sequence", "decoders": decoders},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": unk,
-            "continuing_subword_prefix": null, "end_of_word_suffix": null,
-            "fuse_unk": true, "byte_fallback": model.byte_fallback, "ignore_merges": false,
-            "vocab": vocab, "merges": merges
+        if model.remove_extra_whitespaces {
+            normalizers
+                .push(json!({"type": "Replace", "pattern": {"Regex": "^ +| +$"}, "content": ""}));
+            normalizers
+                .push(json!({"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}));
         }
-    }))
+        if model.add_dummy_prefix {
+            normalizers.push(json!({"type": "Prepend", "prepend": SPACE}));
+        }
+        if model.escape_whitespaces {
+            normalizers
+                .push(json!({"type": "Replace", "pattern": {"String": " "}, "content": SPACE}));
+        }
+        let mut decoders =
+            vec![json!({"type": "Replace", "pattern": {"String": SPACE}, "content": " "})];
+        if model.byte_fallback {
+            decoders.push(json!({"type": "ByteFallback"}));
+        }
+        decoders.push(json!({"type": "Fuse"}));
+        if model.add_dummy_prefix {
+            decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+        }
+        let mut special = Map::new();
+        let mut single = Vec::new();
+        let mut pair = Vec::new();
+        let tok = |t: &str| json!({"SpecialToken": {"id": t, "type_id": 0}});
+        for t in &additions.prefix {
+            single.push(tok(t));
+            pair.push(tok(t));
+        }
+        single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
+        pair.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
+        for t in &additions.suffix {
+            single.push(tok(t));
+            pair.push(tok(t));
+        }
+        for t in &additions.prefix {
+            pair.push(tok(t));
+        }
+        pair.push(json!({"Sequence": {"id": "B", "type_id": 1}}));
+        for t in &additions.suffix {
+            pair.push(tok(t));
+        }
+        for t in additions.prefix.iter().chain(&additions.suffix) {
+            special.insert(
+                t.clone(),
+                json!({"id": t, "ids": [id_of(t)?], "tokens": [t]}),
+            );
+        }
+        // A renamed piece leaves the vocabulary under its old name, and its merges with it.
+        let mut merges = model.merge_cuts();
+        merges.retain(|&cut| {
+            let (l, r) = model.split(cut);
+            let whole = &model.pieces[cut.0 as usize].piece;
+            vocab.contains_key(l) && vocab.contains_key(r) && vocab.contains_key(whole.as_str())
+        });
+        let head = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added_tokens,
+            "normalizer": {"type": "Sequence", "normalizers": normalizers},
+            "pre_tokenizer": null,
+            "post_processor": {
+                "type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special
+            },
+            "decoder": {"type": "Sequence", "decoders": decoders},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": unk,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": true, "byte_fallback": model.byte_fallback, "ignore_merges": false
+            }
+        });
+        drop(vocab);
+        Ok(TokenizerJson {
+            head,
+            names,
+            merges,
+            model,
+        })
+    }
+}
+
+impl Serialize for TokenizerJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        /// The `model` object: its fields, then `vocab` and `merges`.
+        struct Model<'b>(&'b Map<String, Value>, &'b TokenizerJson<'b>);
+        /// Token text → id, in id order.
+        struct Vocab<'b>(&'b [String]);
+        /// `[left, right]` per merge.
+        struct Merges<'b>(&'b TokenizerJson<'b>);
+        impl Serialize for Model<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.len() + 2))?;
+                for (k, v) in self.0 {
+                    m.serialize_entry(k, v)?;
+                }
+                m.serialize_entry("vocab", &Vocab(&self.1.names))?;
+                m.serialize_entry("merges", &Merges(self.1))?;
+                m.end()
+            }
+        }
+        impl Serialize for Vocab<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().enumerate().map(|(id, n)| (n, id)))
+            }
+        }
+        impl Serialize for Merges<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                let t = self.0;
+                s.collect_seq(t.merges.iter().map(|&cut| {
+                    let (l, r) = t.model.split(cut);
+                    [l, r]
+                }))
+            }
+        }
+        let Some(head) = self.head.as_object() else {
+            return Err(serde::ser::Error::custom("tokenizer.json is not an object"));
+        };
+        let mut m = s.serialize_map(Some(head.len()))?;
+        for (k, v) in head {
+            match (k.as_str(), v.as_object()) {
+                ("model", Some(model)) => m.serialize_entry(k, &Model(model, self))?,
+                _ => m.serialize_entry(k, v)?,
+            }
+        }
+        m.end()
+    }
 }
 
 #[cfg(test)]
