@@ -283,7 +283,8 @@ fn qwen05_gguf_native_matches_transformers_and_llama_cpp() {
 
 /// The slower tier: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, 1.1 GB), passage
 /// perplexity only. Run with `STRATA_QWEN15=$(scripts/fetch-model.sh 1.5b |
-/// tail -n 1) cargo test -p strata-e2e --test gguf -- --ignored`.
+/// tail -n 1) cargo test -p strata-e2e --test gguf -- --ignored`, or
+/// `scripts/test-slow.sh`.
 #[test]
 #[ignore = "slow tier: needs the 1.5B model (STRATA_QWEN15)"]
 fn qwen15_gguf_native_perplexity_matches_transformers_and_llama_cpp() {
