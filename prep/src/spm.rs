@@ -287,9 +287,9 @@ impl SpmModel {
     }
 
     /// [`SpmModel::merges`] as (merged piece id, byte offset of the cut):
-    /// 8 bytes a merge instead of two strings (a 262k-piece vocabulary has
-    /// millions of merges).
-    fn merge_cuts(&self) -> Vec<(u32, u32)> {
+    /// two integers a merge instead of two strings (a 262k-piece vocabulary
+    /// has millions of merges).
+    fn merge_cuts(&self) -> Vec<(usize, usize)> {
         let ids: HashMap<&str, usize> = self
             .pieces
             .iter()
@@ -305,9 +305,7 @@ impl SpmModel {
             for (cut, _) in p.piece.char_indices().skip(1) {
                 let (l, r) = p.piece.split_at(cut);
                 if let (Some(&li), Some(&ri)) = (ids.get(l), ids.get(r)) {
-                    // Piece ids and byte offsets come from a protobuf whose
-                    // length fits memory; u32 holds any real vocabulary.
-                    merges.push((p.score, id, li, ri, id as u32, cut as u32));
+                    merges.push((p.score, id, li, ri, cut));
                 }
             }
         }
@@ -317,12 +315,12 @@ impl SpmModel {
                 .then(a.2.cmp(&b.2))
                 .then(a.3.cmp(&b.3))
         });
-        merges.into_iter().map(|m| (m.4, m.5)).collect()
+        merges.into_iter().map(|m| (m.1, m.4)).collect()
     }
 
     /// The two parts of a merge cut.
-    fn split(&self, (id, cut): (u32, u32)) -> (&str, &str) {
-        self.pieces[id as usize].piece.split_at(cut as usize)
+    fn split(&self, (id, cut): (usize, usize)) -> (&str, &str) {
+        self.pieces[id].piece.split_at(cut)
     }
 }
 
@@ -455,7 +453,7 @@ struct TokenizerJson<'a> {
     /// Token text by id (the vocabulary in id order).
     names: Vec<String>,
     /// The merges kept, as cuts of `model`'s pieces.
-    merges: Vec<(u32, u32)>,
+    merges: Vec<(usize, usize)>,
     /// The model the cuts index.
     model: &'a SpmModel,
 }
@@ -579,7 +577,7 @@ impl<'a> TokenizerJson<'a> {
         let mut merges = model.merge_cuts();
         merges.retain(|&cut| {
             let (l, r) = model.split(cut);
-            let whole = &model.pieces[cut.0 as usize].piece;
+            let whole = &model.pieces[cut.0].piece;
             vocab.contains_key(l) && vocab.contains_key(r) && vocab.contains_key(whole.as_str())
         });
         let head = json!({
