@@ -10,7 +10,7 @@ use strata_format::{CodecError, DType};
 
 use super::*;
 use crate::container::Weight;
-use crate::kernels::tests::{exact, magnitudes, run, values, weight, Data};
+use crate::kernels::tests::{check_paths, exact, magnitudes, run, values, weight, Data};
 use crate::kernels::{linear_t, MAX_FUSED_ROWS};
 
 /// Every type, in the order of how much real GGUF files use them.
@@ -91,35 +91,8 @@ fn bounds(t: GgmlType, wd: &[f32], x: &[f32], rows: usize, cols: usize, n: usize
 fn check(what: &str, t: GgmlType, bytes: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) {
     let w = ggml_weight(t, rows, cols, bytes);
     let wd = decode(t, bytes, rows, cols);
-    let bound = bounds(t, &wd, x, rows, cols, n);
-    let want = exact(&wd, x, rows, cols, n);
-    let mags = magnitudes(&wd, x, rows, cols, n);
-    let reference = run(Isa::Scalar, &w, x, n);
-    for i in 0..rows * n {
-        let err = (f64::from(reference[i]) - want[i]).abs();
-        assert!(
-            err <= bound[i] + 1e-5 * mags[i] + 1e-6,
-            "{what}: scalar output {i} = {} vs exact {} (error {err}, bound {})",
-            reference[i],
-            want[i],
-            bound[i]
-        );
-    }
-    for isa in Isa::available() {
-        let got = run(isa, &w, x, n);
-        for i in 0..rows * n {
-            let base = if integer_kernels(isa) {
-                f64::from(reference[i])
-            } else {
-                want[i]
-            };
-            assert!(
-                (f64::from(got[i]) - base).abs() <= 1e-5 * mags[i] + 1e-6,
-                "{what}: {isa} output {i} = {} vs {base}",
-                got[i]
-            );
-        }
-    }
+    let b = bounds(t, &wd, x, rows, cols, n);
+    check_paths(what, &w, &wd, x, n, &b, |isa| !integer_kernels(isa));
 }
 
 #[test]
@@ -426,8 +399,6 @@ fn ggml_speed() {
                 let simd = new(isa);
                 if !quick {
                     scalar = new(Isa::Scalar);
-                }
-                if !quick {
                     base = time(k, &mut |c| {
                         pool.install(|| {
                             out.par_chunks_mut(per * n)
