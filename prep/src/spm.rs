@@ -432,7 +432,7 @@ fn added(id: usize, content: &str, special: bool) -> Value {
 /// [`tokenizer_json_bytes`], which never holds the vocabulary and merges as
 /// JSON values.
 pub fn tokenizer_json(model: &SpmModel, additions: &Additions) -> Result<Value> {
-    let t = TokenizerJson::build(model, additions)?;
+    let t = build(model, additions)?;
     serde_json::to_value(&t).map_err(|e| SpmError::Malformed(format!("tokenizer.json: {e}")))
 }
 
@@ -441,7 +441,7 @@ pub fn tokenizer_json(model: &SpmModel, additions: &Additions) -> Result<Value> 
 /// vocabulary (Gemma 3) peaks at a fraction of the memory its JSON values
 /// take.
 pub fn tokenizer_json_bytes(model: &SpmModel, additions: &Additions) -> Result<Vec<u8>> {
-    let t = TokenizerJson::build(model, additions)?;
+    let t = build(model, additions)?;
     serde_json::to_vec(&t).map_err(|e| SpmError::Malformed(format!("tokenizer.json: {e}")))
 }
 
@@ -458,153 +458,150 @@ struct TokenizerJson<'a> {
     model: &'a SpmModel,
 }
 
-impl<'a> TokenizerJson<'a> {
-    fn build(model: &'a SpmModel, additions: &Additions) -> Result<TokenizerJson<'a>> {
-        if model.model_type != 2 {
-            let kind = match model.model_type {
-                1 => "unigram",
-                3 => "word",
-                4 => "char",
-                _ => "unknown",
-            };
-            return Err(SpmError::Unsupported(format!(
+/// Everything of [`tokenizer_json`] but the serialization.
+fn build<'a>(model: &'a SpmModel, additions: &Additions) -> Result<TokenizerJson<'a>> {
+    if model.model_type != 2 {
+        let kind = match model.model_type {
+            1 => "unigram",
+            3 => "word",
+            4 => "char",
+            _ => "unknown",
+        };
+        return Err(SpmError::Unsupported(format!(
             "a SentencePiece {kind} model (type {}); only BPE models are converted to tokenizer.json",
             model.model_type
         )));
-        }
-        let unk = model.unk()?;
-        // Token text per id: the pieces, renamed and extended by the registered tokens.
-        let mut names: Vec<String> = model.pieces.iter().map(|p| p.piece.clone()).collect();
-        // Added tokens by id: content and whether it is special.
-        let mut added_by_id: std::collections::BTreeMap<usize, bool> = model
-            .pieces
-            .iter()
-            .enumerate()
-            .filter_map(|(id, p)| match p.kind {
-                PieceType::Control | PieceType::Unknown => Some((id, true)),
-                PieceType::UserDefined => Some((id, false)),
-                _ => None,
-            })
-            .collect();
-        for (id, content, special) in &additions.registered {
-            match (*id).cmp(&names.len()) {
-                std::cmp::Ordering::Less => names[*id] = content.clone(),
-                std::cmp::Ordering::Equal => names.push(content.clone()),
-                std::cmp::Ordering::Greater => {
-                    let before = names.len();
-                    return Err(SpmError::Unsupported(format!(
+    }
+    let unk = model.unk()?;
+    // Token text per id: the pieces, renamed and extended by the registered tokens.
+    let mut names: Vec<String> = model.pieces.iter().map(|p| p.piece.clone()).collect();
+    // Added tokens by id: content and whether it is special.
+    let mut added_by_id: std::collections::BTreeMap<usize, bool> = model
+        .pieces
+        .iter()
+        .enumerate()
+        .filter_map(|(id, p)| match p.kind {
+            PieceType::Control | PieceType::Unknown => Some((id, true)),
+            PieceType::UserDefined => Some((id, false)),
+            _ => None,
+        })
+        .collect();
+    for (id, content, special) in &additions.registered {
+        match (*id).cmp(&names.len()) {
+            std::cmp::Ordering::Less => names[*id] = content.clone(),
+            std::cmp::Ordering::Equal => names.push(content.clone()),
+            std::cmp::Ordering::Greater => {
+                let before = names.len();
+                return Err(SpmError::Unsupported(format!(
                     "added token {content:?} has id {id}, leaving a gap after the {before} tokens"
                 )));
-                }
-            }
-            added_by_id.insert(*id, *special);
-        }
-        names.extend(additions.appended.iter().cloned());
-        let mut vocab: HashMap<&str, usize> = HashMap::with_capacity(names.len());
-        for (id, name) in names.iter().enumerate() {
-            if vocab.insert(name.as_str(), id).is_some() {
-                return Err(SpmError::Malformed(format!(
-                    "token {name:?} appears twice in the vocabulary"
-                )));
             }
         }
-        let added_tokens: Vec<Value> = added_by_id
-            .iter()
-            .map(|(&id, &special)| added(id, &names[id], special))
-            .collect();
-        let id_of = |t: &str| -> Result<u64> {
-            vocab.get(t).map(|&id| id as u64).ok_or_else(|| {
-                SpmError::Unsupported(format!("special token {t:?} is not in the vocabulary"))
-            })
-        };
-        let mut normalizers = Vec::new();
-        if !model.precompiled_charsmap.is_empty() {
-            normalizers.push(json!({
-                "type": "Precompiled",
-                "precompiled_charsmap": base64::encode(&model.precompiled_charsmap)
-            }));
-        }
-        if model.remove_extra_whitespaces {
-            normalizers
-                .push(json!({"type": "Replace", "pattern": {"Regex": "^ +| +$"}, "content": ""}));
-            normalizers
-                .push(json!({"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}));
-        }
-        if model.add_dummy_prefix {
-            normalizers.push(json!({"type": "Prepend", "prepend": SPACE}));
-        }
-        if model.escape_whitespaces {
-            normalizers
-                .push(json!({"type": "Replace", "pattern": {"String": " "}, "content": SPACE}));
-        }
-        let mut decoders =
-            vec![json!({"type": "Replace", "pattern": {"String": SPACE}, "content": " "})];
-        if model.byte_fallback {
-            decoders.push(json!({"type": "ByteFallback"}));
-        }
-        decoders.push(json!({"type": "Fuse"}));
-        if model.add_dummy_prefix {
-            decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
-        }
-        let mut special = Map::new();
-        let mut single = Vec::new();
-        let mut pair = Vec::new();
-        let tok = |t: &str| json!({"SpecialToken": {"id": t, "type_id": 0}});
-        for t in &additions.prefix {
-            single.push(tok(t));
-            pair.push(tok(t));
-        }
-        single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
-        pair.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
-        for t in &additions.suffix {
-            single.push(tok(t));
-            pair.push(tok(t));
-        }
-        for t in &additions.prefix {
-            pair.push(tok(t));
-        }
-        pair.push(json!({"Sequence": {"id": "B", "type_id": 1}}));
-        for t in &additions.suffix {
-            pair.push(tok(t));
-        }
-        for t in additions.prefix.iter().chain(&additions.suffix) {
-            special.insert(
-                t.clone(),
-                json!({"id": t, "ids": [id_of(t)?], "tokens": [t]}),
-            );
-        }
-        // A renamed piece leaves the vocabulary under its old name, and its merges with it.
-        let mut merges = model.merge_cuts();
-        merges.retain(|&cut| {
-            let (l, r) = model.split(cut);
-            let whole = &model.pieces[cut.0].piece;
-            vocab.contains_key(l) && vocab.contains_key(r) && vocab.contains_key(whole.as_str())
-        });
-        let head = json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added_tokens,
-            "normalizer": {"type": "Sequence", "normalizers": normalizers},
-            "pre_tokenizer": null,
-            "post_processor": {
-                "type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special
-            },
-            "decoder": {"type": "Sequence", "decoders": decoders},
-            "model": {
-                "type": "BPE", "dropout": null, "unk_token": unk,
-                "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                "fuse_unk": true, "byte_fallback": model.byte_fallback, "ignore_merges": false
-            }
-        });
-        drop(vocab);
-        Ok(TokenizerJson {
-            head,
-            names,
-            merges,
-            model,
-        })
+        added_by_id.insert(*id, *special);
     }
+    names.extend(additions.appended.iter().cloned());
+    let mut vocab: HashMap<&str, usize> = HashMap::with_capacity(names.len());
+    for (id, name) in names.iter().enumerate() {
+        if vocab.insert(name.as_str(), id).is_some() {
+            return Err(SpmError::Malformed(format!(
+                "token {name:?} appears twice in the vocabulary"
+            )));
+        }
+    }
+    let added_tokens: Vec<Value> = added_by_id
+        .iter()
+        .map(|(&id, &special)| added(id, &names[id], special))
+        .collect();
+    let id_of = |t: &str| -> Result<u64> {
+        vocab.get(t).map(|&id| id as u64).ok_or_else(|| {
+            SpmError::Unsupported(format!("special token {t:?} is not in the vocabulary"))
+        })
+    };
+    let mut normalizers = Vec::new();
+    if !model.precompiled_charsmap.is_empty() {
+        normalizers.push(json!({
+            "type": "Precompiled",
+            "precompiled_charsmap": base64::encode(&model.precompiled_charsmap)
+        }));
+    }
+    if model.remove_extra_whitespaces {
+        normalizers
+            .push(json!({"type": "Replace", "pattern": {"Regex": "^ +| +$"}, "content": ""}));
+        normalizers.push(json!({"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}));
+    }
+    if model.add_dummy_prefix {
+        normalizers.push(json!({"type": "Prepend", "prepend": SPACE}));
+    }
+    if model.escape_whitespaces {
+        normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": SPACE}));
+    }
+    let mut decoders =
+        vec![json!({"type": "Replace", "pattern": {"String": SPACE}, "content": " "})];
+    if model.byte_fallback {
+        decoders.push(json!({"type": "ByteFallback"}));
+    }
+    decoders.push(json!({"type": "Fuse"}));
+    if model.add_dummy_prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    let mut special = Map::new();
+    let mut single = Vec::new();
+    let mut pair = Vec::new();
+    let tok = |t: &str| json!({"SpecialToken": {"id": t, "type_id": 0}});
+    for t in &additions.prefix {
+        single.push(tok(t));
+        pair.push(tok(t));
+    }
+    single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
+    pair.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
+    for t in &additions.suffix {
+        single.push(tok(t));
+        pair.push(tok(t));
+    }
+    for t in &additions.prefix {
+        pair.push(tok(t));
+    }
+    pair.push(json!({"Sequence": {"id": "B", "type_id": 1}}));
+    for t in &additions.suffix {
+        pair.push(tok(t));
+    }
+    for t in additions.prefix.iter().chain(&additions.suffix) {
+        special.insert(
+            t.clone(),
+            json!({"id": t, "ids": [id_of(t)?], "tokens": [t]}),
+        );
+    }
+    // A renamed piece leaves the vocabulary under its old name, and its merges with it.
+    let mut merges = model.merge_cuts();
+    merges.retain(|&cut| {
+        let (l, r) = model.split(cut);
+        let whole = &model.pieces[cut.0].piece;
+        vocab.contains_key(l) && vocab.contains_key(r) && vocab.contains_key(whole.as_str())
+    });
+    let head = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_tokens,
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": null,
+        "post_processor": {
+            "type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special
+        },
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": unk,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": true, "byte_fallback": model.byte_fallback, "ignore_merges": false
+        }
+    });
+    drop(vocab);
+    Ok(TokenizerJson {
+        head,
+        names,
+        merges,
+        model,
+    })
 }
 
 impl Serialize for TokenizerJson<'_> {
