@@ -75,40 +75,24 @@ for q in nf4 int8 gguf; do
   fi
 done
 
-# llama.cpp's prefill and decode tokens/s with T threads, same protocol as `runner bench`.
-# llama_run QUANT THREADS -> "PREFILL DECODE"
-llama_run() {
-  "$PY" - "${GGUF[$1]}" "$2" "$PROMPT" "$NEW" <<'EOF'
-import subprocess, sys, time
+# llama.cpp's prefill and decode tokens/s with T threads, same protocol as `runner bench`:
+# python -c "$LLAMA_BENCH" GGUF THREADS PROMPT NEW batch|single. `batch` evaluates the prompt in one
+# batch (timed); `single` one token at a time (untimed, prefill reported as 0).
+LLAMA_BENCH='
+import sys, time
 import numpy as np
 from llama_cpp import Llama
 
-path, threads, prompt, new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-
-def load():
-    return Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
-                 n_batch=512, verbose=False)
-
-# The batched prefill in a child process first: if it crashes, only the prefill figure is lost.
-child = f"""
-import sys, time
-from llama_cpp import Llama
-llm = Llama(model_path={path!r}, n_threads={threads}, n_threads_batch={threads}, n_ctx=512,
+path, threads, prompt, new, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
             n_batch=512, verbose=False)
 vocab = llm.n_vocab()
-ids = [(i * 7919 + 13) % vocab for i in range({prompt})]
-t = time.perf_counter()
-llm.eval(ids)
-print({prompt} / (time.perf_counter() - t))
-"""
-r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
-prefill = float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else 0.0
-
-llm = load()
-vocab = llm.n_vocab()
 ids = [(i * 7919 + 13) % vocab for i in range(prompt)]
-if prefill > 0:
+prefill = 0.0
+if mode == "batch":
+    t = time.perf_counter()
     llm.eval(ids)
+    prefill = prompt / (time.perf_counter() - t)
 else:
     for i in ids:
         llm.eval([i])
@@ -116,7 +100,12 @@ t = time.perf_counter()
 for _ in range(new):
     llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
 print(f"{prefill:.3f} {new / (time.perf_counter() - t):.3f}")
-EOF
+'
+# llama_run QUANT THREADS -> "PREFILL DECODE"; a batch evaluation that fails (it crashed on an Intel AMX
+# machine) falls back to single tokens.
+llama_run() {
+  local args=("${GGUF[$1]}" "$2" "$PROMPT" "$NEW")
+  "$PY" -c "$LLAMA_BENCH" "${args[@]}" batch 2>/dev/null || "$PY" -c "$LLAMA_BENCH" "${args[@]}" single
 }
 
 # strata_run QUANT THREADS -> "PREFILL DECODE"
