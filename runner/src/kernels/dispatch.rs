@@ -86,6 +86,39 @@ impl Isa {
     }
 }
 
+/// How the `nf4` and `int8` kernels quantize the activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActQuant {
+    /// int8 in blocks of 32 (llama.cpp's Q8_0), dotted with int8 weights
+    /// (NF4 codes × 127) in byte instructions: the default.
+    Int8,
+    /// int16 per weight block, dotted with int16 weights (NF4 codes × 1024)
+    /// in 16-bit instructions: half the throughput, closer to the exact
+    /// product of the decoded weights. Always used on NEON, and for blocks
+    /// the int8 kernels do not take (an `nf4` block size that is not a
+    /// multiple of 64, rows ending in a partial block).
+    Int16,
+}
+
+/// Environment variable that picks [`ActQuant`]: `int8` (default) or `int16`.
+pub const ACTS_ENV: &str = "STRATA_ACTS";
+
+impl ActQuant {
+    /// The runner's choice: [`ActQuant::Int8`] unless [`ACTS_ENV`] says
+    /// `int16`. Decided once per process.
+    pub fn selected() -> ActQuant {
+        static SELECTED: OnceLock<ActQuant> = OnceLock::new();
+        *SELECTED.get_or_init(|| match std::env::var(ACTS_ENV) {
+            Ok(v) if v.trim() == "int16" => ActQuant::Int16,
+            Ok(v) if v.trim() != "int8" => {
+                log::warn!("{ACTS_ENV}={v}: neither int8 nor int16; using int8");
+                ActQuant::Int8
+            }
+            _ => ActQuant::Int8,
+        })
+    }
+}
+
 impl std::fmt::Display for Isa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

@@ -1,4 +1,5 @@
-//! int8 weights (SPEC.md §4.5) × int16-quantized activations: weights are
+//! int8 weights (SPEC.md §4.5) × int16-quantized activations (with
+//! [`super::ActQuant::Int16`], as for `nf4`): weights are
 //! widened to int16 and multiplied in exact integer sums (`vpdpwssd`,
 //! `vpmaddwd`, `smlal`) of at most [`SEGMENT`] elements, each scaled by
 //! `scale_w × scale_x` in f32.

@@ -1,11 +1,17 @@
 //! Fused dequantize × multiply kernels: `x · Wᵀ` computed straight from a
 //! weight's encoded bytes (SPEC.md §4), with no f32 copy of `W`.
 //!
-//! * `nf4` and `int8` weights: the activation rows are quantized to int16 per
-//!   weight block (`quant_act`), NF4 codes become int16 through a 16-entry
-//!   table (`vpermw`, or byte shuffles), int8 weights are widened, and
-//!   blocks are dotted in integers (`vpdpwssd` / `vpmaddwd`), then scaled by
-//!   `weight scale × activation scale` in f32.
+//! * `nf4` and `int8` weights, by default ([`ActQuant::Int8`]): as the GGML
+//!   types below, with activations in int8 blocks of 32, NF4 codes looked up
+//!   as signed bytes (code × 127) by a byte shuffle, dotted in integers
+//!   (`vpmaddubsw` / `vpdpbusd`) and scaled by `weight scale × activation
+//!   scale` in f32 (`ggml::own`).
+//! * `nf4` and `int8` weights with [`ActQuant::Int16`] (`STRATA_ACTS=int16`;
+//!   always on NEON, and for blocks the int8 kernels do not take): the
+//!   activation rows are quantized to int16 per weight block (`quant_act`),
+//!   NF4 codes become int16 through a 16-entry table (`vpermw`, or byte
+//!   shuffles), int8 weights are widened, and blocks are dotted in integers
+//!   (`vpdpwssd` / `vpmaddwd`), then scaled in f32.
 //! * the GGML block encodings kept from GGUF files (`q4_0` … `q6_k`), as
 //!   llama.cpp's ggml-cpu computes them: activations quantized once per call
 //!   to int8 blocks (Q8_0 / Q8_K style), weight blocks unpacked to small
@@ -39,7 +45,7 @@ use strata_format::dtype::check_block_size;
 use strata_format::{CodecError, DType};
 
 use crate::container::Weight;
-pub use dispatch::{Isa, ISA_ENV};
+pub use dispatch::{ActQuant, Isa, ACTS_ENV, ISA_ENV};
 use quant_act::{quantize, Order};
 
 /// Up to this many activation rows, [`linear_t`] beats decoding `W` to f32
@@ -67,6 +73,19 @@ const MIN_TASK_MACS: usize = 1 << 16;
 /// [`strata_format::codec::decode_row`].
 pub fn linear_t(
     isa: Isa,
+    w: &Weight<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), CodecError> {
+    linear_t_with(isa, ActQuant::selected(), w, x, n, out)
+}
+
+/// [`linear_t`] with the activations of `nf4` and `int8` weights quantized
+/// as `aq` says (where the `isa` path has int8 kernels for them).
+pub fn linear_t_with(
+    isa: Isa,
+    aq: ActQuant,
     w: &Weight<'_>,
     x: &[f32],
     n: usize,
@@ -108,17 +127,21 @@ pub fn linear_t(
         return Ok(());
     }
     let isa = if isa.is_available() { isa } else { Isa::Scalar };
-    let acts = match (w.dtype, ggml) {
-        (DType::Nf4, _) => Acts::Int16(quantize(x, n, cols, w.block, Order::Nf4)),
-        (DType::Int8, _) => Acts::Int16(quantize(x, n, cols, w.block, Order::Natural)),
-        (_, Some(t)) if ggml::integer_kernels(isa) => {
+    let own = ggml::Own::of(w.dtype, w.block, cols)
+        .filter(|_| aq == ActQuant::Int8 && ggml::integer_kernels(isa));
+    let acts = match (w.dtype, ggml, own) {
+        (_, _, Some(k)) => Acts::Own(k, ggml::quantize(x, n, cols, ggml::OWN_ACT_BLOCK)),
+        (DType::Nf4, _, _) => Acts::Int16(quantize(x, n, cols, w.block, Order::Nf4)),
+        (DType::Int8, _, _) => Acts::Int16(quantize(x, n, cols, w.block, Order::Natural)),
+        (_, Some(t), _) if ggml::integer_kernels(isa) => {
             Acts::Int8(t, ggml::quantize(x, n, cols, t.block_elems()))
         }
-        (_, Some(t)) => Acts::Decoded(t),
-        (_, None) => Acts::Float,
+        (_, Some(t), _) => Acts::Decoded(t),
+        (_, None, _) => Acts::Float,
     };
     let task = |wb: &[u8], o: &mut [f32]| -> bool {
         match (w.dtype, &acts) {
+            (_, Acts::Own(k, a)) => ggml::own_rows(isa, *k, w.block, wb, rb, a, n, o),
             (DType::Nf4, Acts::Int16(a)) => nf4::rows(isa, wb, rb, a, n, o),
             (_, Acts::Int16(a)) => int8::rows(isa, wb, rb, a, n, o),
             (_, Acts::Int8(t, a)) => {
@@ -160,6 +183,8 @@ pub fn linear_t(
 enum Acts {
     /// Quantized to int16 per weight block (`nf4`, `int8`).
     Int16(quant_act::QuantActs),
+    /// Quantized to int8 blocks of 32 for strata's `nf4` or `int8` weights.
+    Own(ggml::Own, ggml::Q8Acts),
     /// Quantized to int8 blocks for a GGML block type.
     Int8(GgmlType, ggml::Q8Acts),
     /// As they are, for a GGML block type decoded row by row (NEON).

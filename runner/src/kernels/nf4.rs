@@ -1,4 +1,6 @@
-//! NF4 weights (SPEC.md §4.4) × int16-quantized activations.
+//! NF4 weights (SPEC.md §4.4) × int16-quantized activations: the kernels of
+//! [`super::ActQuant::Int16`] (`STRATA_ACTS=int16`, NEON, and block sizes
+//! the int8 kernels of `ggml::own` do not take).
 //!
 //! Codes become int16 weights through [`NF4_I16`] (code value × 1024,
 //! rounded) — a 16-bit table lookup (`vpermw`; on AVX2 and NEON two byte

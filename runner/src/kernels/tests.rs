@@ -92,6 +92,9 @@ pub(super) fn exact(wd: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -
 /// (`d_x / 2`) and NF4 code values by at most `scale_w × 0.5 / 1024`.
 fn quantization_bounds(w: &Weight<'_>, wd: &[f32], x: &[f32], n: usize) -> Vec<f64> {
     let (dtype, bytes, rows, cols, block) = (w.dtype, w.bytes, w.rows, w.cols, w.block);
+    if ggml::Own::of(dtype, block, cols).is_some() && AQ.get() == ActQuant::Int8 {
+        return int8_bounds(w, wd, x, n);
+    }
     let qa = quantize(x, n, cols, block, Order::Natural);
     let rb = codec::row_bytes(dtype, cols, block);
     let bb = rb / cols.div_ceil(block);
@@ -122,8 +125,22 @@ fn quantization_bounds(w: &Weight<'_>, wd: &[f32], x: &[f32], n: usize) -> Vec<f
 /// `linear_t` on the `isa` path, into a fresh output.
 pub(super) fn run(isa: Isa, w: &Weight<'_>, x: &[f32], n: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; w.rows * n];
-    linear_t(isa, w, x, n, &mut out).expect("runs");
+    linear_t_with(isa, AQ.get(), w, x, n, &mut out).expect("runs");
     out
+}
+
+thread_local! {
+    /// The activation quantization [`run`] asks for on this test's thread.
+    static AQ: std::cell::Cell<ActQuant> = const { std::cell::Cell::new(ActQuant::Int8) };
+}
+
+/// Runs `f` once with each [`ActQuant`] (as [`run`] and the bounds see it).
+fn each_act_quant(mut f: impl FnMut(ActQuant)) {
+    for aq in [ActQuant::Int8, ActQuant::Int16] {
+        AQ.set(aq);
+        f(aq);
+    }
+    AQ.set(ActQuant::Int8);
 }
 
 /// Checks every available path against the scalar reference (f32 rounding
@@ -191,27 +208,72 @@ fn scalar_is_available_and_the_selected_path_too() {
     eprintln!("kernel paths on this machine: {all:?}");
 }
 
+/// [`quantization_bounds`] for the int8 kernels (`ggml::own`): activations
+/// rounded by at most `d_x / 2` (blocks of [`ggml::OWN_ACT_BLOCK`]) and NF4
+/// code values by at most `scale_w × 0.5 / 127`.
+fn int8_bounds(w: &Weight<'_>, wd: &[f32], x: &[f32], n: usize) -> Vec<f64> {
+    let (dtype, bytes, rows, cols, block) = (w.dtype, w.bytes, w.rows, w.cols, w.block);
+    let ab = ggml::OWN_ACT_BLOCK;
+    let qa = ggml::quantize(x, n, cols, ab);
+    let rb = codec::row_bytes(dtype, cols, block);
+    let bb = rb / cols.div_ceil(block);
+    let mut bound = vec![0f64; rows * n];
+    for r in 0..rows {
+        for t in 0..n {
+            let q = qa.row(t);
+            let mut e = 0f64;
+            for c in 0..cols {
+                let dx = f64::from(q.d[c / ab]);
+                let at = r * rb + c / block * bb;
+                let dw = f64::from(half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32());
+                e += f64::from(wd[r * cols + c]).abs() * dx / 2.0;
+                if dtype == DType::Nf4 {
+                    e += f64::from(q.qs[c]).abs() * dx * dw * 0.5 / 127.0;
+                }
+            }
+            bound[r * n + t] = e;
+        }
+    }
+    bound
+}
+
+#[test]
+fn the_int8_nf4_table_is_the_codes_times_127_rounded() {
+    for (i, &c) in CODES.iter().enumerate() {
+        assert_eq!(
+            i32::from(ggml::NF4_I8[i]),
+            (c * 127.0).round() as i32,
+            "code {i}"
+        );
+    }
+}
+
 #[test]
 fn quantized_paths_agree() {
-    let mut rng = StdRng::seed_from_u64(5);
-    for dtype in [DType::Nf4, DType::Int8] {
-        for block in [32, 64, 96, 128, 384] {
-            for (rows, cols) in [(3, 32), (5, 64), (7, 100), (4, 200), (9, 576), (2, 1000)] {
-                for data in [Data::Normal, Data::HeavyTailed] {
-                    for n in 1..=5 {
-                        let wv = values(&mut rng, rows * cols, data);
-                        let x = values(&mut rng, n * cols, data);
-                        let bytes = encode(dtype, &wv, rows, cols, block);
-                        let wd = decode(dtype, &bytes, rows, cols, block);
-                        let w = weight(dtype, rows, cols, block, &bytes);
-                        let bounds = quantization_bounds(&w, &wd, &x, n);
-                        let what = format!("{dtype} block {block} {rows}×{cols} {data:?} n={n}");
-                        check_paths(&what, &w, &wd, &x, n, &bounds, |_| false);
+    each_act_quant(|aq| {
+        let mut rng = StdRng::seed_from_u64(5);
+        for dtype in [DType::Nf4, DType::Int8] {
+            for block in [32, 64, 96, 128, 384] {
+                for (rows, cols) in [(3, 32), (5, 64), (7, 100), (4, 200), (9, 576), (2, 1000)] {
+                    for data in [Data::Normal, Data::HeavyTailed] {
+                        for n in 1..=5 {
+                            let wv = values(&mut rng, rows * cols, data);
+                            let x = values(&mut rng, n * cols, data);
+                            let bytes = encode(dtype, &wv, rows, cols, block);
+                            let wd = decode(dtype, &bytes, rows, cols, block);
+                            let w = weight(dtype, rows, cols, block, &bytes);
+                            let bounds = quantization_bounds(&w, &wd, &x, n);
+                            let what = format!(
+                                "{dtype} block {block} {rows}×{cols} {data:?} n={n} {aq:?}"
+                            );
+                            check_paths(&what, &w, &wd, &x, n, &bounds, |_| false);
+                        }
                     }
                 }
             }
         }
-    }
+        let _ = aq;
+    });
 }
 
 #[test]
@@ -237,86 +299,95 @@ fn float_paths_agree() {
 
 #[test]
 fn large_products_split_over_threads_agree() {
-    // Big enough to be cut into several rayon tasks.
-    let mut rng = StdRng::seed_from_u64(7);
-    let (rows, cols) = (301, 576);
-    for dtype in [DType::Nf4, DType::Int8, DType::Bf16] {
-        for n in [1, 3, 8] {
-            let wv = values(&mut rng, rows * cols, Data::Normal);
-            let x = values(&mut rng, n * cols, Data::Normal);
-            let bytes = encode(dtype, &wv, rows, cols, 64);
-            let wd = decode(dtype, &bytes, rows, cols, 64);
-            let w = weight(dtype, rows, cols, 64, &bytes);
-            let bounds = if dtype.is_quantized() {
-                quantization_bounds(&w, &wd, &x, n)
-            } else {
-                vec![0.0; rows * n]
-            };
-            check_paths(&format!("{dtype} n={n}"), &w, &wd, &x, n, &bounds, |_| {
-                false
-            });
+    each_act_quant(|aq| {
+        // Big enough to be cut into several rayon tasks.
+        let mut rng = StdRng::seed_from_u64(7);
+        let (rows, cols) = (301, 576);
+        for dtype in [DType::Nf4, DType::Int8, DType::Bf16] {
+            for n in [1, 3, 8] {
+                let wv = values(&mut rng, rows * cols, Data::Normal);
+                let x = values(&mut rng, n * cols, Data::Normal);
+                let bytes = encode(dtype, &wv, rows, cols, 64);
+                let wd = decode(dtype, &bytes, rows, cols, 64);
+                let w = weight(dtype, rows, cols, 64, &bytes);
+                let bounds = if dtype.is_quantized() {
+                    quantization_bounds(&w, &wd, &x, n)
+                } else {
+                    vec![0.0; rows * n]
+                };
+                check_paths(&format!("{dtype} n={n}"), &w, &wd, &x, n, &bounds, |_| {
+                    false
+                });
+            }
         }
-    }
+        let _ = aq;
+    });
 }
 
 #[test]
 fn extreme_values_do_not_overflow() {
-    // Every weight at the largest magnitude and every activation at its
-    // block's maximum, in the largest block: the integer sums are at their
-    // bounds.
-    let (cols, block) = (4096, 4096);
-    let x = vec![3.0f32; cols];
-    for (dtype, code, value) in [
-        (DType::Int8, 0x80u8, -128.0),
-        (DType::Nf4, 0x00, -1.0),
-        (DType::Nf4, 0xff, 1.0),
-    ] {
-        let mut bytes = half::f16::from_f32(1.0).to_le_bytes().to_vec();
-        bytes.resize(codec::row_bytes(dtype, cols, block), code);
-        let w = weight(dtype, 1, cols, block, &bytes);
-        let want = value * 3.0 * cols as f32;
-        for isa in Isa::available() {
-            let got = run(isa, &w, &x, 1)[0];
-            assert!(
-                (got - want).abs() <= 1e-4 * want.abs(),
-                "{dtype} {isa}: {got} vs {want}"
-            );
+    each_act_quant(|aq| {
+        // Every weight at the largest magnitude and every activation at its
+        // block's maximum, in the largest block: the integer sums are at their
+        // bounds.
+        let (cols, block) = (4096, 4096);
+        let x = vec![3.0f32; cols];
+        for (dtype, code, value) in [
+            (DType::Int8, 0x80u8, -128.0),
+            (DType::Nf4, 0x00, -1.0),
+            (DType::Nf4, 0xff, 1.0),
+        ] {
+            let mut bytes = half::f16::from_f32(1.0).to_le_bytes().to_vec();
+            bytes.resize(codec::row_bytes(dtype, cols, block), code);
+            let w = weight(dtype, 1, cols, block, &bytes);
+            let want = value * 3.0 * cols as f32;
+            for isa in Isa::available() {
+                let got = run(isa, &w, &x, 1)[0];
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.abs(),
+                    "{dtype} {isa}: {got} vs {want}"
+                );
+            }
         }
-    }
+        let _ = aq;
+    });
 }
 
 #[test]
 fn invalid_block_scales_are_refused_by_every_path() {
-    let (rows, cols, block) = (4, 128, 64);
-    let wv: Vec<f32> = (0..rows * cols).map(|i| (i % 17) as f32 - 8.0).collect();
-    let x = vec![1.0f32; cols];
-    for dtype in [DType::Nf4, DType::Int8] {
-        let good = encode(dtype, &wv, rows, cols, block);
-        let rb = codec::row_bytes(dtype, cols, block);
-        let bb = rb / 2;
-        for (bits, valid) in [
-            (0x7e00u16, false),
-            (0x7c00, false),
-            (0xbc00, false),
-            (0x8000, true),
-        ] {
-            let mut bytes = good.clone();
-            // Row 2, block 1.
-            bytes[2 * rb + bb..2 * rb + bb + 2].copy_from_slice(&bits.to_le_bytes());
-            let w = weight(dtype, rows, cols, block, &bytes);
-            for isa in Isa::available() {
-                let mut out = vec![0f32; rows];
-                let res = linear_t(isa, &w, &x, 1, &mut out);
-                match res {
-                    Err(CodecError::BadScale { block: 1, .. }) => {
-                        assert!(!valid, "{dtype} {isa} {bits:#x}")
+    each_act_quant(|aq| {
+        let (rows, cols, block) = (4, 128, 64);
+        let wv: Vec<f32> = (0..rows * cols).map(|i| (i % 17) as f32 - 8.0).collect();
+        let x = vec![1.0f32; cols];
+        for dtype in [DType::Nf4, DType::Int8] {
+            let good = encode(dtype, &wv, rows, cols, block);
+            let rb = codec::row_bytes(dtype, cols, block);
+            let bb = rb / 2;
+            for (bits, valid) in [
+                (0x7e00u16, false),
+                (0x7c00, false),
+                (0xbc00, false),
+                (0x8000, true),
+            ] {
+                let mut bytes = good.clone();
+                // Row 2, block 1.
+                bytes[2 * rb + bb..2 * rb + bb + 2].copy_from_slice(&bits.to_le_bytes());
+                let w = weight(dtype, rows, cols, block, &bytes);
+                for isa in Isa::available() {
+                    let mut out = vec![0f32; rows];
+                    let res = linear_t_with(isa, aq, &w, &x, 1, &mut out);
+                    match res {
+                        Err(CodecError::BadScale { block: 1, .. }) => {
+                            assert!(!valid, "{dtype} {isa} {bits:#x}")
+                        }
+                        Ok(()) => assert!(valid, "{dtype} {isa} {bits:#x} accepted"),
+                        Err(e) => panic!("{dtype} {isa} {bits:#x}: {e}"),
                     }
-                    Ok(()) => assert!(valid, "{dtype} {isa} {bits:#x} accepted"),
-                    Err(e) => panic!("{dtype} {isa} {bits:#x}: {e}"),
                 }
             }
         }
-    }
+        let _ = aq;
+    });
 }
 
 #[test]
@@ -360,29 +431,96 @@ fn inconsistent_lengths_are_errors() {
 /// tile size and across a split into parallel tasks.
 #[test]
 fn several_rows_equal_one_row_products_bit_for_bit() {
-    let mut rng = StdRng::seed_from_u64(11);
-    let (rows, cols, block) = (300, 256, 64);
-    let wv = values(&mut rng, rows * cols, Data::Normal);
-    for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int8, DType::Nf4] {
-        let bytes = encode(dtype, &wv, rows, cols, block);
-        let w = weight(dtype, rows, cols, block, &bytes);
-        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon] {
-            if !isa.is_available() {
-                continue;
-            }
-            for n in [2, 3, 4, 5, 9, 17, MAX_FUSED_ROWS] {
-                let x = values(&mut rng, n * cols, Data::HeavyTailed);
-                let all = run(isa, &w, &x, n);
-                for t in 0..n {
-                    let one = run(isa, &w, &x[t * cols..(t + 1) * cols], 1);
-                    for r in 0..rows {
-                        assert_eq!(
-                            all[r * n + t].to_bits(),
-                            one[r].to_bits(),
-                            "{dtype} {isa:?} n{n} row {t} output {r}"
-                        );
+    each_act_quant(|aq| {
+        let mut rng = StdRng::seed_from_u64(11);
+        let (rows, cols, block) = (300, 256, 64);
+        let wv = values(&mut rng, rows * cols, Data::Normal);
+        for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int8, DType::Nf4] {
+            let bytes = encode(dtype, &wv, rows, cols, block);
+            let w = weight(dtype, rows, cols, block, &bytes);
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon] {
+                if !isa.is_available() {
+                    continue;
+                }
+                for n in [2, 3, 4, 5, 9, 17, MAX_FUSED_ROWS] {
+                    let x = values(&mut rng, n * cols, Data::HeavyTailed);
+                    let all = run(isa, &w, &x, n);
+                    for t in 0..n {
+                        let one = run(isa, &w, &x[t * cols..(t + 1) * cols], 1);
+                        for r in 0..rows {
+                            assert_eq!(
+                                all[r * n + t].to_bits(),
+                                one[r].to_bits(),
+                                "{dtype} {isa:?} n{n} row {t} output {r}"
+                            );
+                        }
                     }
                 }
+            }
+        }
+        let _ = aq;
+    });
+}
+
+/// Times one 1536×8960 `nf4` and `int8` (block 64) matrix × 1 and × 8
+/// activation rows with int8 and with int16 activations ([`ActQuant`]), on
+/// `STRATA_BENCH_THREADS` threads (default 1), "hot" (the same matrix again
+/// and again) and "streamed" (8 copies in turn, from memory as in decoding);
+/// best of 1 s each. Run with
+/// `cargo test -p strata-runner --release --lib own_speed -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn own_speed() {
+    use std::time::Instant;
+
+    let threads = std::env::var("STRATA_BENCH_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    let (rows, cols, block, copies) = (1536, 8960, 64, 8);
+    let mut rng = StdRng::seed_from_u64(29);
+    let isa = Isa::selected();
+    let time = |k: usize, f: &mut dyn FnMut(usize)| {
+        (0..k).for_each(&mut *f);
+        let mut best = f64::INFINITY;
+        let start = Instant::now();
+        while start.elapsed().as_secs_f64() < 1.0 {
+            let t = Instant::now();
+            (0..k).for_each(&mut *f);
+            best = best.min(t.elapsed().as_secs_f64() / k as f64);
+        }
+        best
+    };
+    eprintln!("{rows}×{cols} block {block}, {threads} threads, kernels {isa}");
+    for dtype in [DType::Nf4, DType::Int8] {
+        let all: Vec<Vec<u8>> = (0..copies)
+            .map(|_| {
+                let wv = values(&mut rng, rows * cols, Data::Normal);
+                encode(dtype, &wv, rows, cols, block)
+            })
+            .collect();
+        for n in [1, 8] {
+            let x = values(&mut rng, n * cols, Data::Normal);
+            let mut out = vec![0f32; rows * n];
+            for (what, k) in [("hot", 1), ("streamed", copies)] {
+                let mut ms = [0f64; 2];
+                for (i, aq) in [ActQuant::Int8, ActQuant::Int16].into_iter().enumerate() {
+                    ms[i] = 1e3
+                        * time(k, &mut |c| {
+                            let w = weight(dtype, rows, cols, block, &all[c]);
+                            pool.install(|| {
+                                linear_t_with(isa, aq, &w, &x, n, &mut out).expect("runs")
+                            })
+                        });
+                }
+                eprintln!(
+                    "{dtype} n={n} {what:>8}: int8 acts {:6.3} ms | int16 acts {:6.3} ms",
+                    ms[0], ms[1]
+                );
             }
         }
     }

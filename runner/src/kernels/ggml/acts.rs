@@ -28,6 +28,8 @@ pub(crate) struct Q8Acts {
     pub sums: Vec<i16>,
     /// `n × blocks` values `d · Σ q` of each block.
     pub sx: Vec<f32>,
+    /// `n × blocks` sums `Σ q` of each block.
+    pub totals: Vec<i32>,
 }
 
 /// One quantized activation row (slices of a [`Q8Acts`]).
@@ -41,6 +43,8 @@ pub(crate) struct Q8Row<'a> {
     pub sums: &'a [i16],
     /// `d · Σ q` per block.
     pub sx: &'a [f32],
+    /// `Σ q` per block.
+    pub totals: &'a [i32],
 }
 
 impl Q8Acts {
@@ -53,6 +57,7 @@ impl Q8Acts {
             d: &self.d[t * nb..(t + 1) * nb],
             sums: &self.sums[t * per / 16..(t + 1) * per / 16],
             sx: &self.sx[t * nb..(t + 1) * nb],
+            totals: &self.totals[t * nb..(t + 1) * nb],
         }
     }
 
@@ -64,6 +69,7 @@ impl Q8Acts {
             d: &[],
             sums: &[],
             sx: &[],
+            totals: &[],
         };
         let mut rows = [empty; T];
         for (t, r) in rows.iter_mut().enumerate() {
@@ -89,6 +95,7 @@ pub(crate) fn quantize(x: &[f32], n: usize, cols: usize, block: usize) -> Q8Acts
         d: vec![0.0; n * blocks],
         sums: vec![0; n * blocks * block / 16],
         sx: vec![0.0; n * blocks],
+        totals: vec![0; n * blocks],
     };
     for t in 0..n {
         let xrow = &x[t * cols..t * cols + blocks * block];
@@ -121,6 +128,7 @@ pub(crate) fn quantize(x: &[f32], n: usize, cols: usize, block: usize) -> Q8Acts
             }
             qa.d[i] = d;
             qa.sx[i] = d * total as f32;
+            qa.totals[i] = total;
         }
     }
     qa
@@ -163,6 +171,7 @@ mod tests {
                         .map(|&q| i32::from(q))
                         .sum();
                     assert_eq!(r.sx[b], r.d[b] * total as f32);
+                    assert_eq!(r.totals[b], total);
                 }
             }
         }

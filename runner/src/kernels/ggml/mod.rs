@@ -24,6 +24,7 @@
 //! 127` of its block) and f32 rounding.
 
 mod acts;
+mod own;
 mod scalar;
 mod simd;
 #[cfg(test)]
@@ -34,6 +35,9 @@ mod x86;
 use strata_format::codec::ggml::GgmlType;
 
 pub(crate) use acts::{quantize, Q8Acts};
+#[cfg(test)]
+pub(crate) use own::NF4_I8;
+pub(crate) use own::{Own, ACT_BLOCK as OWN_ACT_BLOCK};
 
 use super::Isa;
 
@@ -76,6 +80,43 @@ pub(crate) fn rows(
     }
     let _ = isa;
     scalar::rows(t, w, rb, acts, n, out)
+}
+
+/// Computes `out[r * n + t]` for the rows of `w` (`rb` bytes of strata's
+/// `kind` blocks of `block` each) and the `n` rows of `acts` (quantized in
+/// blocks of [`OWN_ACT_BLOCK`]) with the vocabulary of `isa` (the scalar
+/// reference for an ISA without one); returns whether a block scale was
+/// invalid. The caller has checked every length.
+#[allow(clippy::too_many_arguments)] // `rows`'s, with the block size
+pub(crate) fn own_rows(
+    isa: Isa,
+    kind: Own,
+    block: usize,
+    w: &[u8],
+    rb: usize,
+    acts: &Q8Acts,
+    n: usize,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        Isa::Avx512 => {
+            if let Some(v) = x86::Avx512::new() {
+                // SAFETY: `v` exists only on a CPU with the function's target
+                // features (AVX-512 F/BW/VL/VNNI, AVX2, FMA, F16C).
+                return unsafe { x86::own_rows_avx512(v, kind, block, w, rb, acts, n, out) };
+            }
+        }
+        Isa::Avx2 => {
+            if let Some(v) = x86::Avx2::new() {
+                // SAFETY: `v` exists only on a CPU with AVX2, FMA and F16C.
+                return unsafe { x86::own_rows_avx2(v, kind, block, w, rb, acts, n, out) };
+            }
+        }
+        _ => {}
+    }
+    let _ = isa;
+    own::rows_scalar(kind, block, w, rb, acts, n, out)
 }
 
 /// An f16 value given by its bits, as f32 (exact): normal numbers and zero

@@ -40,6 +40,9 @@ pub(super) trait Simd: Copy {
     type S: Copy;
     /// 16 minimums for [`Simd::dot_mins`].
     type M: Copy;
+    /// Whether [`Simd::dot_u8`] takes any unsigned byte `w` (its products
+    /// summed in 32 bits, as `vpdpbusd` does), not only `w ≤ 128`.
+    const WIDE_U8: bool;
 
     /// 32 bytes.
     fn load(self, a: &[u8; 32]) -> Self::B;
@@ -53,8 +56,14 @@ pub(super) trait Simd: Copy {
     fn test_bit(self, a: Self::B, bit: u32) -> Self::B;
     /// `v` in every byte.
     fn splat(self, v: u8) -> Self::B;
+    /// A 16-entry byte table for [`Simd::lookup`].
+    fn table(self, t: &[i8; 16]) -> Self::B;
+    /// Byte `i` is `table[idx[i]]` (`idx[i] < 16`).
+    fn lookup(self, table: Self::B, idx: Self::B) -> Self::B;
     /// `a & b`.
     fn and(self, a: Self::B, b: Self::B) -> Self::B;
+    /// `a ^ b`.
+    fn xor(self, a: Self::B, b: Self::B) -> Self::B;
     /// `a | b`.
     fn or(self, a: Self::B, b: Self::B) -> Self::B;
     /// `!a & b`.
@@ -71,8 +80,9 @@ pub(super) trait Simd: Copy {
     fn sll<const S: i32>(self, a: Self::B) -> Self::B;
     /// No partial sums.
     fn izero(self) -> Self::I;
-    /// `acc + Σ w·x` with `w` unsigned bytes `≤ 128` and `x` signed bytes in
-    /// `-127..=127` (so that no pair of products leaves int16).
+    /// `acc + Σ w·x` with `w` unsigned bytes `≤ 128` (any, when
+    /// [`Simd::WIDE_U8`]) and `x` signed bytes in `-127..=127` (so that no
+    /// pair of products leaves int16).
     fn dot_u8(self, acc: Self::I, w: Self::B, x: Self::B) -> Self::I;
     /// `acc + Σ w·x` with `w` any signed bytes and `x` in `-127..=127`.
     fn dot_i8(self, acc: Self::I, w: Self::B, x: Self::B) -> Self::I;
@@ -112,6 +122,20 @@ pub(super) trait Simd: Copy {
     fn fmadd(self, acc: Self::F, i: Self::I, s: f32) -> Self::F;
     /// `a + b`.
     fn fadd(self, a: Self::F, b: Self::F) -> Self::F;
+    /// Eight partial sums' totals: value `j` is the sum of `i[j]` (values
+    /// as [`Simd::load_i32x8`] and [`Simd::f16x8`] order them).
+    fn totals8(self, i: [Self::I; 8]) -> Self::I;
+    /// Eight `i32`.
+    fn load_i32x8(self, a: &[i32; 8]) -> Self::I;
+    /// Eight `f32`.
+    fn load_f32x8(self, a: &[f32; 8]) -> Self::F;
+    /// Eight f16 values given by their bits, as f32, and whether any of
+    /// them is NaN, infinite or negative (−0 allowed).
+    fn f16x8(self, bits: [u16; 8]) -> (Self::F, bool);
+    /// `a · b`.
+    fn fmul(self, a: Self::F, b: Self::F) -> Self::F;
+    /// `acc + f32(i) · s`, value by value.
+    fn fmadd_v(self, acc: Self::F, i: Self::I, s: Self::F) -> Self::F;
     /// Sum of the partial sums.
     fn hsum(self, a: Self::F) -> f32;
     /// An f16 value given by its bits, as f32.

@@ -7,6 +7,7 @@ use std::arch::x86_64::*;
 use strata_format::codec::ggml::GgmlType;
 
 use super::acts::Q8Acts;
+use super::own::{self, Own};
 use super::simd::{self, Simd};
 use crate::kernels::x86::{hsum256, prefetch};
 use crate::kernels::Isa;
@@ -57,6 +58,38 @@ pub(super) fn rows_avx512(
     simd::rows(v, t, w, rb, acts, n, out)
 }
 
+/// Runs strata's own encodings' kernels ([`own`]) with AVX2.
+#[allow(clippy::too_many_arguments)] // `own::rows`'s
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn own_rows_avx2(
+    v: Avx2,
+    kind: Own,
+    block: usize,
+    w: &[u8],
+    rb: usize,
+    acts: &Q8Acts,
+    n: usize,
+    out: &mut [f32],
+) -> bool {
+    own::rows(v, kind, block, w, rb, acts, n, out)
+}
+
+/// Runs strata's own encodings' kernels ([`own`]) with AVX-512 VNNI.
+#[allow(clippy::too_many_arguments)] // `own::rows`'s
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn own_rows_avx512(
+    v: Avx512,
+    kind: Own,
+    block: usize,
+    w: &[u8],
+    rb: usize,
+    acts: &Q8Acts,
+    n: usize,
+    out: &mut [f32],
+) -> bool {
+    own::rows(v, kind, block, w, rb, acts, n, out)
+}
+
 // Every method below is one unsafe block for the same reason: the
 // intrinsics need AVX2 (and with VNNI, AVX-512 VL/VNNI), which a value of
 // `X86` proves this CPU has (`X86::new` is the only constructor and checks
@@ -68,6 +101,7 @@ impl<const VNNI: bool> Simd for X86<VNNI> {
     type F = __m256;
     type S = __m256i;
     type M = __m256i;
+    const WIDE_U8: bool = VNNI;
 
     #[inline(always)]
     fn load(self, a: &[u8; 32]) -> __m256i {
@@ -124,6 +158,25 @@ impl<const VNNI: bool> Simd for X86<VNNI> {
     fn splat(self, v: u8) -> __m256i {
         // SAFETY: see above.
         unsafe { _mm256_set1_epi8(v as i8) }
+    }
+
+    #[inline(always)]
+    fn table(self, t: &[i8; 16]) -> __m256i {
+        // SAFETY: see above (16 readable bytes, unaligned load).
+        unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(t.as_ptr().cast())) }
+    }
+
+    #[inline(always)]
+    fn lookup(self, table: __m256i, idx: __m256i) -> __m256i {
+        // SAFETY: see above. `vpshufb` looks up within each 128-bit lane,
+        // and `table` holds the same 16 bytes in both.
+        unsafe { _mm256_shuffle_epi8(table, idx) }
+    }
+
+    #[inline(always)]
+    fn xor(self, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: see above.
+        unsafe { _mm256_xor_si256(a, b) }
     }
 
     #[inline(always)]
@@ -298,6 +351,77 @@ impl<const VNNI: bool> Simd for X86<VNNI> {
     fn fmadd(self, acc: __m256, i: __m256i, s: f32) -> __m256 {
         // SAFETY: see above (FMA).
         unsafe { _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(s), acc) }
+    }
+
+    #[inline(always)]
+    fn totals8(self, i: [__m256i; 8]) -> __m256i {
+        // SAFETY: see above.
+        unsafe {
+            // Within each 128-bit lane: [i0 i1 i2 i3] then [i4 i5 i6 i7]
+            // (four-element partial sums), low lane then high lane.
+            let h01 = _mm256_hadd_epi32(i[0], i[1]);
+            let h23 = _mm256_hadd_epi32(i[2], i[3]);
+            let h45 = _mm256_hadd_epi32(i[4], i[5]);
+            let h67 = _mm256_hadd_epi32(i[6], i[7]);
+            let a = _mm256_hadd_epi32(h01, h23);
+            let b = _mm256_hadd_epi32(h45, h67);
+            _mm256_add_epi32(
+                _mm256_permute2x128_si256::<0x20>(a, b),
+                _mm256_permute2x128_si256::<0x31>(a, b),
+            )
+        }
+    }
+
+    #[inline(always)]
+    fn load_i32x8(self, a: &[i32; 8]) -> __m256i {
+        // SAFETY: see above (32 readable bytes, unaligned load).
+        unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
+    }
+
+    #[inline(always)]
+    fn load_f32x8(self, a: &[f32; 8]) -> __m256 {
+        // SAFETY: see above (32 readable bytes, unaligned load).
+        unsafe { _mm256_loadu_ps(a.as_ptr()) }
+    }
+
+    #[inline(always)]
+    fn f16x8(self, b: [u16; 8]) -> (__m256, bool) {
+        // SAFETY: see above (F16C).
+        unsafe {
+            let h = _mm_set_epi16(
+                b[7] as i16,
+                b[6] as i16,
+                b[5] as i16,
+                b[4] as i16,
+                b[3] as i16,
+                b[2] as i16,
+                b[1] as i16,
+                b[0] as i16,
+            );
+            let exp = _mm_set1_epi16(0x7c00);
+            // All exponent bits set: infinite or NaN.
+            let inf_nan = _mm_cmpeq_epi16(_mm_and_si128(h, exp), exp);
+            // Above 0x8000 unsigned: negative and not −0 (`h ^ 0x8000` is
+            // then 1 ..= 0x7fff, positive as a signed word).
+            let neg = _mm_cmpgt_epi16(
+                _mm_xor_si128(h, _mm_set1_epi16(i16::MIN)),
+                _mm_setzero_si128(),
+            );
+            let bad = _mm_movemask_epi8(_mm_or_si128(inf_nan, neg)) != 0;
+            (_mm256_cvtph_ps(h), bad)
+        }
+    }
+
+    #[inline(always)]
+    fn fmul(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: see above.
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+
+    #[inline(always)]
+    fn fmadd_v(self, acc: __m256, i: __m256i, s: __m256) -> __m256 {
+        // SAFETY: see above (FMA).
+        unsafe { _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), s, acc) }
     }
 
     #[inline(always)]

@@ -1,0 +1,501 @@
+//! strata's own block encodings — `nf4` (SPEC.md §4.4) and `int8` (§4.5) —
+//! computed like the GGML types: against int8 activations in blocks of
+//! [`ACT_BLOCK`] ([`super::acts`], as llama.cpp's Q8 blocks), with the same
+//! vocabulary ([`Simd`]). Weight blocks must be a multiple of [`ACT_BLOCK`]
+//! and rows whole blocks ([`Own::of`]); other products keep the int16 kernels.
+//!
+//! * `nf4`: the 16 code values become signed bytes through [`NF4_I8`] (code
+//!   × 127, rounded; one byte shuffle, as llama.cpp's IQ4_NL does with its
+//!   table); `1/127` is applied with the block scales. Byte `j` of a block of
+//!   `B` holds element `j` (low nibble) and `j + B/2` (high nibble), so 32
+//!   elements from a multiple of 32 are one nibble of 32 consecutive bytes.
+//! * `int8`: the weights are signed bytes already.
+//!
+//! Each activation block's 64 weights are dotted with it in one exact
+//! integer sum (with VNNI, weights as `w + 128` in `vpdpbusd` and `128 · Σ q`
+//! taken off in integers; with AVX2, `vpmaddubsw` with sign tricks); 8 such
+//! sums at a time are gathered into one vector and scaled by their
+//! `d_w · d_x` in f32. Against the exact product of the decoded weights, an
+//! output differs by the activations' rounding (`d_x / 2` per element), for
+//! `nf4` by the table's rounding (at most `d_w · 0.5 / 127` per element), and
+//! by f32 rounding.
+
+use strata_format::DType;
+
+use super::acts::{Q8Acts, Q8Row};
+use super::simd::Simd;
+use crate::kernels::{scale_bits, scale_is_bad};
+
+/// NF4 code values (`strata_format::codec::nf4::CODES`) × 127, rounded to
+/// nearest: the signed-byte weights the `nf4` kernel multiplies.
+pub(crate) const NF4_I8: [i8; 16] = [
+    -127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127,
+];
+
+/// `1/127` folded into each `nf4` block scale.
+const INV_NF4: f32 = 1.0 / 127.0;
+
+/// Activation elements per block (one f32 scale each).
+pub(crate) const ACT_BLOCK: usize = 64;
+
+/// Which of strata's encodings a product computes here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Own {
+    /// `nf4` in blocks of a multiple of 64.
+    Nf4,
+    /// `int8` in blocks of a multiple of 64.
+    Int8,
+}
+
+impl Own {
+    /// The kernel for `dtype` in blocks of `block` over rows of `cols`, when
+    /// these kernels compute it: blocks a multiple of [`ACT_BLOCK`], rows of
+    /// whole blocks (no padded last block).
+    pub(crate) fn of(dtype: DType, block: usize, cols: usize) -> Option<Own> {
+        if block == 0 || !cols.is_multiple_of(block) {
+            return None;
+        }
+        match dtype {
+            _ if !block.is_multiple_of(ACT_BLOCK) => None,
+            DType::Nf4 => Some(Own::Nf4),
+            DType::Int8 => Some(Own::Int8),
+            _ => None,
+        }
+    }
+}
+
+/// Computes `out[r * n + t]` for the rows of `w` (`rb` bytes of `kind`
+/// blocks of `block` each) and the `n` rows of `acts` (blocks of
+/// [`ACT_BLOCK`]) with the vocabulary `v`; returns whether a block scale was
+/// invalid. The caller has checked every length.
+#[allow(clippy::too_many_arguments)] // `super::rows`'s, with the block size
+#[inline(always)]
+pub(super) fn rows<V: Simd>(
+    v: V,
+    kind: Own,
+    block: usize,
+    w: &[u8],
+    rb: usize,
+    acts: &Q8Acts,
+    n: usize,
+    out: &mut [f32],
+) -> bool {
+    match kind {
+        Own::Nf4 => tiles::<V, Nf4>(v, block, w, rb, acts, n, out),
+        Own::Int8 => tiles::<V, Int8>(v, block, w, rb, acts, n, out),
+    }
+}
+
+/// A kernel: the outputs of one weight row for `T` activation rows.
+trait Tile {
+    /// Sets `o[t0 .. t0 + T]` for the weight row `row` (blocks of `block`)
+    /// and activations `x`; returns whether a block scale was invalid.
+    fn tile<V: Simd, const T: usize>(
+        v: V,
+        block: usize,
+        row: &[u8],
+        x: [Q8Row<'_>; T],
+        t0: usize,
+        o: &mut [f32],
+    ) -> bool;
+}
+
+/// Runs kernel `K` for every weight row and every tile of up to four
+/// activation rows (a weight block is unpacked once per tile).
+#[inline(always)]
+fn tiles<V: Simd, K: Tile>(
+    v: V,
+    block: usize,
+    w: &[u8],
+    rb: usize,
+    acts: &Q8Acts,
+    n: usize,
+    out: &mut [f32],
+) -> bool {
+    let mut bad = false;
+    for (row, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
+        let mut t0 = 0;
+        while t0 < n {
+            bad |= match n - t0 {
+                1 => K::tile::<V, 1>(v, block, row, acts.rows(t0), t0, o),
+                _ => K::tile::<V, 2>(v, block, row, acts.rows(t0), t0, o),
+            };
+            t0 += (n - t0).min(2);
+        }
+    }
+    bad
+}
+
+/// How a kernel gets the 64 weights of one activation block.
+trait Unpack {
+    /// Bytes of one weight block of `block` elements.
+    fn block_bytes(block: usize) -> usize;
+    /// Factor folded into each block's scale.
+    const SCALE: f32;
+    /// What [`Unpack::unpack`] needs, made once per row.
+    type Ctx<V: Simd>: Copy;
+    /// The context; `biased`: weights are wanted as unsigned `w + 128`.
+    fn ctx<V: Simd>(v: V, biased: bool) -> Self::Ctx<V>;
+    /// Weights `64a .. 64a + 64` of the weight block `blk` (`block`
+    /// elements), as signed bytes, or as `w + 128` when the context says so.
+    fn unpack<V: Simd>(v: V, c: Self::Ctx<V>, blk: &[u8], block: usize, a: usize) -> [V::B; 2];
+}
+
+/// The 32 bytes of `blk` from byte `at`.
+#[inline(always)]
+fn bytes32(blk: &[u8], at: usize) -> &[u8; 32] {
+    match blk[at..at + 32].first_chunk() {
+        Some(c) => c,
+        // `blk[at..at + 32]` is 32 bytes.
+        None => unreachable!(),
+    }
+}
+
+/// `nf4` blocks of a multiple of 64.
+struct Nf4;
+impl Unpack for Nf4 {
+    fn block_bytes(block: usize) -> usize {
+        2 + block / 2
+    }
+    const SCALE: f32 = INV_NF4;
+    /// The code table and the nibble mask.
+    type Ctx<V: Simd> = (V::B, V::B);
+    #[inline(always)]
+    fn ctx<V: Simd>(v: V, biased: bool) -> (V::B, V::B) {
+        let mut t = NF4_I8;
+        if biased {
+            for c in &mut t {
+                // The byte `c + 128` (`c ≥ −127`) as unsigned.
+                *c ^= i8::MIN;
+            }
+        }
+        (v.table(&t), v.splat(15))
+    }
+    #[inline(always)]
+    fn unpack<V: Simd>(
+        v: V,
+        (tab, m4): (V::B, V::B),
+        blk: &[u8],
+        block: usize,
+        a: usize,
+    ) -> [V::B; 2] {
+        let e = 64 * a;
+        [
+            nf4_chunk(v, tab, m4, blk, block, e),
+            nf4_chunk(v, tab, m4, blk, block, e + 32),
+        ]
+    }
+}
+
+/// Weights `e .. e + 32` (`e` a multiple of 32) of the `nf4` block `blk`
+/// (`block` elements) through the table `tab` (a function, not a closure,
+/// so that it is compiled with the caller's target features).
+#[inline(always)]
+fn nf4_chunk<V: Simd>(v: V, tab: V::B, m4: V::B, blk: &[u8], block: usize, e: usize) -> V::B {
+    // Element e < B/2 is the low nibble of byte e, e ≥ B/2 the high nibble
+    // of byte e − B/2: 32 elements from a multiple of 32 are one half of 32
+    // consecutive bytes.
+    let half = block / 2;
+    if e < half {
+        v.lookup(tab, v.and(v.load(bytes32(blk, 2 + e)), m4))
+    } else {
+        let raw = v.load(bytes32(blk, 2 + e - half));
+        v.lookup(tab, v.and(v.srl::<4>(raw), m4))
+    }
+}
+
+/// `int8` blocks of a multiple of 64.
+struct Int8;
+impl Unpack for Int8 {
+    fn block_bytes(block: usize) -> usize {
+        2 + block
+    }
+    const SCALE: f32 = 1.0;
+    /// The bias (`0x80` in every byte) when wanted.
+    type Ctx<V: Simd> = Option<V::B>;
+    #[inline(always)]
+    fn ctx<V: Simd>(v: V, biased: bool) -> Option<V::B> {
+        biased.then(|| v.splat(0x80))
+    }
+    #[inline(always)]
+    fn unpack<V: Simd>(v: V, bias: Option<V::B>, blk: &[u8], _: usize, a: usize) -> [V::B; 2] {
+        let w = [
+            v.load(bytes32(blk, 2 + 64 * a)),
+            v.load(bytes32(blk, 34 + 64 * a)),
+        ];
+        match bias {
+            // `w ^ 0x80` is `w + 128` as an unsigned byte.
+            Some(b) => [v.xor(w[0], b), v.xor(w[1], b)],
+            None => w,
+        }
+    }
+}
+
+/// [`Tile::tile`] of an encoding. Each activation block's 64 weights are
+/// dotted with it into one integer sum; the sums of 8 consecutive activation
+/// blocks are gathered into one vector ([`Simd::totals8`]) and scaled by the
+/// 8 products `d_w · d_x` at once (the weight scales converted together,
+/// [`Simd::f16x8`]); blocks left over are scaled one by one. Where the
+/// vocabulary's `dot_u8` takes any byte (VNNI) the weights come as `w + 128`
+/// (no sign tricks) and `128 · Σ x` is taken off each block's sum.
+#[inline(always)]
+fn tile<V: Simd, K: Unpack, const T: usize>(
+    v: V,
+    block: usize,
+    row: &[u8],
+    x: [Q8Row<'_>; T],
+    t0: usize,
+    o: &mut [f32],
+) -> bool {
+    let mut xq: [&[[[i8; 32]; 2]]; T] = [&[]; T];
+    for t in 0..T {
+        xq[t] = x[t].qs.as_chunks::<32>().0.as_chunks().0;
+    }
+    let ctx = K::ctx(v, V::WIDE_U8);
+    let bb = K::block_bytes(block);
+    let per = block / ACT_BLOCK;
+    let nab = row.len() / bb * per;
+    let mut acc = [v.fzero(); T];
+    let mut bad = false;
+    // Weight block `k`, activation block `a` within it.
+    let (mut k, mut a) = (0, 0);
+    let mut b = 0;
+    while b + 8 <= nab {
+        let mut bits = [0u16; 8];
+        let mut isum = [[v.izero(); 8]; T];
+        for (j, bits) in bits.iter_mut().enumerate() {
+            let blk = &row[k * bb..(k + 1) * bb];
+            if a == 0 {
+                v.prefetch(blk);
+            }
+            *bits = scale_bits(blk);
+            let [w0, w1] = K::unpack(v, ctx, blk, block, a);
+            for t in 0..T {
+                isum[t][j] = dot(v, w0, w1, &xq[t][b + j]);
+            }
+            a += 1;
+            if a == per {
+                (k, a) = (k + 1, 0);
+            }
+        }
+        let (dw, bad8) = v.f16x8(bits);
+        bad |= bad8;
+        for t in 0..T {
+            let mut s = v.totals8(isum[t]);
+            if V::WIDE_U8 {
+                s = v.imsub(s, v.load_i32x8(eight(&x[t].totals[b..])), 128);
+            }
+            let sc = v.fmul(dw, v.load_f32x8(eight(&x[t].d[b..])));
+            acc[t] = v.fmadd_v(acc[t], s, sc);
+        }
+        b += 8;
+    }
+    while b < nab {
+        let blk = &row[k * bb..(k + 1) * bb];
+        let bits = scale_bits(blk);
+        bad |= scale_is_bad(bits);
+        let d = v.f16(bits);
+        let [w0, w1] = K::unpack(v, ctx, blk, block, a);
+        for t in 0..T {
+            let i = dot(v, w0, w1, &xq[t][b]);
+            acc[t] = v.fmadd(acc[t], unbias(v, i, x[t].totals[b]), d * x[t].d[b]);
+        }
+        a += 1;
+        if a == per {
+            (k, a) = (k + 1, 0);
+        }
+        b += 1;
+    }
+    for t in 0..T {
+        o[t0 + t] = v.hsum(acc[t]) * K::SCALE;
+    }
+    bad
+}
+
+/// [`tile`] for blocks of 64 (`BB` bytes each), the default block size: the
+/// same sums in the same order, with every size known when compiled (so
+/// that the 8-block groups are straight-line code).
+#[inline(always)]
+fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
+    v: V,
+    row: &[u8],
+    x: [Q8Row<'_>; T],
+    t0: usize,
+    o: &mut [f32],
+) -> bool {
+    let mut xq: [&[[[[i8; 32]; 2]; 8]]; T] = [&[]; T];
+    for t in 0..T {
+        xq[t] = x[t].qs.as_chunks::<32>().0.as_chunks().0.as_chunks().0;
+    }
+    let ctx = K::ctx(v, V::WIDE_U8);
+    let (groups, rest) = row.as_chunks::<BB>().0.as_chunks::<8>();
+    let mut acc = [v.fzero(); T];
+    let mut bad = false;
+    for (g, grp) in groups.iter().enumerate() {
+        let mut bits = [0u16; 8];
+        let mut isum = [[v.izero(); 8]; T];
+        for j in 0..8 {
+            let blk = &grp[j];
+            if j % 2 == 0 {
+                v.prefetch(blk);
+            }
+            bits[j] = scale_bits(blk);
+            let [w0, w1] = K::unpack(v, ctx, blk, 64, 0);
+            for t in 0..T {
+                isum[t][j] = dot(v, w0, w1, &xq[t][g][j]);
+            }
+        }
+        let (dw, bad8) = v.f16x8(bits);
+        bad |= bad8;
+        for t in 0..T {
+            let mut s = v.totals8(isum[t]);
+            if V::WIDE_U8 {
+                s = v.imsub(s, v.load_i32x8(eight(&x[t].totals[8 * g..])), 128);
+            }
+            let sc = v.fmul(dw, v.load_f32x8(eight(&x[t].d[8 * g..])));
+            acc[t] = v.fmadd_v(acc[t], s, sc);
+        }
+    }
+    for (j, blk) in rest.iter().enumerate() {
+        let b = 8 * groups.len() + j;
+        let bits = scale_bits(blk);
+        bad |= scale_is_bad(bits);
+        let d = v.f16(bits);
+        let [w0, w1] = K::unpack(v, ctx, blk, 64, 0);
+        for t in 0..T {
+            let q = x[t].qs[64 * b..64 * b + 64].as_chunks::<32>().0;
+            let i = dot(v, w0, w1, &[q[0], q[1]]);
+            acc[t] = v.fmadd(acc[t], unbias(v, i, x[t].totals[b]), d * x[t].d[b]);
+        }
+    }
+    for t in 0..T {
+        o[t0 + t] = v.hsum(acc[t]) * K::SCALE;
+    }
+    bad
+}
+
+/// `Σ w·q` of 64 weights (`w0`, `w1`: signed bytes, or `w + 128` where
+/// [`Simd::WIDE_U8`]) and an activation block (a function, not a closure, so
+/// that it is compiled with the caller's target features).
+#[inline(always)]
+fn dot<V: Simd>(v: V, w0: V::B, w1: V::B, q: &[[i8; 32]; 2]) -> V::I {
+    let (q0, q1) = (v.load_i8(&q[0]), v.load_i8(&q[1]));
+    if V::WIDE_U8 {
+        v.dot_u8(v.dot_u8(v.izero(), w0, q0), w1, q1)
+    } else {
+        v.dot_i8(v.dot_i8(v.izero(), w0, q0), w1, q1)
+    }
+}
+
+/// A block's integer sum `i` less `128 · total` where [`Simd::WIDE_U8`]
+/// (the weights came as `w + 128`), else `i`.
+#[inline(always)]
+fn unbias<V: Simd>(v: V, i: V::I, total: i32) -> V::I {
+    if V::WIDE_U8 {
+        // Added up in integers first: the values of `i` are large (`w + 128`),
+        // and converting them one by one to f32 would lose what remains.
+        let z = v.izero();
+        let mut c = [0; 8];
+        c[0] = total;
+        v.imsub(v.totals8([i, z, z, z, z, z, z, z]), v.load_i32x8(&c), 128)
+    } else {
+        i
+    }
+}
+
+/// The first 8 values of `s` (bounds checked).
+#[inline(always)]
+fn eight<E>(s: &[E]) -> &[E; 8] {
+    match s.first_chunk() {
+        Some(c) => c,
+        None => panic!("fewer than 8 values"),
+    }
+}
+
+impl Tile for Nf4 {
+    #[inline(always)]
+    fn tile<V: Simd, const T: usize>(
+        v: V,
+        block: usize,
+        row: &[u8],
+        x: [Q8Row<'_>; T],
+        t0: usize,
+        o: &mut [f32],
+    ) -> bool {
+        if block == 64 {
+            tile64::<V, Self, 34, T>(v, row, x, t0, o)
+        } else {
+            tile::<V, Self, T>(v, block, row, x, t0, o)
+        }
+    }
+}
+
+impl Tile for Int8 {
+    #[inline(always)]
+    fn tile<V: Simd, const T: usize>(
+        v: V,
+        block: usize,
+        row: &[u8],
+        x: [Q8Row<'_>; T],
+        t0: usize,
+        o: &mut [f32],
+    ) -> bool {
+        if block == 64 {
+            tile64::<V, Self, 66, T>(v, row, x, t0, o)
+        } else {
+            tile::<V, Self, T>(v, block, row, x, t0, o)
+        }
+    }
+}
+
+/// Portable reference: the same integer sums element by element, scaled and
+/// added in the same order per activation row.
+pub(super) fn rows_scalar(
+    kind: Own,
+    block: usize,
+    w: &[u8],
+    rb: usize,
+    acts: &Q8Acts,
+    n: usize,
+    out: &mut [f32],
+) -> bool {
+    let mut bad = false;
+    let bb = match kind {
+        Own::Nf4 => 2 + block / 2,
+        Own::Int8 => 2 + block,
+    };
+    let mut vals = vec![0i32; block];
+    for (row, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
+        let mut acc = vec![0f32; n];
+        for (k, blk) in row.chunks_exact(bb).enumerate() {
+            let bits = scale_bits(blk);
+            bad |= scale_is_bad(bits);
+            let mut d = half::f16::from_bits(bits).to_f32();
+            match kind {
+                Own::Nf4 => {
+                    d *= INV_NF4;
+                    for (j, &c) in blk[2..].iter().enumerate() {
+                        vals[j] = i32::from(NF4_I8[usize::from(c & 15)]);
+                        vals[j + block / 2] = i32::from(NF4_I8[usize::from(c >> 4)]);
+                    }
+                }
+                Own::Int8 => {
+                    for (v, &q) in vals.iter_mut().zip(&blk[2..]) {
+                        *v = i32::from(q as i8);
+                    }
+                }
+            }
+            for (t, a) in acc.iter_mut().enumerate() {
+                let xr = acts.row(t);
+                for (j, wv) in vals.chunks_exact(ACT_BLOCK).enumerate() {
+                    let b = k * block / ACT_BLOCK + j;
+                    let q = &xr.qs[b * ACT_BLOCK..(b + 1) * ACT_BLOCK];
+                    let isum: i32 = wv.iter().zip(q).map(|(&w, &q)| w * i32::from(q)).sum();
+                    *a += isum as f32 * (d * xr.d[b]);
+                }
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+    bad
+}
