@@ -81,6 +81,18 @@ pub fn linear_t(
     linear_t_with(isa, ActQuant::selected(), w, x, n, out)
 }
 
+/// Whether [`linear_t`] computes `w` with the int8 kernels of strata's own
+/// encodings on the `isa` path (as [`ActQuant::selected`] says): those beat
+/// decoding `W` to f32 for a matrix product at any number of activation
+/// rows, so the runner's `linear_into` uses them beyond [`MAX_FUSED_ROWS`].
+pub fn fuses_any_rows(isa: Isa, w: &Weight<'_>) -> bool {
+    let isa = if isa.is_available() { isa } else { Isa::Scalar };
+    ActQuant::selected() == ActQuant::Int8
+        && !matches!(isa, Isa::Scalar)
+        && ggml::integer_kernels(isa)
+        && ggml::Own::of(w.dtype, w.block, w.cols).is_some()
+}
+
 /// [`linear_t`] with the activations of `nf4` and `int8` weights quantized
 /// as `aq` says (where the `isa` path has int8 kernels for them).
 pub fn linear_t_with(

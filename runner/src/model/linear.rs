@@ -1,8 +1,10 @@
 //! `y = x · Wᵀ` straight from a weight's encoded bytes.
 //!
 //! Up to [`kernels::MAX_FUSED_ROWS`] input rows (decode, small batches) go
-//! through the fused dequantize × multiply kernels of [`crate::kernels`].
-//! Longer inputs (prefill) decode `W` in bounded chunks of rows (so a 940 MB
+//! through the fused dequantize × multiply kernels of [`crate::kernels`], and
+//! any number of rows for the int8 kernels of `nf4` / `int8` weights
+//! ([`kernels::fuses_any_rows`]). Longer inputs (prefill) of other weights
+//! decode `W` in bounded chunks of rows (so a 940 MB
 //! matrix never needs 940 MB of f32) and multiply each chunk with candle's
 //! CPU matmul, which reuses each decoded row across many input rows.
 
@@ -46,7 +48,7 @@ pub fn linear_into(
             w.rows
         )));
     }
-    if n <= kernels::MAX_FUSED_ROWS {
+    if fused(n, w) {
         return fused_into(x, n, w, out, out_stride, col0, what);
     }
     let xt = Tensor::from_slice(x, (n, cols), &Device::Cpu)?;
@@ -73,6 +75,13 @@ pub fn linear_into(
     Ok(())
 }
 
+/// Whether [`linear_into`] takes the fused kernels for `n` rows of `w`: up to
+/// [`kernels::MAX_FUSED_ROWS`], or at any `n` for the int8 kernels
+/// ([`kernels::fuses_any_rows`]).
+fn fused(n: usize, w: &Weight<'_>) -> bool {
+    n <= kernels::MAX_FUSED_ROWS || kernels::fuses_any_rows(Isa::selected(), w)
+}
+
 /// [`linear_into`] through the fused kernels, whatever `n` (the caller has
 /// checked the lengths).
 fn fused_into(
@@ -94,14 +103,34 @@ fn fused_into(
         let y = &mut out[col0..col0 + w.rows];
         return kernels::linear_t(isa, w, x, 1, y).map_err(err);
     }
-    // The kernels write `out[r * n + t]`: transpose into the rows of `out`.
-    let mut y = vec![0f32; w.rows * n];
-    kernels::linear_t(isa, w, x, n, &mut y).map_err(err)?;
-    for t in 0..n {
-        let dst = &mut out[t * out_stride + col0..][..w.rows];
-        for (r, d) in dst.iter_mut().enumerate() {
-            *d = y[r * n + t];
+    // The kernels write `y[r * n + t]`: transpose into the rows of `out`,
+    // a bounded chunk of W's rows at a time (a long prompt through a large
+    // head would otherwise need rows × n more f32).
+    let rb = w.row_bytes();
+    if Some(w.bytes.len()) != w.rows.checked_mul(rb) {
+        // Inconsistent: let the kernels name what is wrong.
+        let mut y = vec![0f32; w.rows * n];
+        return kernels::linear_t(isa, w, x, n, &mut y).map_err(err);
+    }
+    let chunk_rows = (CHUNK_ELEMS / n).clamp(1, w.rows.max(1));
+    let mut y = vec![0f32; chunk_rows.min(w.rows) * n];
+    let mut r0 = 0;
+    while r0 < w.rows {
+        let m = chunk_rows.min(w.rows - r0);
+        let part = Weight {
+            rows: m,
+            bytes: &w.bytes[r0 * rb..(r0 + m) * rb],
+            ..*w
+        };
+        let y = &mut y[..m * n];
+        kernels::linear_t(isa, &part, x, n, y).map_err(err)?;
+        for t in 0..n {
+            let dst = &mut out[t * out_stride + col0 + r0..][..m];
+            for (r, d) in dst.iter_mut().enumerate() {
+                *d = y[r * n + t];
+            }
         }
+        r0 += m;
     }
     Ok(())
 }
@@ -126,9 +155,9 @@ pub fn linear_groups(
     what: (&str, &str),
 ) -> Result<Vec<f32>> {
     let n: usize = groups.iter().sum();
-    let large = |g: usize| g > kernels::MAX_FUSED_ROWS;
+    let large = |g: usize| !fused(g, w);
     let cols = w.cols;
-    if n <= kernels::MAX_FUSED_ROWS || groups.len() <= 1 || x.len() != n * cols {
+    if fused(n, w) || groups.len() <= 1 || x.len() != n * cols {
         // One way for every row (or an input whose length `linear` refuses).
         return linear(x, n, w, what);
     }

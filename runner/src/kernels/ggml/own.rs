@@ -1,8 +1,8 @@
 //! strata's own block encodings — `nf4` (SPEC.md §4.4) and `int8` (§4.5) —
 //! computed like the GGML types: against int8 activations in blocks of
 //! [`ACT_BLOCK`] ([`super::acts`], as llama.cpp's Q8 blocks), with the same
-//! vocabulary ([`Simd`]). Weight blocks must be a multiple of [`ACT_BLOCK`]
-//! and rows whole blocks ([`Own::of`]); other products keep the int16 kernels.
+//! vocabulary ([`Simd`]). Weight blocks must be a multiple of 64 and rows
+//! whole blocks ([`Own::of`]); other products keep the int16 kernels.
 //!
 //! * `nf4`: the 16 code values become signed bytes through [`NF4_I8`] (code
 //!   × 127, rounded; one byte shuffle, as llama.cpp's IQ4_NL does with its
@@ -11,7 +11,7 @@
 //!   elements from a multiple of 32 are one nibble of 32 consecutive bytes.
 //! * `int8`: the weights are signed bytes already.
 //!
-//! Each activation block's 64 weights are dotted with it in one exact
+//! Each activation block's 32 weights are dotted with it in one exact
 //! integer sum (with VNNI, weights as `w + 128` in `vpdpbusd` and `128 · Σ q`
 //! taken off in integers; with AVX2, `vpmaddubsw` with sign tricks); 8 such
 //! sums at a time are gathered into one vector and scaled by their
@@ -36,7 +36,11 @@ pub(crate) const NF4_I8: [i8; 16] = [
 const INV_NF4: f32 = 1.0 / 127.0;
 
 /// Activation elements per block (one f32 scale each).
-pub(crate) const ACT_BLOCK: usize = 64;
+pub(crate) const ACT_BLOCK: usize = 32;
+
+/// Bytes of weight rows [`rows`] runs every activation tile over before it
+/// moves on (a share of a typical 1–2 MiB L2 cache).
+const ROWS_CACHED_BYTES: usize = 128 << 10;
 
 /// Which of strata's encodings a product computes here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,14 +53,15 @@ pub(crate) enum Own {
 
 impl Own {
     /// The kernel for `dtype` in blocks of `block` over rows of `cols`, when
-    /// these kernels compute it: blocks a multiple of [`ACT_BLOCK`], rows of
-    /// whole blocks (no padded last block).
+    /// these kernels compute it: blocks a multiple of 64, rows of whole
+    /// blocks (no padded last block).
     pub(crate) fn of(dtype: DType, block: usize, cols: usize) -> Option<Own> {
         if block == 0 || !cols.is_multiple_of(block) {
             return None;
         }
         match dtype {
-            _ if !block.is_multiple_of(ACT_BLOCK) => None,
+            // Whole 32-byte halves of code bytes (see `nf4_chunk`).
+            _ if !block.is_multiple_of(64) => None,
             DType::Nf4 => Some(Own::Nf4),
             DType::Int8 => Some(Own::Int8),
             _ => None,
@@ -100,8 +105,9 @@ trait Tile {
     ) -> bool;
 }
 
-/// Runs kernel `K` for every weight row and every tile of up to four
-/// activation rows (a weight block is unpacked once per tile).
+/// Runs kernel `K` for every weight row and every tile of up to two
+/// activation rows (a weight block is unpacked once per tile; more rows per
+/// tile left the 8-block sums no registers).
 #[inline(always)]
 fn tiles<V: Simd, K: Tile>(
     v: V,
@@ -113,20 +119,27 @@ fn tiles<V: Simd, K: Tile>(
     out: &mut [f32],
 ) -> bool {
     let mut bad = false;
-    for (row, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
+    // Weight rows in chunks that stay in the L2 cache while every tile of
+    // activation rows passes over them (so that many activation rows, as in
+    // a prefill, are read once per chunk rather than once per weight row).
+    let chunk = (ROWS_CACHED_BYTES / rb.max(1)).max(1);
+    for (wc, oc) in w.chunks(chunk * rb).zip(out.chunks_mut(chunk * n)) {
         let mut t0 = 0;
         while t0 < n {
-            bad |= match n - t0 {
-                1 => K::tile::<V, 1>(v, block, row, acts.rows(t0), t0, o),
-                _ => K::tile::<V, 2>(v, block, row, acts.rows(t0), t0, o),
-            };
+            for (row, o) in wc.chunks_exact(rb).zip(oc.chunks_exact_mut(n)) {
+                bad |= match n - t0 {
+                    1 => K::tile::<V, 1>(v, block, row, acts.rows(t0), t0, o),
+                    _ => K::tile::<V, 2>(v, block, row, acts.rows(t0), t0, o),
+                };
+            }
             t0 += (n - t0).min(2);
         }
     }
     bad
 }
 
-/// How a kernel gets the 64 weights of one activation block.
+/// How a kernel gets the weights of a block, 64 at a time (two activation
+/// blocks).
 trait Unpack {
     /// Bytes of one weight block of `block` elements.
     fn block_bytes(block: usize) -> usize;
@@ -231,13 +244,8 @@ impl Unpack for Int8 {
     }
 }
 
-/// [`Tile::tile`] of an encoding. Each activation block's 64 weights are
-/// dotted with it into one integer sum; the sums of 8 consecutive activation
-/// blocks are gathered into one vector ([`Simd::totals8`]) and scaled by the
-/// 8 products `d_w · d_x` at once (the weight scales converted together,
-/// [`Simd::f16x8`]); blocks left over are scaled one by one. Where the
-/// vocabulary's `dot_u8` takes any byte (VNNI) the weights come as `w + 128`
-/// (no sign tricks) and `128 · Σ x` is taken off each block's sum.
+/// [`Tile::tile`] of an encoding, for any block size: each 32 weights
+/// dotted with their activation block and scaled on their own.
 #[inline(always)]
 fn tile<V: Simd, K: Unpack, const T: usize>(
     v: V,
@@ -247,64 +255,29 @@ fn tile<V: Simd, K: Unpack, const T: usize>(
     t0: usize,
     o: &mut [f32],
 ) -> bool {
-    let mut xq: [&[[[i8; 32]; 2]]; T] = [&[]; T];
+    let mut xq: [&[[i8; 32]]; T] = [&[]; T];
     for t in 0..T {
-        xq[t] = x[t].qs.as_chunks::<32>().0.as_chunks().0;
+        xq[t] = x[t].qs.as_chunks::<32>().0;
     }
     let ctx = K::ctx(v, V::WIDE_U8);
-    let bb = K::block_bytes(block);
-    let per = block / ACT_BLOCK;
-    let nab = row.len() / bb * per;
+    let per = block / 64;
     let mut acc = [v.fzero(); T];
     let mut bad = false;
-    // Weight block `k`, activation block `a` within it.
-    let (mut k, mut a) = (0, 0);
-    let mut b = 0;
-    while b + 8 <= nab {
-        let mut bits = [0u16; 8];
-        let mut isum = [[v.izero(); 8]; T];
-        for (j, bits) in bits.iter_mut().enumerate() {
-            let blk = &row[k * bb..(k + 1) * bb];
-            if a == 0 {
-                v.prefetch(blk);
-            }
-            *bits = scale_bits(blk);
-            let [w0, w1] = K::unpack(v, ctx, blk, block, a);
-            for t in 0..T {
-                isum[t][j] = dot(v, w0, w1, &xq[t][b + j]);
-            }
-            a += 1;
-            if a == per {
-                (k, a) = (k + 1, 0);
-            }
-        }
-        let (dw, bad8) = v.f16x8(bits);
-        bad |= bad8;
-        for t in 0..T {
-            let mut s = v.totals8(isum[t]);
-            if V::WIDE_U8 {
-                s = v.imsub(s, v.load_i32x8(eight(&x[t].totals[b..])), 128);
-            }
-            let sc = v.fmul(dw, v.load_f32x8(eight(&x[t].d[b..])));
-            acc[t] = v.fmadd_v(acc[t], s, sc);
-        }
-        b += 8;
-    }
-    while b < nab {
-        let blk = &row[k * bb..(k + 1) * bb];
+    for (k, blk) in row.chunks_exact(K::block_bytes(block)).enumerate() {
+        v.prefetch(blk);
         let bits = scale_bits(blk);
         bad |= scale_is_bad(bits);
         let d = v.f16(bits);
-        let [w0, w1] = K::unpack(v, ctx, blk, block, a);
-        for t in 0..T {
-            let i = dot(v, w0, w1, &xq[t][b]);
-            acc[t] = v.fmadd(acc[t], unbias(v, i, x[t].totals[b]), d * x[t].d[b]);
+        for a in 0..per {
+            let ws = K::unpack(v, ctx, blk, block, a);
+            for (h, w) in ws.into_iter().enumerate() {
+                let b = 2 * (k * per + a) + h;
+                for t in 0..T {
+                    let i = unbias(v, dot(v, w, &xq[t][b]), x[t].totals[b]);
+                    acc[t] = v.fmadd(acc[t], i, d * x[t].d[b]);
+                }
+            }
         }
-        a += 1;
-        if a == per {
-            (k, a) = (k + 1, 0);
-        }
-        b += 1;
     }
     for t in 0..T {
         o[t0 + t] = v.hsum(acc[t]) * K::SCALE;
@@ -312,9 +285,13 @@ fn tile<V: Simd, K: Unpack, const T: usize>(
     bad
 }
 
-/// [`tile`] for blocks of 64 (`BB` bytes each), the default block size: the
-/// same sums in the same order, with every size known when compiled (so
-/// that the 8-block groups are straight-line code).
+/// [`tile`] for blocks of 64 (`BB` bytes each), the default block size. The
+/// integer sums of 8 consecutive activation blocks (4 weight blocks) are
+/// gathered into one vector ([`Simd::totals8`]) and scaled by their 8
+/// products `d_w · d_x` at once (the weight scales converted together,
+/// [`Simd::f16x8`]); the last weight blocks are scaled one activation block
+/// at a time. Every size is known when compiled, so that a group is
+/// straight-line code.
 #[inline(always)]
 fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
     v: V,
@@ -323,26 +300,28 @@ fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
     t0: usize,
     o: &mut [f32],
 ) -> bool {
-    let mut xq: [&[[[[i8; 32]; 2]; 8]]; T] = [&[]; T];
+    let mut xq: [&[[[i8; 32]; 8]]; T] = [&[]; T];
     for t in 0..T {
-        xq[t] = x[t].qs.as_chunks::<32>().0.as_chunks().0.as_chunks().0;
+        xq[t] = x[t].qs.as_chunks::<32>().0.as_chunks().0;
     }
     let ctx = K::ctx(v, V::WIDE_U8);
-    let (groups, rest) = row.as_chunks::<BB>().0.as_chunks::<8>();
+    let (groups, rest) = row.as_chunks::<BB>().0.as_chunks::<4>();
     let mut acc = [v.fzero(); T];
     let mut bad = false;
     for (g, grp) in groups.iter().enumerate() {
         let mut bits = [0u16; 8];
         let mut isum = [[v.izero(); 8]; T];
-        for j in 0..8 {
+        for j in 0..4 {
             let blk = &grp[j];
             if j % 2 == 0 {
                 v.prefetch(blk);
             }
-            bits[j] = scale_bits(blk);
+            let sb = scale_bits(blk);
+            (bits[2 * j], bits[2 * j + 1]) = (sb, sb);
             let [w0, w1] = K::unpack(v, ctx, blk, 64, 0);
             for t in 0..T {
-                isum[t][j] = dot(v, w0, w1, &xq[t][g][j]);
+                isum[t][2 * j] = dot(v, w0, &xq[t][g][2 * j]);
+                isum[t][2 * j + 1] = dot(v, w1, &xq[t][g][2 * j + 1]);
             }
         }
         let (dw, bad8) = v.f16x8(bits);
@@ -357,15 +336,17 @@ fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
         }
     }
     for (j, blk) in rest.iter().enumerate() {
-        let b = 8 * groups.len() + j;
         let bits = scale_bits(blk);
         bad |= scale_is_bad(bits);
         let d = v.f16(bits);
-        let [w0, w1] = K::unpack(v, ctx, blk, 64, 0);
-        for t in 0..T {
-            let q = x[t].qs[64 * b..64 * b + 64].as_chunks::<32>().0;
-            let i = dot(v, w0, w1, &[q[0], q[1]]);
-            acc[t] = v.fmadd(acc[t], unbias(v, i, x[t].totals[b]), d * x[t].d[b]);
+        let ws = K::unpack(v, ctx, blk, 64, 0);
+        for (h, w) in ws.into_iter().enumerate() {
+            let b = 2 * (4 * groups.len() + j) + h;
+            for t in 0..T {
+                let q = x[t].qs[32 * b..32 * b + 32].as_chunks::<32>().0;
+                let i = unbias(v, dot(v, w, &q[0]), x[t].totals[b]);
+                acc[t] = v.fmadd(acc[t], i, d * x[t].d[b]);
+            }
         }
     }
     for t in 0..T {
@@ -374,16 +355,16 @@ fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
     bad
 }
 
-/// `Σ w·q` of 64 weights (`w0`, `w1`: signed bytes, or `w + 128` where
+/// `Σ w·q` of 32 weights (signed bytes, or `w + 128` where
 /// [`Simd::WIDE_U8`]) and an activation block (a function, not a closure, so
 /// that it is compiled with the caller's target features).
 #[inline(always)]
-fn dot<V: Simd>(v: V, w0: V::B, w1: V::B, q: &[[i8; 32]; 2]) -> V::I {
-    let (q0, q1) = (v.load_i8(&q[0]), v.load_i8(&q[1]));
+fn dot<V: Simd>(v: V, w: V::B, q: &[i8; 32]) -> V::I {
+    let q = v.load_i8(q);
     if V::WIDE_U8 {
-        v.dot_u8(v.dot_u8(v.izero(), w0, q0), w1, q1)
+        v.dot_u8(v.izero(), w, q)
     } else {
-        v.dot_i8(v.dot_i8(v.izero(), w0, q0), w1, q1)
+        v.dot_i8(v.izero(), w, q)
     }
 }
 
