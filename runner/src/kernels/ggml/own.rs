@@ -86,30 +86,17 @@ pub(super) fn rows<V: Simd>(
     out: &mut [f32],
 ) -> bool {
     match kind {
-        Own::Nf4 => tiles::<V, Nf4>(v, block, w, rb, acts, n, out),
-        Own::Int8 => tiles::<V, Int8>(v, block, w, rb, acts, n, out),
+        Own::Nf4 => tiles::<V, Nf4, 34>(v, block, w, rb, acts, n, out),
+        Own::Int8 => tiles::<V, Int8, 66>(v, block, w, rb, acts, n, out),
     }
 }
 
-/// A kernel: the outputs of one weight row for `T` activation rows.
-trait Tile {
-    /// Sets `o[t0 .. t0 + T]` for the weight row `row` (blocks of `block`)
-    /// and activations `x`; returns whether a block scale was invalid.
-    fn tile<V: Simd, const T: usize>(
-        v: V,
-        block: usize,
-        row: &[u8],
-        x: [Q8Row<'_>; T],
-        t0: usize,
-        o: &mut [f32],
-    ) -> bool;
-}
-
-/// Runs kernel `K` for every weight row and every tile of up to two
+/// Runs encoding `K`'s kernel ([`tile64`] for blocks of 64, `BB` bytes each;
+/// [`tile`] for the others) for every weight row and every tile of up to two
 /// activation rows (a weight block is unpacked once per tile; more rows per
 /// tile left the 8-block sums no registers).
 #[inline(always)]
-fn tiles<V: Simd, K: Tile>(
+fn tiles<V: Simd, K: Unpack, const BB: usize>(
     v: V,
     block: usize,
     w: &[u8],
@@ -118,6 +105,7 @@ fn tiles<V: Simd, K: Tile>(
     n: usize,
     out: &mut [f32],
 ) -> bool {
+    debug_assert_eq!(K::block_bytes(64), BB);
     let mut bad = false;
     // Weight rows in chunks that stay in the L2 cache while every tile of
     // activation rows passes over them (so that many activation rows, as in
@@ -127,9 +115,11 @@ fn tiles<V: Simd, K: Tile>(
         let mut t0 = 0;
         while t0 < n {
             for (row, o) in wc.chunks_exact(rb).zip(oc.chunks_exact_mut(n)) {
-                bad |= match n - t0 {
-                    1 => K::tile::<V, 1>(v, block, row, acts.rows(t0), t0, o),
-                    _ => K::tile::<V, 2>(v, block, row, acts.rows(t0), t0, o),
+                bad |= match (block, n - t0) {
+                    (64, 1) => tile64::<V, K, BB, 1>(v, row, acts.rows(t0), t0, o),
+                    (64, _) => tile64::<V, K, BB, 2>(v, row, acts.rows(t0), t0, o),
+                    (_, 1) => tile::<V, K, 1>(v, block, row, acts.rows(t0), t0, o),
+                    _ => tile::<V, K, 2>(v, block, row, acts.rows(t0), t0, o),
                 };
             }
             t0 += (n - t0).min(2);
@@ -244,7 +234,8 @@ impl Unpack for Int8 {
     }
 }
 
-/// [`Tile::tile`] of an encoding, for any block size: each 32 weights
+/// The outputs of one weight row for `T` activation rows, for any block
+/// size (returns whether a block scale was invalid): each 32 weights
 /// dotted with their activation block and scaled on their own.
 #[inline(always)]
 fn tile<V: Simd, K: Unpack, const T: usize>(
@@ -390,42 +381,6 @@ fn eight<E>(s: &[E]) -> &[E; 8] {
     match s.first_chunk() {
         Some(c) => c,
         None => panic!("fewer than 8 values"),
-    }
-}
-
-impl Tile for Nf4 {
-    #[inline(always)]
-    fn tile<V: Simd, const T: usize>(
-        v: V,
-        block: usize,
-        row: &[u8],
-        x: [Q8Row<'_>; T],
-        t0: usize,
-        o: &mut [f32],
-    ) -> bool {
-        if block == 64 {
-            tile64::<V, Self, 34, T>(v, row, x, t0, o)
-        } else {
-            tile::<V, Self, T>(v, block, row, x, t0, o)
-        }
-    }
-}
-
-impl Tile for Int8 {
-    #[inline(always)]
-    fn tile<V: Simd, const T: usize>(
-        v: V,
-        block: usize,
-        row: &[u8],
-        x: [Q8Row<'_>; T],
-        t0: usize,
-        o: &mut [f32],
-    ) -> bool {
-        if block == 64 {
-            tile64::<V, Self, 66, T>(v, row, x, t0, o)
-        } else {
-            tile::<V, Self, T>(v, block, row, x, t0, o)
-        }
     }
 }
 
