@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench-speculative.sh [--runs N] [--max-memory SIZE] [--rate MB/s] [--max-new-tokens N]
-#   [--draft-max N] [--70b] -- speculative decoding on a throttled disk: the real
+#   [--draft-max N] [--70b | --70b-only] -- speculative decoding on a throttled disk: the real
 #   Qwen2.5-Coder-1.5B-Instruct (nf4) as the target, Qwen2.5-Coder-0.5B-Instruct (nf4) as the draft.
 #
 # Builds prep and runner (release, --locked); fetches both checkpoints with scripts/fetch-qwen.sh
@@ -27,7 +27,7 @@
 # llama3-70b-shaped random NF4 container that bench-70b.sh uses (written if absent, as that script
 # does), `runner bench --prompt-tokens 8 --new-tokens 0 --ctx 512 --verify-pass K` for K = 0 (one
 # token: a plain decode step), 1, 4, 8, 16 in a fresh 4 GiB memory cgroup (page cache dropped, reads
-# not throttled): seconds per verification pass against K.
+# not throttled): seconds per verification pass against K. --70b-only runs that part alone.
 # The last line is the headline: the overall geometric-mean speed-up, code and prose means, and
 # whether every text was identical. Logs: ${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}/
 # speculative-logs. Needs root (page cache, cgroups): without it, or without a block-I/O cgroup, it
@@ -42,6 +42,7 @@ NEW_TOKENS=48
 DRAFT_MAX=16
 CTX=1024
 DO_70B=0
+DO_QWEN=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS="${2:?--runs needs a number}"; shift 2 ;;
@@ -50,6 +51,7 @@ while [ $# -gt 0 ]; do
     --max-new-tokens) NEW_TOKENS="${2:?--max-new-tokens needs a number}"; shift 2 ;;
     --draft-max) DRAFT_MAX="${2:?--draft-max needs a number}"; shift 2 ;;
     --70b) DO_70B=1; shift ;;
+    --70b-only) DO_70B=1; DO_QWEN=0; shift ;;
     -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-speculative.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -152,6 +154,7 @@ container() {
   log "writing $dir (prep --quant nf4)"
   "$PREP" "$hf" --out "$dir" --quant nf4 >&2 || die "prep failed on $hf"
 }
+if [ "$DO_QWEN" = 1 ]; then
 container 1.5b "$TARGET"
 container 0.5b "$DRAFT"
 
@@ -295,6 +298,7 @@ GM_PROSE=$(printf '%s\n' "${PROSE_SPEEDUPS[@]}" | geomean)
 GM_ALL=$(printf '%s\n' "${CODE_SPEEDUPS[@]}" "${PROSE_SPEEDUPS[@]}" | geomean)
 echo "geometric mean speed-up, 0.5B draft: code ${GM_CODE}x, prose ${GM_PROSE}x, overall ${GM_ALL}x; ngram (prompt lookup, code edit): ${NGRAM_SPEEDUP}x"
 [ ${#MISMATCHES[@]} = 0 ] || echo "TEXT MISMATCH in: ${MISMATCHES[*]} (see above and $LOGS)"
+fi
 
 # ---- optional: verification passes of the 70B shape --------------------------------------------------
 if [ "$DO_70B" = 1 ]; then
@@ -354,5 +358,6 @@ else
   echo "[70b] verification passes of the llama3-70b shape: not run (pass --70b)"
 fi
 
+[ "$DO_QWEN" = 1 ] || exit 0
 echo "headline: speculative decoding, Qwen2.5-Coder-1.5B nf4 + 0.5B nf4 draft, reads at $RATE MB/s, --max-memory $MAX_MEMORY: overall ${GM_ALL}x geometric-mean speed-up (code ${GM_CODE}x, prose ${GM_PROSE}x; ngram ${NGRAM_SPEEDUP}x); all texts identical: $ALL_SAME"
 [ "$ALL_SAME" = yes ] || exit 1

@@ -433,26 +433,29 @@ fn inconsistent_lengths_are_errors() {
 fn several_rows_equal_one_row_products_bit_for_bit() {
     each_act_quant(|aq| {
         let mut rng = StdRng::seed_from_u64(11);
-        let (rows, cols, block) = (300, 256, 64);
-        let wv = values(&mut rng, rows * cols, Data::Normal);
-        for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int8, DType::Nf4] {
-            let bytes = encode(dtype, &wv, rows, cols, block);
-            let w = weight(dtype, rows, cols, block, &bytes);
-            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon] {
-                if !isa.is_available() {
-                    continue;
-                }
-                for n in [2, 3, 4, 5, 9, 17, MAX_FUSED_ROWS] {
-                    let x = values(&mut rng, n * cols, Data::HeavyTailed);
-                    let all = run(isa, &w, &x, n);
-                    for t in 0..n {
-                        let one = run(isa, &w, &x[t * cols..(t + 1) * cols], 1);
-                        for r in 0..rows {
-                            assert_eq!(
-                                all[r * n + t].to_bits(),
-                                one[r].to_bits(),
-                                "{dtype} {isa:?} n{n} row {t} output {r}"
-                            );
+        // Rows in groups of 8 and not; 4 and 5 blocks of 64 per row (the
+        // 64-block kernels take 4 at a time).
+        for (rows, cols, block) in [(300, 256, 64), (21, 320, 64)] {
+            let wv = values(&mut rng, rows * cols, Data::Normal);
+            for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int8, DType::Nf4] {
+                let bytes = encode(dtype, &wv, rows, cols, block);
+                let w = weight(dtype, rows, cols, block, &bytes);
+                for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon] {
+                    if !isa.is_available() {
+                        continue;
+                    }
+                    for n in [2, 3, 4, 5, 9, 17, MAX_FUSED_ROWS] {
+                        let x = values(&mut rng, n * cols, Data::HeavyTailed);
+                        let all = run(isa, &w, &x, n);
+                        for t in 0..n {
+                            let one = run(isa, &w, &x[t * cols..(t + 1) * cols], 1);
+                            for r in 0..rows {
+                                assert_eq!(
+                                    all[r * n + t].to_bits(),
+                                    one[r].to_bits(),
+                                    "{dtype} {isa:?} n{n} row {t} output {r}"
+                                );
+                            }
                         }
                     }
                 }
@@ -462,7 +465,7 @@ fn several_rows_equal_one_row_products_bit_for_bit() {
     });
 }
 
-/// Times one 1536×8960 `nf4` and `int8` (block 64) matrix × 1 and × 8
+/// Times one 1536×8960 `nf4` and `int8` (block 64) matrix × 1 to × 128
 /// activation rows with int8 and with int16 activations ([`ActQuant`]), on
 /// `STRATA_BENCH_THREADS` threads (default 1), "hot" (the same matrix again
 /// and again) and "streamed" (8 copies in turn, from memory as in decoding);
@@ -503,7 +506,7 @@ fn own_speed() {
                 encode(dtype, &wv, rows, cols, block)
             })
             .collect();
-        for n in [1, 8] {
+        for n in [1, 2, 3, 4, 8, 16, 128] {
             let x = values(&mut rng, n * cols, Data::Normal);
             let mut out = vec![0f32; rows * n];
             for (what, k) in [("hot", 1), ("streamed", copies)] {

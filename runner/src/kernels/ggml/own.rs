@@ -13,9 +13,15 @@
 //!
 //! Each activation block's 32 weights are dotted with it in one exact
 //! integer sum (with VNNI, weights as `w + 128` in `vpdpbusd` and `128 · Σ q`
-//! taken off in integers; with AVX2, `vpmaddubsw` with sign tricks); 8 such
-//! sums at a time are gathered into one vector and scaled by their
-//! `d_w · d_x` in f32. Against the exact product of the decoded weights, an
+//! taken off in integers; with AVX2, `vpmaddubsw` with sign tricks), then
+//! scaled in f32. One or two activation rows ([`tile64`]): 8 such sums at a
+//! time are gathered into one vector and scaled together. Three or more
+//! (verification, prefill; [`rows8`]): 8 weight rows at a time become the
+//! lanes of the sums, so that each unpacked weight block serves every
+//! activation row and no sums are gathered. Both add up a row's products in
+//! the same order, so that an output is the same bit for bit whatever the
+//! number of activation rows (speculative decoding's greedy output must be
+//! plain decoding's). Against the exact product of the decoded weights, an
 //! output differs by the activations' rounding (`d_x / 2` per element), for
 //! `nf4` by the table's rounding (at most `d_w · 0.5 / 127` per element), and
 //! by f32 rounding.
@@ -107,6 +113,16 @@ fn tiles<V: Simd, K: Unpack, const BB: usize>(
 ) -> bool {
     debug_assert_eq!(K::block_bytes(64), BB);
     let mut bad = false;
+    let (mut w, mut out) = (w, out);
+    if block == 64 && n >= rows8_min_n(V::WIDE_U8) {
+        // Groups of 8 weight rows against every activation row; the rows
+        // left over (fewer than 8) below.
+        let full = w.len() / rb / 8 * 8;
+        let (w8, wr) = w.split_at(full * rb);
+        let (o8, or) = out.split_at_mut(full * n);
+        bad |= rows8::<V, K, BB>(v, w8, rb, acts, n, o8);
+        (w, out) = (wr, or);
+    }
     // Weight rows in chunks that stay in the L2 cache while every tile of
     // activation rows passes over them (so that many activation rows, as in
     // a prefill, are read once per chunk rather than once per weight row).
@@ -142,6 +158,106 @@ trait Unpack {
     /// Weights `64a .. 64a + 64` of the weight block `blk` (`block`
     /// elements), as signed bytes, or as `w + 128` when the context says so.
     fn unpack<V: Simd>(v: V, c: Self::Ctx<V>, blk: &[u8], block: usize, a: usize) -> [V::B; 2];
+    /// The weights of 8 blocks of 64 (one per weight row, `blks[r]`) with
+    /// the rows as the four-byte lanes ([`Simd::transpose8`]): vector `j`
+    /// of half `h` holds, in lane `r`, weights `32h + 4j .. 32h + 4j + 4`
+    /// of row `r`, as [`Unpack::unpack`] gives them.
+    fn unpack8<V: Simd>(v: V, c: Self::Ctx<V>, blks: [&[u8]; 8]) -> [[V::B; 8]; 2];
+}
+
+/// Activation rows from which [`tiles`] takes weight rows 8 at a time
+/// ([`rows8`]) for blocks of 64: 2 where [`Simd::WIDE_U8`] (one `vpdpbusd`
+/// per 32 products), else 3 (with AVX2's sign tricks, `nf4` against 2 rows
+/// was faster in [`tile64`]; `own_speed` in kernels/tests.rs).
+const fn rows8_min_n(wide_u8: bool) -> usize {
+    if wide_u8 {
+        2
+    } else {
+        3
+    }
+}
+
+/// The outputs of groups of 8 weight rows (blocks of 64, `BB` bytes each)
+/// for all `n` activation rows, with the weight rows as the lanes of the
+/// integer sums (llama.cpp repacks its weights so for its GEMM; here each
+/// block of 8 rows is transposed when used, [`Unpack::unpack8`]): a weight
+/// block is unpacked once for every activation row, and the 8 rows' sums
+/// come out of the dot products side by side, with no horizontal sums.
+/// Each activation row's 8 sums of an activation block are scaled by the 8
+/// weight scales at once. Returns whether a block scale was invalid.
+#[inline(always)]
+fn rows8<V: Simd, K: Unpack, const BB: usize>(
+    v: V,
+    w: &[u8],
+    rb: usize,
+    acts: &Q8Acts,
+    n: usize,
+    out: &mut [f32],
+) -> bool {
+    let ctx = K::ctx(v, V::WIDE_U8);
+    let nb = rb / BB;
+    let cols = 64 * nb;
+    // `acc[8t + c]`: activation row `t`'s accumulations of the activation
+    // blocks `b % 8 = c`, one lane per weight row (as [`tile64`]'s).
+    let mut acc = vec![[0f32; 8]; 8 * n];
+    let mut bad = false;
+    for (g, o) in w.chunks_exact(8 * rb).zip(out.chunks_exact_mut(8 * n)) {
+        acc.fill([0.0; 8]);
+        for k in 0..nb {
+            let mut blks: [&[u8]; 8] = [&[]; 8];
+            let mut bits = [0u16; 8];
+            for r in 0..8 {
+                blks[r] = &g[r * rb + k * BB..r * rb + (k + 1) * BB];
+                v.prefetch(blks[r]);
+                bits[r] = scale_bits(blks[r]);
+            }
+            let (dw, bad8) = v.f16x8(bits);
+            bad |= bad8;
+            let ws = K::unpack8(v, ctx, blks);
+            for t in 0..n {
+                let q = acts.qs[t * cols + 64 * k..t * cols + 64 * k + 64]
+                    .as_chunks::<4>()
+                    .0;
+                let b = t * (cols / ACT_BLOCK) + 2 * k;
+                for h in 0..2 {
+                    let mut i = v.izero();
+                    for j in 0..8 {
+                        i = dot4(v, i, ws[h][j], &q[8 * h + j]);
+                    }
+                    if V::WIDE_U8 {
+                        // The weights came as `w + 128`.
+                        i = v.isub(i, v.isplat(128 * acts.totals[b + h]));
+                    }
+                    // As `tile64`: `d_w · d_x` rounded, then fused.
+                    let a = &mut acc[8 * t + (2 * k + h) % 8];
+                    let sc = v.fscale(dw, acts.d[b + h]);
+                    *a = v.store_f32x8(v.fmadd_v(v.load_f32x8(a), i, sc));
+                }
+            }
+        }
+        for t in 0..n {
+            let a = &acc[8 * t..8 * t + 8];
+            for r in 0..8 {
+                let c = [
+                    a[0][r], a[1][r], a[2][r], a[3][r], a[4][r], a[5][r], a[6][r], a[7][r],
+                ];
+                o[r * n + t] = combine(c) * K::SCALE;
+            }
+        }
+    }
+    bad
+}
+
+/// `acc` plus, in each lane, the dot product of its 4 weights (as
+/// [`dot`] takes them) with the 4 activations `q`.
+#[inline(always)]
+fn dot4<V: Simd>(v: V, acc: V::I, w: V::B, q: &[i8; 4]) -> V::I {
+    let q = v.bcast4(q);
+    if V::WIDE_U8 {
+        v.dot_u8(acc, w, q)
+    } else {
+        v.dot_i8(acc, w, q)
+    }
 }
 
 /// The 32 bytes of `blk` from byte `at`.
@@ -188,6 +304,22 @@ impl Unpack for Nf4 {
             nf4_chunk(v, tab, m4, blk, block, e + 32),
         ]
     }
+    #[inline(always)]
+    fn unpack8<V: Simd>(v: V, (tab, m4): (V::B, V::B), blks: [&[u8]; 8]) -> [[V::B; 8]; 2] {
+        // Byte `e` of a block of 64 holds weight `e` (low nibble) and
+        // `e + 32` (high): the four bytes of a lane give both halves.
+        let mut raw = [v.splat(0); 8];
+        for r in 0..8 {
+            raw[r] = v.load(bytes32(blks[r], 2));
+        }
+        let raw = v.transpose8(raw);
+        let mut out = [[v.splat(0); 8]; 2];
+        for j in 0..8 {
+            out[0][j] = v.lookup(tab, v.and(raw[j], m4));
+            out[1][j] = v.lookup(tab, v.and(v.srl::<4>(raw[j]), m4));
+        }
+        out
+    }
 }
 
 /// Weights `e .. e + 32` (`e` a multiple of 32) of the `nf4` block `blk`
@@ -232,6 +364,23 @@ impl Unpack for Int8 {
             None => w,
         }
     }
+    #[inline(always)]
+    fn unpack8<V: Simd>(v: V, bias: Option<V::B>, blks: [&[u8]; 8]) -> [[V::B; 8]; 2] {
+        let mut out = [[v.splat(0); 8]; 2];
+        for (h, o) in out.iter_mut().enumerate() {
+            let mut raw = [v.splat(0); 8];
+            for r in 0..8 {
+                raw[r] = v.load(bytes32(blks[r], 2 + 32 * h));
+            }
+            *o = v.transpose8(raw);
+            if let Some(b) = bias {
+                for w in o.iter_mut() {
+                    *w = v.xor(*w, b);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The outputs of one weight row for `T` activation rows, for any block
@@ -264,7 +413,7 @@ fn tile<V: Simd, K: Unpack, const T: usize>(
             for (h, w) in ws.into_iter().enumerate() {
                 let b = 2 * (k * per + a) + h;
                 for t in 0..T {
-                    let i = unbias(v, dot(v, w, &xq[t][b]), x[t].totals[b]);
+                    let i = unbias_v(v, dot(v, w, &xq[t][b]), x[t].totals[b]);
                     acc[t] = v.fmadd(acc[t], i, d * x[t].d[b]);
                 }
             }
@@ -276,13 +425,14 @@ fn tile<V: Simd, K: Unpack, const T: usize>(
     bad
 }
 
-/// [`tile`] for blocks of 64 (`BB` bytes each), the default block size. The
-/// integer sums of 8 consecutive activation blocks (4 weight blocks) are
-/// gathered into one vector ([`Simd::totals8`]) and scaled by their 8
-/// products `d_w · d_x` at once (the weight scales converted together,
-/// [`Simd::f16x8`]); the last weight blocks are scaled one activation block
-/// at a time. Every size is known when compiled, so that a group is
-/// straight-line code.
+/// [`tile`] for blocks of 64 (`BB` bytes each), the default block size,
+/// in the order of [`rows8`] so that a row's output does not depend on how
+/// many activation rows came with it ([`combine`]). The integer sums of 8
+/// consecutive activation blocks (4 weight blocks) are gathered into one
+/// vector ([`Simd::totals8`]) and scaled by their 8 activation scales and
+/// 4 weight scales at once (converted together, [`Simd::f16x8`]); the
+/// weight blocks after the last group of 4 are scaled one at a time. Every
+/// size is known when compiled, so that a group is straight-line code.
 #[inline(always)]
 fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
     v: V,
@@ -297,6 +447,7 @@ fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
     }
     let ctx = K::ctx(v, V::WIDE_U8);
     let (groups, rest) = row.as_chunks::<BB>().0.as_chunks::<4>();
+    // Lane 2c + 1 accumulates the weight blocks k with k % 4 = c.
     let mut acc = [v.fzero(); T];
     let mut bad = false;
     for (g, grp) in groups.iter().enumerate() {
@@ -318,32 +469,44 @@ fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
         let (dw, bad8) = v.f16x8(bits);
         bad |= bad8;
         for t in 0..T {
-            let mut s = v.totals8(isum[t]);
+            let mut i = v.totals8(isum[t]);
             if V::WIDE_U8 {
-                s = v.imsub(s, v.load_i32x8(eight(&x[t].totals[8 * g..])), 128);
+                i = v.imsub(i, v.load_i32x8(eight(&x[t].totals[8 * g..])), 128);
             }
             let sc = v.fmul(dw, v.load_f32x8(eight(&x[t].d[8 * g..])));
-            acc[t] = v.fmadd_v(acc[t], s, sc);
+            acc[t] = v.fmadd_v(acc[t], i, sc);
         }
+    }
+    let mut chains = [[0f32; 8]; T];
+    for t in 0..T {
+        chains[t] = v.store_f32x8(acc[t]);
     }
     for (j, blk) in rest.iter().enumerate() {
         let bits = scale_bits(blk);
         bad |= scale_is_bad(bits);
-        let d = v.f16(bits);
+        let dw = v.f16(bits);
         let ws = K::unpack(v, ctx, blk, 64, 0);
         for (h, w) in ws.into_iter().enumerate() {
-            let b = 2 * (4 * groups.len() + j) + h;
+            let b = 8 * groups.len() + 2 * j + h;
             for t in 0..T {
                 let q = x[t].qs[32 * b..32 * b + 32].as_chunks::<32>().0;
                 let i = unbias(v, dot(v, w, &q[0]), x[t].totals[b]);
-                acc[t] = v.fmadd(acc[t], i, d * x[t].d[b]);
+                let c = &mut chains[t][b % 8];
+                *c = (i as f32).mul_add(dw * x[t].d[b], *c);
             }
         }
     }
     for t in 0..T {
-        o[t0 + t] = v.hsum(acc[t]) * K::SCALE;
+        o[t0 + t] = combine(chains[t]) * K::SCALE;
     }
     bad
+}
+
+/// A row's output from its 8 accumulations (activation blocks `b % 8 = c`),
+/// in one order for every kernel of blocks of 64.
+#[inline(always)]
+fn combine(c: [f32; 8]) -> f32 {
+    ((c[0] + c[4]) + (c[2] + c[6])) + ((c[1] + c[5]) + (c[3] + c[7]))
 }
 
 /// `Σ w·q` of 32 weights (signed bytes, or `w + 128` where
@@ -362,7 +525,7 @@ fn dot<V: Simd>(v: V, w: V::B, q: &[i8; 32]) -> V::I {
 /// A block's integer sum `i` less `128 · total` where [`Simd::WIDE_U8`]
 /// (the weights came as `w + 128`), else `i`.
 #[inline(always)]
-fn unbias<V: Simd>(v: V, i: V::I, total: i32) -> V::I {
+fn unbias_v<V: Simd>(v: V, i: V::I, total: i32) -> V::I {
     if V::WIDE_U8 {
         // Added up in integers first: the values of `i` are large (`w + 128`),
         // and converting them one by one to f32 would lose what remains.
@@ -372,6 +535,19 @@ fn unbias<V: Simd>(v: V, i: V::I, total: i32) -> V::I {
         v.imsub(v.totals8([i, z, z, z, z, z, z, z]), v.load_i32x8(&c), 128)
     } else {
         i
+    }
+}
+
+/// The integer sum of a block's partial sums `i`, less `128 · total` where
+/// [`Simd::WIDE_U8`] (the weights came as `w + 128`).
+#[inline(always)]
+fn unbias<V: Simd>(v: V, i: V::I, total: i32) -> i32 {
+    let z = v.izero();
+    let s = v.store_i32x8(v.totals8([i, z, z, z, z, z, z, z]))[0];
+    if V::WIDE_U8 {
+        s - 128 * total
+    } else {
+        s
     }
 }
 

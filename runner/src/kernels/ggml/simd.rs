@@ -132,8 +132,6 @@ pub(super) trait Simd: Copy {
     /// Eight f16 values given by their bits, as f32, and whether any of
     /// them is NaN, infinite or negative (−0 allowed).
     fn f16x8(self, bits: [u16; 8]) -> (Self::F, bool);
-    /// `a · b`.
-    fn fmul(self, a: Self::F, b: Self::F) -> Self::F;
     /// `acc + f32(i) · s`, value by value.
     fn fmadd_v(self, acc: Self::F, i: Self::I, s: Self::F) -> Self::F;
     /// Sum of the partial sums.
@@ -144,6 +142,25 @@ pub(super) trait Simd: Copy {
     fn f16x2(self, bits: u32) -> (f32, f32);
     /// Asks for the memory some way ahead of `s` (the weight stream).
     fn prefetch(self, s: &[u8]);
+    /// The 4 bytes `a` in each of the 8 four-byte lanes.
+    fn bcast4(self, a: &[i8; 4]) -> Self::B;
+    /// The 8 × 8 transpose of four-byte lanes: lane `r` of output `j` is
+    /// lane `j` of `rows[r]`, lanes in the order of [`Simd::load_i32x8`],
+    /// which is also the order of the sums [`Simd::dot_u8`] and
+    /// [`Simd::dot_i8`] leave for each lane's 4 bytes.
+    fn transpose8(self, rows: [Self::B; 8]) -> [Self::B; 8];
+    /// `v` in every value.
+    fn isplat(self, v: i32) -> Self::I;
+    /// `a − b`.
+    fn isub(self, a: Self::I, b: Self::I) -> Self::I;
+    /// `a · b`, value by value.
+    fn fmul(self, a: Self::F, b: Self::F) -> Self::F;
+    /// `a · s`, value by value.
+    fn fscale(self, a: Self::F, s: f32) -> Self::F;
+    /// The eight values of `a`, in the order of [`Simd::load_f32x8`].
+    fn store_f32x8(self, a: Self::F) -> [f32; 8];
+    /// The eight values of `a`, in the order of [`Simd::load_i32x8`].
+    fn store_i32x8(self, a: Self::I) -> [i32; 8];
 }
 
 /// `L` bytes of `b` from byte `A` (bounds checked when compiled).

@@ -413,12 +413,6 @@ impl<const VNNI: bool> Simd for X86<VNNI> {
     }
 
     #[inline(always)]
-    fn fmul(self, a: __m256, b: __m256) -> __m256 {
-        // SAFETY: see above.
-        unsafe { _mm256_mul_ps(a, b) }
-    }
-
-    #[inline(always)]
     fn fmadd_v(self, acc: __m256, i: __m256i, s: __m256) -> __m256 {
         // SAFETY: see above (FMA).
         unsafe { _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), s, acc) }
@@ -459,6 +453,88 @@ impl<const VNNI: bool> Simd for X86<VNNI> {
     fn prefetch(self, s: &[u8]) {
         // SAFETY: see above (a prefetch needs only SSE).
         unsafe { prefetch(s) }
+    }
+
+    #[inline(always)]
+    fn bcast4(self, a: &[i8; 4]) -> __m256i {
+        // SAFETY: see above; `a` is 4 readable bytes, read unaligned.
+        unsafe { _mm256_set1_epi32(a.as_ptr().cast::<i32>().read_unaligned()) }
+    }
+
+    #[inline(always)]
+    fn transpose8(self, r: [__m256i; 8]) -> [__m256i; 8] {
+        // SAFETY: see above.
+        unsafe {
+            // Pairs of rows: [a0 b0 a1 b1 | a4 b4 a5 b5], [a2 b2 a3 b3 | a6 b6 a7 b7].
+            let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+            let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+            let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+            let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+            let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+            let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+            let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+            let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+            // Quads: lane j of rows 0–3 | lane j + 4 of rows 0–3 (u0–u3),
+            // the same of rows 4–7 (u4–u7).
+            let u0 = _mm256_unpacklo_epi64(t0, t2);
+            let u1 = _mm256_unpackhi_epi64(t0, t2);
+            let u2 = _mm256_unpacklo_epi64(t1, t3);
+            let u3 = _mm256_unpackhi_epi64(t1, t3);
+            let u4 = _mm256_unpacklo_epi64(t4, t6);
+            let u5 = _mm256_unpackhi_epi64(t4, t6);
+            let u6 = _mm256_unpacklo_epi64(t5, t7);
+            let u7 = _mm256_unpackhi_epi64(t5, t7);
+            [
+                _mm256_permute2x128_si256::<0x20>(u0, u4),
+                _mm256_permute2x128_si256::<0x20>(u1, u5),
+                _mm256_permute2x128_si256::<0x20>(u2, u6),
+                _mm256_permute2x128_si256::<0x20>(u3, u7),
+                _mm256_permute2x128_si256::<0x31>(u0, u4),
+                _mm256_permute2x128_si256::<0x31>(u1, u5),
+                _mm256_permute2x128_si256::<0x31>(u2, u6),
+                _mm256_permute2x128_si256::<0x31>(u3, u7),
+            ]
+        }
+    }
+
+    #[inline(always)]
+    fn isplat(self, v: i32) -> __m256i {
+        // SAFETY: see above.
+        unsafe { _mm256_set1_epi32(v) }
+    }
+
+    #[inline(always)]
+    fn isub(self, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: see above.
+        unsafe { _mm256_sub_epi32(a, b) }
+    }
+
+    #[inline(always)]
+    fn fmul(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: see above.
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+
+    #[inline(always)]
+    fn fscale(self, a: __m256, s: f32) -> __m256 {
+        // SAFETY: see above.
+        unsafe { _mm256_mul_ps(a, _mm256_set1_ps(s)) }
+    }
+
+    #[inline(always)]
+    fn store_f32x8(self, a: __m256) -> [f32; 8] {
+        let mut o = [0f32; 8];
+        // SAFETY: see above; `o` is 32 writable bytes, written unaligned.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+        o
+    }
+
+    #[inline(always)]
+    fn store_i32x8(self, a: __m256i) -> [i32; 8] {
+        let mut o = [0i32; 8];
+        // SAFETY: see above; `o` is 32 writable bytes, written unaligned.
+        unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), a) };
+        o
     }
 }
 
