@@ -3,7 +3,8 @@
 //! often wrong, so both models' KV caches are rolled back many times),
 //! resident and streamed, with prompt lookup, in chat; the target's
 //! distribution kept under sampling (tiny model, many seeded runs); a draft
-//! of another vocabulary and a budget too small for the draft refused.
+//! of another vocabulary and a budget too small for the draft refused; the
+//! draft's own cache rolled back (its proposals equal a fresh draft's).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -294,6 +295,61 @@ fn tiny_greedy_speculation_is_exact_resident_and_streamed() {
         let s = spec.stats();
         assert!(s.accepted > 0 && s.accepted < s.drafted, "{s:?}");
     }
+}
+
+/// The draft's KV cache is rolled back past rejected tokens too: every
+/// pass's drafted tokens are what the draft, run afresh on the same tokens,
+/// proposes greedily (a draft still holding rejected tokens would propose
+/// from the wrong context; the text would stay exact, only slower).
+#[test]
+fn the_drafts_cache_is_rolled_back_past_rejected_tokens() {
+    let target = prepared(
+        &tiny_fixture("llama"),
+        "spec-tiny-bf16",
+        &["--quant", "bf16"],
+    );
+    let draft = prepared(&tiny_fixture("llama"), "spec-tiny-nf4", &["--quant", "nf4"]);
+    let greedy = || {
+        Sampler::new(SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        })
+    };
+    let (mut t, d) = Engine::open_with_draft(&target, &draft, &options(None)).expect("open");
+    let mut fresh = Engine::open(&draft, &options(None)).expect("open the draft again");
+    let mut spec = Speculator::new(Proposer::Model(Box::new(d)), 5, 5);
+    let mut sampler = greedy();
+    let prompt = [1u32, 17, 42, 99, 5];
+    let logits = t.forward(&prompt, Want::Last).expect("prefill");
+    let mut history = prompt.to_vec();
+    let mut next = sampler.sample(logits.row(0), &history);
+    let mut rejections = 0;
+    while history.len() < 48 {
+        let mut seq = history.clone();
+        seq.push(next);
+        let out = spec
+            .step(&mut t, &mut history, next, &mut sampler, 5)
+            .expect("step");
+        let drafted = spec.last_drafted().to_vec();
+        fresh.model.truncate(0);
+        let mut logits = fresh.forward(&seq, Want::Last).expect("draft afresh");
+        let mut want = Vec::new();
+        while want.len() < drafted.len() {
+            let id = greedy().sample(logits.row(0), &seq);
+            want.push(id);
+            seq.push(id);
+            logits = fresh.forward(&[id], Want::Last).expect("draft afresh");
+        }
+        assert_eq!(drafted, want, "pass at position {}", history.len());
+        if out.len() <= drafted.len() {
+            rejections += 1;
+        }
+        next = *out.last().expect("a pass yields a token");
+    }
+    assert!(
+        rejections > 0,
+        "no drafted token was rejected: nothing rolled back"
+    );
 }
 
 /// Sampling with a draft keeps the target's distribution: over many seeded

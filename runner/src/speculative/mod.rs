@@ -120,6 +120,8 @@ pub struct Speculator {
     proposer: Proposer,
     /// Token ids the draft model's KV cache holds, in order.
     draft_ids: Vec<u32>,
+    /// The tokens drafted for the last pass.
+    last: Vec<u32>,
     length: DraftLength,
     stats: SpecStats,
 }
@@ -132,6 +134,7 @@ impl Speculator {
         Speculator {
             proposer,
             draft_ids: Vec::new(),
+            last: Vec::new(),
             length: DraftLength::new(min_draft, max_draft.min(MAX_DRAFT)),
             stats: SpecStats::default(),
         }
@@ -145,6 +148,11 @@ impl Speculator {
     /// Resets the counters (the draft's cache and the learned draft length stay).
     pub fn reset_stats(&mut self) {
         self.stats = SpecStats::default();
+    }
+
+    /// The tokens drafted for the last pass (accepted or not).
+    pub fn last_drafted(&self) -> &[u32] {
+        &self.last
     }
 
     /// The draft model, when drafting with one.
@@ -182,6 +190,7 @@ impl Speculator {
         let t0 = Instant::now();
         let (drafted, q) = self.propose(&seq, k, sampler)?;
         let draft_secs = t0.elapsed().as_secs_f64();
+        self.last.clone_from(&drafted);
 
         let mut feed = Vec::with_capacity(drafted.len() + 1);
         feed.push(next);
