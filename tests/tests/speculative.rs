@@ -271,26 +271,34 @@ fn plain_tokens(target: &mut Engine, sampler: &mut Sampler, prompt: &[u32], n: u
     }
 }
 
-#[test]
-fn tiny_greedy_speculation_is_exact_resident_and_streamed() {
+/// The tiny llama fixture as a bf16 target and an nf4 draft.
+fn tiny_pair() -> (PathBuf, PathBuf) {
     let target = prepared(
         &tiny_fixture("llama"),
         "spec-tiny-bf16",
         &["--quant", "bf16"],
     );
     let draft = prepared(&tiny_fixture("llama"), "spec-tiny-nf4", &["--quant", "nf4"]);
-    let greedy = || {
-        Sampler::new(SamplerConfig {
-            temperature: 0.0,
-            ..SamplerConfig::default()
-        })
-    };
+    (target, draft)
+}
+
+/// A greedy sampler.
+fn greedy_sampler() -> Sampler {
+    Sampler::new(SamplerConfig {
+        temperature: 0.0,
+        ..SamplerConfig::default()
+    })
+}
+
+#[test]
+fn tiny_greedy_speculation_is_exact_resident_and_streamed() {
+    let (target, draft) = tiny_pair();
     let prompt = [1u32, 17, 42, 99, 5];
     for memory in [None, Some(0)] {
         let (mut t, d) = Engine::open_with_draft(&target, &draft, &options(memory)).expect("open");
-        let want = plain_tokens(&mut t, &mut greedy(), &prompt, 40);
+        let want = plain_tokens(&mut t, &mut greedy_sampler(), &prompt, 40);
         let mut spec = Speculator::new(Proposer::Model(Box::new(d)), 5, 5);
-        let got = speculative_tokens(&mut t, &mut spec, &mut greedy(), &prompt, 40);
+        let got = speculative_tokens(&mut t, &mut spec, &mut greedy_sampler(), &prompt, 40);
         assert_eq!(got, want, "max_memory {memory:?}");
         let s = spec.stats();
         assert!(s.accepted > 0 && s.accepted < s.drafted, "{s:?}");
@@ -303,22 +311,11 @@ fn tiny_greedy_speculation_is_exact_resident_and_streamed() {
 /// from the wrong context; the text would stay exact, only slower).
 #[test]
 fn the_drafts_cache_is_rolled_back_past_rejected_tokens() {
-    let target = prepared(
-        &tiny_fixture("llama"),
-        "spec-tiny-bf16",
-        &["--quant", "bf16"],
-    );
-    let draft = prepared(&tiny_fixture("llama"), "spec-tiny-nf4", &["--quant", "nf4"]);
-    let greedy = || {
-        Sampler::new(SamplerConfig {
-            temperature: 0.0,
-            ..SamplerConfig::default()
-        })
-    };
+    let (target, draft) = tiny_pair();
     let (mut t, d) = Engine::open_with_draft(&target, &draft, &options(None)).expect("open");
     let mut fresh = Engine::open(&draft, &options(None)).expect("open the draft again");
     let mut spec = Speculator::new(Proposer::Model(Box::new(d)), 5, 5);
-    let mut sampler = greedy();
+    let mut sampler = greedy_sampler();
     let prompt = [1u32, 17, 42, 99, 5];
     let logits = t.forward(&prompt, Want::Last).expect("prefill");
     let mut history = prompt.to_vec();
@@ -335,7 +332,7 @@ fn the_drafts_cache_is_rolled_back_past_rejected_tokens() {
         let mut logits = fresh.forward(&seq, Want::Last).expect("draft afresh");
         let mut want = Vec::new();
         while want.len() < drafted.len() {
-            let id = greedy().sample(logits.row(0), &seq);
+            let id = greedy_sampler().sample(logits.row(0), &seq);
             want.push(id);
             seq.push(id);
             logits = fresh.forward(&[id], Want::Last).expect("draft afresh");

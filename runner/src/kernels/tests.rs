@@ -484,7 +484,15 @@ fn own_speed() {
         .num_threads(threads)
         .build()
         .expect("pool");
-    let (rows, cols, block, copies) = (1536, 8960, 64, 8);
+    // `STRATA_BENCH_SHAPE=ROWS,COLS` times another shape.
+    let (rows, cols) = std::env::var("STRATA_BENCH_SHAPE")
+        .ok()
+        .and_then(|s| {
+            let (r, c) = s.split_once(',')?;
+            Some((r.trim().parse().ok()?, c.trim().parse().ok()?))
+        })
+        .unwrap_or((1536, 8960));
+    let (block, copies) = (64, 8);
     let mut rng = StdRng::seed_from_u64(29);
     let isa = Isa::selected();
     let time = |k: usize, f: &mut dyn FnMut(usize)| {

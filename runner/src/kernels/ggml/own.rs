@@ -201,14 +201,26 @@ fn rows8<V: Simd, K: Unpack, const BB: usize>(
     // blocks `b % 8 = c`, one lane per weight row (as [`tile64`]'s).
     let mut acc = vec![[0f32; 8]; 8 * n];
     let mut bad = false;
-    for (g, o) in w.chunks_exact(8 * rb).zip(out.chunks_exact_mut(8 * n)) {
+    for (gi, (g, o)) in w
+        .chunks_exact(8 * rb)
+        .zip(out.chunks_exact_mut(8 * n))
+        .enumerate()
+    {
         acc.fill([0.0; 8]);
+        // The next group of 8 rows, asked for in step with this one (each
+        // block step here reads 8 · BB bytes spread over 8 rows, which the
+        // hardware prefetchers follow badly when rows are short).
+        let next = w.get((gi + 1) * 8 * rb..(gi + 2) * 8 * rb).unwrap_or(&[]);
         for k in 0..nb {
+            for at in (k * 8 * BB..(k + 1) * 8 * BB).step_by(64) {
+                if let Some(s) = next.get(at..) {
+                    v.fetch(s);
+                }
+            }
             let mut blks: [&[u8]; 8] = [&[]; 8];
             let mut bits = [0u16; 8];
             for r in 0..8 {
                 blks[r] = &g[r * rb + k * BB..r * rb + (k + 1) * BB];
-                v.prefetch(blks[r]);
                 bits[r] = scale_bits(blks[r]);
             }
             let (dw, bad8) = v.f16x8(bits);

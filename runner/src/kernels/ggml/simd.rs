@@ -142,6 +142,9 @@ pub(super) trait Simd: Copy {
     fn f16x2(self, bits: u32) -> (f32, f32);
     /// Asks for the memory some way ahead of `s` (the weight stream).
     fn prefetch(self, s: &[u8]);
+    /// Asks for the cache line holding the first byte of `s`, into the
+    /// outer caches (for data wanted a while later).
+    fn fetch(self, s: &[u8]);
     /// The 4 bytes `a` in each of the 8 four-byte lanes.
     fn bcast4(self, a: &[i8; 4]) -> Self::B;
     /// The 8 × 8 transpose of four-byte lanes: lane `r` of output `j` is

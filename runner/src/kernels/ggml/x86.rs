@@ -456,6 +456,13 @@ impl<const VNNI: bool> Simd for X86<VNNI> {
     }
 
     #[inline(always)]
+    fn fetch(self, s: &[u8]) {
+        // SAFETY: see above (a prefetch needs only SSE); a prefetch never
+        // faults, and `s` is readable memory anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(s.as_ptr().cast()) }
+    }
+
+    #[inline(always)]
     fn bcast4(self, a: &[i8; 4]) -> __m256i {
         // SAFETY: see above; `a` is 4 readable bytes, read unaligned.
         unsafe { _mm256_set1_epi32(a.as_ptr().cast::<i32>().read_unaligned()) }
