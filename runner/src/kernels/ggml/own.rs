@@ -14,14 +14,15 @@
 //! Each activation block's 32 weights are dotted with it in one exact
 //! integer sum (with VNNI, weights as `w + 128` in `vpdpbusd` and `128 · Σ q`
 //! taken off in integers; with AVX2, `vpmaddubsw` with sign tricks), then
-//! scaled in f32. One or two activation rows ([`tile64`]): 8 such sums at a
-//! time are gathered into one vector and scaled together. Three or more
-//! (verification, prefill; [`rows8`]): 8 weight rows at a time become the
-//! lanes of the sums, so that each unpacked weight block serves every
-//! activation row and no sums are gathered. Both add up a row's products in
-//! the same order, so that an output is the same bit for bit whatever the
-//! number of activation rows (speculative decoding's greedy output must be
-//! plain decoding's). Against the exact product of the decoded weights, an
+//! scaled in f32. One activation row ([`tile64`]; two with AVX2): 8 such
+//! sums at a time are gathered into one vector and scaled together. More
+//! (verification, prefill; [`rows8`], [`rows8_min_n`]): 8 weight rows at a
+//! time become the lanes of the sums, so that each unpacked weight block
+//! serves every activation row and no sums are gathered. Both add up a
+//! row's products in the same order, so that an output is the same bit for
+//! bit whatever the number of activation rows (speculative decoding's greedy
+//! output must be plain decoding's). Against the exact product of the
+//! decoded weights, an
 //! output differs by the activations' rounding (`d_x / 2` per element), for
 //! `nf4` by the table's rounding (at most `d_w · 0.5 / 127` per element), and
 //! by f32 rounding.
@@ -459,7 +460,7 @@ fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
     }
     let ctx = K::ctx(v, V::WIDE_U8);
     let (groups, rest) = row.as_chunks::<BB>().0.as_chunks::<4>();
-    // Lane 2c + 1 accumulates the weight blocks k with k % 4 = c.
+    // Lane c accumulates the activation blocks b with b % 8 = c.
     let mut acc = [v.fzero(); T];
     let mut bad = false;
     for (g, grp) in groups.iter().enumerate() {

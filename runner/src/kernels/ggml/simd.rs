@@ -24,7 +24,8 @@ use super::acts::{Q8Acts, Q8Row};
 
 /// The operations the kernels are written in. `B` is 32 bytes and `H` 16
 /// bytes; `I` holds 32-bit integer partial sums and `F` f32 partial sums
-/// (the lanes are the implementation's: only [`Simd::hsum`] reads them out);
+/// (8 lanes each, in the order of [`Simd::load_i32x8`] and
+/// [`Simd::load_f32x8`]; [`Simd::hsum`] adds them in its own order);
 /// `S` is a pair of scales prepared for [`Simd::dot_scaled`] and `M` a K
 /// super-block's 16 minimums prepared for [`Simd::dot_mins`].
 pub(super) trait Simd: Copy {
