@@ -356,32 +356,42 @@ fn extreme_values_do_not_overflow() {
 #[test]
 fn invalid_block_scales_are_refused_by_every_path() {
     each_act_quant(|aq| {
-        let (rows, cols, block) = (4, 128, 64);
+        // 10 blocks a row: two groups of 4 and 2 more (the kernels for
+        // blocks of 64 check a group's scales together), 16 rows (two
+        // groups of 8 rows for several activation rows).
+        let (rows, cols, block) = (16, 640, 64);
         let wv: Vec<f32> = (0..rows * cols).map(|i| (i % 17) as f32 - 8.0).collect();
-        let x = vec![1.0f32; cols];
         for dtype in [DType::Nf4, DType::Int8] {
             let good = encode(dtype, &wv, rows, cols, block);
             let rb = codec::row_bytes(dtype, cols, block);
-            let bb = rb / 2;
+            let bb = rb / 10;
             for (bits, valid) in [
                 (0x7e00u16, false),
                 (0x7c00, false),
+                (0xfc00, false),
                 (0xbc00, false),
+                (0x8001, false),
                 (0x8000, true),
+                (0x7bff, true),
             ] {
-                let mut bytes = good.clone();
-                // Row 2, block 1.
-                bytes[2 * rb + bb..2 * rb + bb + 2].copy_from_slice(&bits.to_le_bytes());
-                let w = weight(dtype, rows, cols, block, &bytes);
-                for isa in Isa::available() {
-                    let mut out = vec![0f32; rows];
-                    let res = linear_t_with(isa, aq, &w, &x, 1, &mut out);
-                    match res {
-                        Err(CodecError::BadScale { block: 1, .. }) => {
-                            assert!(!valid, "{dtype} {isa} {bits:#x}")
+                for (r, b) in [(2, 1), (9, 6), (15, 9)] {
+                    let mut bytes = good.clone();
+                    let at = r * rb + b * bb;
+                    bytes[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+                    let w = weight(dtype, rows, cols, block, &bytes);
+                    for n in [1, 3] {
+                        let x = vec![1.0f32; n * cols];
+                        for isa in Isa::available() {
+                            let mut out = vec![0f32; rows * n];
+                            let what = format!("{dtype} {isa} {bits:#x} row {r} block {b} n {n}");
+                            match linear_t_with(isa, aq, &w, &x, n, &mut out) {
+                                Err(CodecError::BadScale { block, .. }) => {
+                                    assert!(!valid && block == b, "{what}: block {block}")
+                                }
+                                Ok(()) => assert!(valid, "{what} accepted"),
+                                Err(e) => panic!("{what}: {e}"),
+                            }
                         }
-                        Ok(()) => assert!(valid, "{dtype} {isa} {bits:#x} accepted"),
-                        Err(e) => panic!("{dtype} {isa} {bits:#x}: {e}"),
                     }
                 }
             }
@@ -492,6 +502,11 @@ fn own_speed() {
             Some((r.trim().parse().ok()?, c.trim().parse().ok()?))
         })
         .unwrap_or((1536, 8960));
+    // `STRATA_BENCH_N=1,2` times only these numbers of activation rows.
+    let ns: Vec<usize> = std::env::var("STRATA_BENCH_N")
+        .ok()
+        .and_then(|s| s.split(',').map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 3, 4, 8, 16, 128]);
     let (block, copies) = (64, 8);
     let mut rng = StdRng::seed_from_u64(29);
     let isa = Isa::selected();
@@ -514,7 +529,7 @@ fn own_speed() {
                 encode(dtype, &wv, rows, cols, block)
             })
             .collect();
-        for n in [1, 2, 3, 4, 8, 16, 128] {
+        for &n in &ns {
             let x = values(&mut rng, n * cols, Data::Normal);
             let mut out = vec![0f32; rows * n];
             for (what, k) in [("hot", 1), ("streamed", copies)] {

@@ -14,8 +14,10 @@
 //! Each activation block's 32 weights are dotted with it in one exact
 //! integer sum (with VNNI, weights as `w + 128` in `vpdpbusd` and `128 · Σ q`
 //! taken off in integers; with AVX2, `vpmaddubsw` with sign tricks), then
-//! scaled in f32. One activation row ([`tile64`]; two with AVX2): 8 such
-//! sums at a time are gathered into one vector and scaled together. More
+//! scaled in f32. One activation row ([`tile64`]; two with AVX2): 4 weight
+//! blocks at a time are transposed to meet activations laid out to match
+//! ([`Grouped`]), so that their 8 sums come out in the lanes of two vectors
+//! and are scaled together. More
 //! (verification, prefill; [`rows8`], [`rows8_min_n`]): 8 weight rows at a
 //! time become the lanes of the sums, so that each unpacked weight block
 //! serves every activation row and no sums are gathered. Both add up a
@@ -128,13 +130,17 @@ fn tiles<V: Simd, K: Unpack, const BB: usize>(
     // activation rows passes over them (so that many activation rows, as in
     // a prefill, are read once per chunk rather than once per weight row).
     let chunk = (ROWS_CACHED_BYTES / rb.max(1)).max(1);
+    let xg = match (block, w.is_empty()) {
+        (64, false) => Grouped::new(acts, n),
+        _ => Grouped::new(acts, 0),
+    };
     for (wc, oc) in w.chunks(chunk * rb).zip(out.chunks_mut(chunk * n)) {
         let mut t0 = 0;
         while t0 < n {
             for (row, o) in wc.chunks_exact(rb).zip(oc.chunks_exact_mut(n)) {
                 bad |= match (block, n - t0) {
-                    (64, 1) => tile64::<V, K, BB, 1>(v, row, acts.rows(t0), t0, o),
-                    (64, _) => tile64::<V, K, BB, 2>(v, row, acts.rows(t0), t0, o),
+                    (64, 1) => tile64::<V, K, BB, 1>(v, row, acts.rows(t0), xg.rows(t0), t0, o),
+                    (64, _) => tile64::<V, K, BB, 2>(v, row, acts.rows(t0), xg.rows(t0), t0, o),
                     (_, 1) => tile::<V, K, 1>(v, block, row, acts.rows(t0), t0, o),
                     _ => tile::<V, K, 2>(v, block, row, acts.rows(t0), t0, o),
                 };
@@ -164,6 +170,11 @@ trait Unpack {
     /// of half `h` holds, in lane `r`, weights `32h + 4j .. 32h + 4j + 4`
     /// of row `r`, as [`Unpack::unpack`] gives them.
     fn unpack8<V: Simd>(v: V, c: Self::Ctx<V>, blks: [&[u8]; 8]) -> [[V::B; 8]; 2];
+    /// The weights of 4 consecutive blocks of 64 (`blks[p]`) in the lanes
+    /// [`Grouped`] gives the activations: vector `2q + s` holds, in lane
+    /// `4h + p`, weights `32s + 4(4h + q) .. + 4` of block `p`, as
+    /// [`Unpack::unpack`] gives them.
+    fn unpack4<V: Simd>(v: V, c: Self::Ctx<V>, blks: [&[u8]; 4]) -> [V::B; 8];
 }
 
 /// Activation rows from which [`tiles`] takes weight rows 8 at a time
@@ -333,6 +344,22 @@ impl Unpack for Nf4 {
         }
         out
     }
+    #[inline(always)]
+    fn unpack4<V: Simd>(v: V, (tab, m4): (V::B, V::B), blks: [&[u8]; 4]) -> [V::B; 8] {
+        // The low nibbles of a lane are weights of the first half, the
+        // high nibbles the same positions of the second.
+        let mut raw = [v.splat(0); 4];
+        for p in 0..4 {
+            raw[p] = v.load(bytes32(blks[p], 2));
+        }
+        let raw = v.transpose4(raw);
+        let mut out = [v.splat(0); 8];
+        for q in 0..4 {
+            out[2 * q] = v.lookup(tab, v.and(raw[q], m4));
+            out[2 * q + 1] = v.lookup(tab, v.and(v.srl::<4>(raw[q]), m4));
+        }
+        out
+    }
 }
 
 /// Weights `e .. e + 32` (`e` a multiple of 32) of the `nf4` block `blk`
@@ -394,6 +421,23 @@ impl Unpack for Int8 {
         }
         out
     }
+    #[inline(always)]
+    fn unpack4<V: Simd>(v: V, bias: Option<V::B>, blks: [&[u8]; 4]) -> [V::B; 8] {
+        let mut out = [v.splat(0); 8];
+        for s in 0..2 {
+            let mut raw = [v.splat(0); 4];
+            for p in 0..4 {
+                raw[p] = v.load(bytes32(blks[p], 2 + 32 * s));
+            }
+            for (q, w) in v.transpose4(raw).into_iter().enumerate() {
+                out[2 * q + s] = match bias {
+                    Some(b) => v.xor(w, b),
+                    None => w,
+                };
+            }
+        }
+        out
+    }
 }
 
 /// The outputs of one weight row for `T` activation rows, for any block
@@ -440,59 +484,67 @@ fn tile<V: Simd, K: Unpack, const T: usize>(
 
 /// [`tile`] for blocks of 64 (`BB` bytes each), the default block size,
 /// in the order of [`rows8`] so that a row's output does not depend on how
-/// many activation rows came with it ([`combine`]). The integer sums of 8
-/// consecutive activation blocks (4 weight blocks) are gathered into one
-/// vector ([`Simd::totals8`]) and scaled by their 8 activation scales and
-/// 4 weight scales at once (converted together, [`Simd::f16x8`]); the
-/// weight blocks after the last group of 4 are scaled one at a time. Every
-/// size is known when compiled, so that a group is straight-line code.
+/// many activation rows came with it ([`combine`]). Each group of 4 weight
+/// blocks is transposed ([`Unpack::unpack4`]) to meet the activations as
+/// [`Grouped`] lays them out, so that the dot products leave the integer
+/// sums of the group's 8 activation blocks in the lanes of two vectors
+/// ([`Simd::fold2`] adds them up) rather than in 8 vectors to be reduced.
+/// The 8 sums are scaled by their 8 activation scales and 4 weight scales
+/// at once (converted together, [`Simd::f16x4x2`], and checked together in
+/// integers, [`bad_scales4`]); the weight blocks after
+/// the last group of 4 are scaled one at a time. Every size is known when
+/// compiled, so that a group is straight-line code.
 #[inline(always)]
 fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
     v: V,
     row: &[u8],
     x: [Q8Row<'_>; T],
+    xg: [GroupedRow<'_>; T],
     t0: usize,
     o: &mut [f32],
 ) -> bool {
-    let mut xq: [&[[[i8; 32]; 8]]; T] = [&[]; T];
-    for t in 0..T {
-        xq[t] = x[t].qs.as_chunks::<32>().0.as_chunks().0;
-    }
     let ctx = K::ctx(v, V::WIDE_U8);
     let (groups, rest) = row.as_chunks::<BB>().0.as_chunks::<4>();
-    // Lane c accumulates the activation blocks b with b % 8 = c.
+    // Lane l accumulates the activation blocks b with b % 8 = LANE_BLOCK[l].
     let mut acc = [v.fzero(); T];
-    let mut bad = false;
+    // The bad-scale bits of every group (`bad_scales4`), tested at the end.
+    let mut bad4 = 0u64;
     for (g, grp) in groups.iter().enumerate() {
-        let mut bits = [0u16; 8];
-        let mut isum = [[v.izero(); 8]; T];
-        for j in 0..4 {
-            let blk = &grp[j];
-            if j % 2 == 0 {
-                v.prefetch(blk);
-            }
-            let sb = scale_bits(blk);
-            (bits[2 * j], bits[2 * j + 1]) = (sb, sb);
-            let [w0, w1] = K::unpack(v, ctx, blk, 64, 0);
-            for t in 0..T {
-                isum[t][2 * j] = dot(v, w0, &xq[t][g][2 * j]);
-                isum[t][2 * j + 1] = dot(v, w1, &xq[t][g][2 * j + 1]);
-            }
+        let gb = grp.as_flattened();
+        for at in (0..4 * BB).step_by(64) {
+            v.prefetch(&gb[at..]);
         }
-        let (dw, bad8) = v.f16x8(bits);
-        bad |= bad8;
+        // The 4 scales side by side in an integer register: converted in
+        // one instruction, checked in a few integer ones.
+        let mut bits = 0u64;
+        for (j, blk) in grp.iter().enumerate() {
+            bits |= u64::from(scale_bits(blk)) << (16 * j);
+        }
+        bad4 |= bad_scales4(bits);
+        let ws = K::unpack4(v, ctx, [&grp[0], &grp[1], &grp[2], &grp[3]]);
+        let dw = v.f16x4x2(bits);
         for t in 0..T {
-            let mut i = v.totals8(isum[t]);
-            if V::WIDE_U8 {
-                i = v.imsub(i, v.load_i32x8(eight(&x[t].totals[8 * g..])), 128);
+            let q = &xg[t].qs[g];
+            let (mut lo, mut hi) = (v.izero(), v.izero());
+            for j in 0..4 {
+                lo = dot_acc(v, lo, ws[2 * j], &q[2 * j]);
+                hi = dot_acc(v, hi, ws[2 * j + 1], &q[2 * j + 1]);
             }
-            let sc = v.fmul(dw, v.load_f32x8(eight(&x[t].d[8 * g..])));
+            let mut i = v.fold2(lo, hi);
+            if V::WIDE_U8 {
+                // The weights came as `w + 128`.
+                i = v.isub(i, v.load_i32x8(&xg[t].t128[g]));
+            }
+            let sc = v.fmul(dw, v.load_f32x8(&xg[t].d[g]));
             acc[t] = v.fmadd_v(acc[t], i, sc);
         }
     }
+    let mut bad = bad4 != 0;
     let mut chains = [[0f32; 8]; T];
     for t in 0..T {
-        chains[t] = v.store_f32x8(acc[t]);
+        for (l, a) in v.store_f32x8(acc[t]).into_iter().enumerate() {
+            chains[t][LANE_BLOCK[l]] = a;
+        }
     }
     for (j, blk) in rest.iter().enumerate() {
         let bits = scale_bits(blk);
@@ -515,6 +567,103 @@ fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
     bad
 }
 
+/// Bit `16j + 15` set where the f16 value in bits `16j ..` of `bits` is an
+/// invalid block scale (NaN, infinite or negative, −0 allowed: as
+/// `scale_is_bad`), in a few integer operations on all four at once.
+#[inline(always)]
+pub(super) fn bad_scales4(bits: u64) -> u64 {
+    const SIGNS: u64 = 0x8000_8000_8000_8000;
+    const EXP: u64 = 0x7c00_7c00_7c00_7c00;
+    const ONE_EXP: u64 = 0x0400_0400_0400_0400;
+    const MAG: u64 = 0x7fff_7fff_7fff_7fff;
+    // The exponent plus its lowest bit carries into bit 15 exactly when all
+    // its bits are set; the magnitude plus 0x7fff reaches bit 15 exactly
+    // when it is not 0. Neither carries into the next value.
+    let inf_nan = (bits & EXP) + ONE_EXP;
+    let negative = bits & ((bits & MAG) + MAG);
+    (inf_nan | negative) & SIGNS
+}
+
+/// The activation block (of a group of 8) whose sums lane `l` of
+/// [`tile64`]'s vectors holds: the first halves of the 4 weight blocks in
+/// lanes 0–3, the second halves in lanes 4–7.
+const LANE_BLOCK: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+/// Activation rows laid out for [`tile64`], per group of 8 blocks of
+/// [`ACT_BLOCK`] (a weight group of 4 blocks of 64): the values as
+/// [`Unpack::unpack4`] lays out the weights, and the scales and `128 · Σ q`
+/// in the order of [`LANE_BLOCK`].
+struct Grouped {
+    /// Groups per row.
+    groups: usize,
+    /// Vector `2q + s` of group `g`: lane `4h + p` holds values `4(4h + q)
+    /// .. + 4` of the group's block `2p + s`.
+    qs: Vec<[[i8; 32]; 8]>,
+    /// Lane `l`: the scale of the group's block `LANE_BLOCK[l]`.
+    d: Vec<[f32; 8]>,
+    /// Lane `l`: `128 · Σ q` of the group's block `LANE_BLOCK[l]`.
+    t128: Vec<[i32; 8]>,
+}
+
+/// One row of a [`Grouped`].
+#[derive(Clone, Copy)]
+struct GroupedRow<'a> {
+    qs: &'a [[[i8; 32]; 8]],
+    d: &'a [[f32; 8]],
+    t128: &'a [[i32; 8]],
+}
+
+impl Grouped {
+    /// The first `n` rows of `acts` (blocks of [`ACT_BLOCK`]), whole groups
+    /// of 8 blocks (the blocks after the last are left to [`tile64`]'s
+    /// one-at-a-time path).
+    fn new(acts: &Q8Acts, n: usize) -> Grouped {
+        let groups = acts.blocks / 8;
+        let mut g = Grouped {
+            groups,
+            qs: vec![[[0; 32]; 8]; n * groups],
+            d: vec![[0.0; 8]; n * groups],
+            t128: vec![[0; 8]; n * groups],
+        };
+        for t in 0..n {
+            let r = acts.row(t);
+            for k in 0..groups {
+                let at = t * groups + k;
+                for (l, &b) in LANE_BLOCK.iter().enumerate() {
+                    let b = 8 * k + b;
+                    g.d[at][l] = r.d[b];
+                    // |Σ q| ≤ 32 · 127.
+                    g.t128[at][l] = 128 * r.totals[b];
+                }
+                for q in 0..4 {
+                    for s in 0..2 {
+                        for l in 0..8 {
+                            let (h, p) = (l / 4, l % 4);
+                            let src = 32 * (8 * k + 2 * p + s) + 4 * (4 * h + q);
+                            g.qs[at][2 * q + s][4 * l..4 * l + 4]
+                                .copy_from_slice(&r.qs[src..src + 4]);
+                        }
+                    }
+                }
+            }
+        }
+        g
+    }
+
+    /// Rows `t0 .. t0 + T`.
+    fn rows<const T: usize>(&self, t0: usize) -> [GroupedRow<'_>; T] {
+        let gs = self.groups;
+        std::array::from_fn(|t| {
+            let r = (t0 + t) * gs..(t0 + t + 1) * gs;
+            GroupedRow {
+                qs: &self.qs[r.clone()],
+                d: &self.d[r.clone()],
+                t128: &self.t128[r],
+            }
+        })
+    }
+}
+
 /// A row's output from its 8 accumulations (activation blocks `b % 8 = c`),
 /// in one order for every kernel of blocks of 64.
 #[inline(always)]
@@ -532,6 +681,18 @@ fn dot<V: Simd>(v: V, w: V::B, q: &[i8; 32]) -> V::I {
         v.dot_u8(v.izero(), w, q)
     } else {
         v.dot_i8(v.izero(), w, q)
+    }
+}
+
+/// `acc` plus the dot products of `w` and the 32 activations `q`, four-byte
+/// lane by lane (weights as [`dot`] takes them).
+#[inline(always)]
+fn dot_acc<V: Simd>(v: V, acc: V::I, w: V::B, q: &[i8; 32]) -> V::I {
+    let q = v.load_i8(q);
+    if V::WIDE_U8 {
+        v.dot_u8(acc, w, q)
+    } else {
+        v.dot_i8(acc, w, q)
     }
 }
 
@@ -561,15 +722,6 @@ fn unbias<V: Simd>(v: V, i: V::I, total: i32) -> i32 {
         s - 128 * total
     } else {
         s
-    }
-}
-
-/// The first 8 values of `s` (bounds checked).
-#[inline(always)]
-fn eight<E>(s: &[E]) -> &[E; 8] {
-    match s.first_chunk() {
-        Some(c) => c,
-        None => panic!("fewer than 8 values"),
     }
 }
 

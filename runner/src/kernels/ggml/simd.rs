@@ -153,6 +153,16 @@ pub(super) trait Simd: Copy {
     /// which is also the order of the sums [`Simd::dot_u8`] and
     /// [`Simd::dot_i8`] leave for each lane's 4 bytes.
     fn transpose8(self, rows: [Self::B; 8]) -> [Self::B; 8];
+    /// The 4 × 4 transposes of four-byte lanes within each half: lane
+    /// `4h + p` of output `q` is lane `4h + q` of `rows[p]` (lanes in the
+    /// order of [`Simd::load_i32x8`]).
+    fn transpose4(self, rows: [Self::B; 4]) -> [Self::B; 4];
+    /// Each half's lanes added to the other's: lane `p < 4` is `lo[p] +
+    /// lo[p + 4]`, lane `4 + p` is `hi[p] + hi[p + 4]`.
+    fn fold2(self, lo: Self::I, hi: Self::I) -> Self::I;
+    /// The four f16 values of `bits` (value `j` in bits `16j ..`), as f32,
+    /// twice: value `j` and `j + 4` are the `j`th.
+    fn f16x4x2(self, bits: u64) -> Self::F;
     /// `v` in every value.
     fn isplat(self, v: i32) -> Self::I;
     /// `a − b`.

@@ -529,3 +529,21 @@ fn f16_conversion_is_exact_for_every_value() {
         );
     }
 }
+
+#[test]
+fn four_scales_are_checked_together_as_one_at_a_time() {
+    for j in 0..4 {
+        for h in 0..=u16::MAX {
+            // 1.0 in the other three.
+            let mut bits = 0x3c00_3c00_3c00_3c00u64 & !(0xffff << (16 * j));
+            bits |= u64::from(h) << (16 * j);
+            let got = super::own::bad_scales4(bits);
+            let want = if crate::kernels::scale_is_bad(h) {
+                0x8000 << (16 * j)
+            } else {
+                0
+            };
+            assert_eq!(got, want, "{h:#x} in value {j}");
+        }
+    }
+}

@@ -505,6 +505,41 @@ impl<const VNNI: bool> Simd for X86<VNNI> {
     }
 
     #[inline(always)]
+    fn transpose4(self, r: [__m256i; 4]) -> [__m256i; 4] {
+        // SAFETY: see above.
+        unsafe {
+            // Within each half: [a0 b0 a1 b1], [a2 b2 a3 b3], the same of c, d.
+            let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+            let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+            let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+            let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+            [
+                _mm256_unpacklo_epi64(t0, t2),
+                _mm256_unpackhi_epi64(t0, t2),
+                _mm256_unpacklo_epi64(t1, t3),
+                _mm256_unpackhi_epi64(t1, t3),
+            ]
+        }
+    }
+
+    #[inline(always)]
+    fn fold2(self, lo: __m256i, hi: __m256i) -> __m256i {
+        // SAFETY: see above.
+        unsafe {
+            _mm256_add_epi32(
+                _mm256_permute2x128_si256::<0x20>(lo, hi),
+                _mm256_permute2x128_si256::<0x31>(lo, hi),
+            )
+        }
+    }
+
+    #[inline(always)]
+    fn f16x4x2(self, bits: u64) -> __m256 {
+        // SAFETY: see above (F16C).
+        unsafe { _mm256_cvtph_ps(_mm_set1_epi64x(bits as i64)) }
+    }
+
+    #[inline(always)]
     fn isplat(self, v: i32) -> __m256i {
         // SAFETY: see above.
         unsafe { _mm256_set1_epi32(v) }
