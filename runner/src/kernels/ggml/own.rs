@@ -209,6 +209,15 @@ fn rows8<V: Simd, K: Unpack, const BB: usize>(
     let ctx = K::ctx(v, V::WIDE_U8);
     let nb = rb / BB;
     let cols = 64 * nb;
+    // Activation blocks per row.
+    let nab = cols / ACT_BLOCK;
+    // Where an activation block's sums start: `−128 · Σ q` where the weights
+    // come as `w + 128` (|Σ q| ≤ 32 · 127), else 0.
+    let start: Vec<i32> = if V::WIDE_U8 {
+        acts.totals[..n * nab].iter().map(|&t| -128 * t).collect()
+    } else {
+        vec![0; n * nab]
+    };
     // `acc[8t + c]`: activation row `t`'s accumulations of the activation
     // blocks `b % 8 = c`, one lane per weight row (as [`tile64`]'s).
     let mut acc = vec![[0f32; 8]; 8 * n];
@@ -238,23 +247,23 @@ fn rows8<V: Simd, K: Unpack, const BB: usize>(
             let (dw, bad8) = v.f16x8(bits);
             bad |= bad8;
             let ws = K::unpack8(v, ctx, blks);
-            for t in 0..n {
-                let q = acts.qs[t * cols + 64 * k..t * cols + 64 * k + 64]
-                    .as_chunks::<4>()
-                    .0;
-                let b = t * (cols / ACT_BLOCK) + 2 * k;
+            let rows = acts.qs.chunks_exact(cols).zip(acts.d.chunks_exact(nab));
+            for ((qr, dr), (sr, a8)) in
+                rows.zip(start.chunks_exact(nab).zip(acc.chunks_exact_mut(8)))
+            {
+                let q = pairs(&qr[64 * k..]);
                 for h in 0..2 {
-                    let mut i = v.izero();
-                    for j in 0..8 {
-                        i = dot4(v, i, ws[h][j], &q[8 * h + j]);
+                    // Two chains of dot products (half as long), added up
+                    // exactly in integers.
+                    let (mut i0, mut i1) = (v.isplat(sr[2 * k + h]), v.izero());
+                    for j in (0..8).step_by(2) {
+                        i0 = dot4(v, i0, ws[h][j], &q[8 * h + j]);
+                        i1 = dot4(v, i1, ws[h][j + 1], &q[8 * h + j + 1]);
                     }
-                    if V::WIDE_U8 {
-                        // The weights came as `w + 128`.
-                        i = v.isub(i, v.isplat(128 * acts.totals[b + h]));
-                    }
+                    let i = v.iadd(i0, i1);
                     // As `tile64`: `d_w · d_x` rounded, then fused.
-                    let a = &mut acc[8 * t + (2 * k + h) % 8];
-                    let sc = v.fscale(dw, acts.d[b + h]);
+                    let a = &mut a8[(2 * k + h) % 8];
+                    let sc = v.fscale(dw, dr[2 * k + h]);
                     *a = v.store_f32x8(v.fmadd_v(v.load_f32x8(a), i, sc));
                 }
             }
@@ -281,6 +290,15 @@ fn dot4<V: Simd>(v: V, acc: V::I, w: V::B, q: &[i8; 4]) -> V::I {
         v.dot_u8(acc, w, q)
     } else {
         v.dot_i8(acc, w, q)
+    }
+}
+
+/// The first 64 activations of `q` as 16 groups of 4.
+#[inline(always)]
+fn pairs(q: &[i8]) -> &[[i8; 4]; 16] {
+    match q.as_chunks::<4>().0.first_chunk() {
+        Some(c) => c,
+        None => panic!("fewer than 64 activations"),
     }
 }
 

@@ -167,6 +167,8 @@ pub(super) trait Simd: Copy {
     fn isplat(self, v: i32) -> Self::I;
     /// `a − b`.
     fn isub(self, a: Self::I, b: Self::I) -> Self::I;
+    /// `a + b`.
+    fn iadd(self, a: Self::I, b: Self::I) -> Self::I;
     /// `a · b`, value by value.
     fn fmul(self, a: Self::F, b: Self::F) -> Self::F;
     /// `a · s`, value by value.

@@ -552,6 +552,12 @@ impl<const VNNI: bool> Simd for X86<VNNI> {
     }
 
     #[inline(always)]
+    fn iadd(self, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: see above.
+        unsafe { _mm256_add_epi32(a, b) }
+    }
+
+    #[inline(always)]
     fn fmul(self, a: __m256, b: __m256) -> __m256 {
         // SAFETY: see above.
         unsafe { _mm256_mul_ps(a, b) }
