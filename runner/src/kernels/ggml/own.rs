@@ -694,12 +694,7 @@ fn combine(c: [f32; 8]) -> f32 {
 /// that it is compiled with the caller's target features).
 #[inline(always)]
 fn dot<V: Simd>(v: V, w: V::B, q: &[i8; 32]) -> V::I {
-    let q = v.load_i8(q);
-    if V::WIDE_U8 {
-        v.dot_u8(v.izero(), w, q)
-    } else {
-        v.dot_i8(v.izero(), w, q)
-    }
+    dot_acc(v, v.izero(), w, q)
 }
 
 /// `acc` plus the dot products of `w` and the 32 activations `q`, four-byte
