@@ -12,6 +12,7 @@ use strata_format::{names, DType, FileHeader, Manifest, StageFile, StageKind};
 
 use crate::error::{Result, RunnerError};
 use crate::io::IO_ALIGN;
+use crate::kernels::Layout;
 use crate::remote::Remote;
 
 /// One stage file of the container.
@@ -299,6 +300,10 @@ pub struct Weight<'a> {
     pub block: usize,
     /// Encoded bytes, `rows * row_bytes()`.
     pub bytes: &'a [u8],
+    /// How the rows lie in `bytes`: as stored, or interleaved in groups of 8
+    /// for the kernels ([`crate::kernels::interleave`], done to resident
+    /// weights when they are loaded).
+    pub layout: Layout,
 }
 
 impl<'a> Weight<'a> {
@@ -323,6 +328,7 @@ impl<'a> Weight<'a> {
             cols,
             block: e.block_size.unwrap_or(1) as usize,
             bytes,
+            layout: Layout::Rows,
         })
     }
 
@@ -332,10 +338,14 @@ impl<'a> Weight<'a> {
     }
 
     /// Rows `r0..r1` as their own view; an error when they are not rows of
-    /// this view (`r0 > r1`, `r1 > rows`) or its bytes do not hold them.
+    /// this view (`r0 > r1`, `r1 > rows`; interleaved, not whole groups of 8
+    /// and the rows after them) or its bytes do not hold them.
     pub fn rows_view(&self, r0: usize, r1: usize) -> Result<Weight<'a>> {
         let rb = self.row_bytes();
-        let bytes = (r0 <= r1 && r1 <= self.rows)
+        // Interleaved rows come in whole groups of 8 (and the rows after).
+        let whole = |r: usize| r.is_multiple_of(8) || r == self.rows;
+        let grouped = self.layout == Layout::Rows || (whole(r0) && whole(r1));
+        let bytes = (r0 <= r1 && r1 <= self.rows && grouped)
             .then(|| Some(r0.checked_mul(rb)?..r1.checked_mul(rb)?))
             .flatten()
             .and_then(|r| self.bytes.get(r))
@@ -375,9 +385,10 @@ impl<'a> Weight<'a> {
             )));
         }
         let mut out = vec![0f32; n];
+        let stored = crate::kernels::stored_rows(self);
         for (dst, src) in out
             .chunks_mut(self.cols.max(1))
-            .zip(self.bytes.chunks(rb.max(1)))
+            .zip(stored.chunks(rb.max(1)))
         {
             strata_format::codec::decode_row(self.dtype, src, self.block, dst).map_err(|e| {
                 RunnerError::Tensor {
@@ -592,6 +603,7 @@ mod tests {
             cols: 2,
             block: 1,
             bytes: &bytes,
+            layout: Layout::Rows,
         };
         let v = w.rows_view(1, 3).unwrap();
         assert_eq!((v.rows, v.bytes.len()), (2, 16));

@@ -16,6 +16,7 @@ use strata_format::layout;
 use crate::container::{Container, StageInfo, Weight};
 use crate::error::{Result, RunnerError};
 use crate::io::{AlignedBuf, Backend, Span, UnitBytes, IO_ALIGN};
+use crate::kernels::{self, Isa, Layout};
 use crate::lru::ByteLru;
 use crate::plan::MemoryPlan;
 
@@ -137,6 +138,10 @@ pub struct Streamer {
     container: Arc<Container>,
     backend: Arc<Backend>,
     resident_layers: Vec<Option<Resident>>,
+    /// Per layer: the resident tensors interleaved for the kernels.
+    interleaved: Vec<Vec<String>>,
+    /// Whether the resident head weight is interleaved for the kernels.
+    head_interleaved: bool,
     head_chunks: Vec<HeadChunk>,
     resident_head: Option<UnitBytes>,
     prefetcher: Option<Prefetcher>,
@@ -401,6 +406,17 @@ impl Streamer {
                 held.push(None);
             }
         }
+        // Resident weights laid out once for the kernels (decoding reads them
+        // once a token); MoE layers keep the stored layout (their experts are
+        // sliced by the MoE code).
+        let mut interleaved = vec![Vec::new(); container.layers.len()];
+        if container.manifest.architecture.moe.is_none() {
+            for (i, l) in container.layers.iter().enumerate() {
+                if let Some(Resident::Ready(UnitBytes::Owned(buf))) = &mut resident_layers[i] {
+                    interleaved[i] = interleave_layer(l, buf)?;
+                }
+            }
+        }
         let resident_head = if plan.head_resident {
             let c = head_chunks[0];
             let started = Instant::now();
@@ -429,6 +445,24 @@ impl Streamer {
             None
         };
 
+        let mut resident_head = resident_head;
+        let head_interleaved = match (&mut resident_head, head_chunks.as_slice()) {
+            (Some(UnitBytes::Owned(buf)), [c]) => {
+                let (stage, name) = container.head_weight_stage();
+                let len = buf.as_slice().len();
+                let tail = buf.as_mut_full()[..len]
+                    .get_mut(c.view_skip..)
+                    .unwrap_or_default();
+                let shape: Weight<'static> = Weight {
+                    bytes: &[],
+                    ..stage.weight_rows(tail, name, c.r0, c.r1)?
+                };
+                let need = shape.rows * shape.row_bytes();
+                kernels::interleave(Isa::selected(), &shape, &mut tail[..need])
+                    == Layout::Interleaved8
+            }
+            _ => false,
+        };
         let mut units = Vec::new();
         let mut selective = vec![false; container.layers.len()];
         for (i, l) in container.layers.iter().enumerate() {
@@ -494,6 +528,8 @@ impl Streamer {
             container,
             backend,
             resident_layers,
+            interleaved,
+            head_interleaved,
             head_chunks,
             resident_head,
             prefetcher,
@@ -556,17 +592,19 @@ impl Streamer {
         }
     }
 
-    /// Runs `f` on layer `i`'s bytes, with a way to fetch the bytes of the
-    /// routed experts an MoE layer picks.
+    /// Runs `f` on layer `i`'s bytes (with the names of its tensors laid
+    /// out for the kernels, [`Layout::Interleaved8`]), with a way to fetch
+    /// the bytes of the routed experts an MoE layer picks.
     pub fn with_layer<R>(
         &mut self,
         i: usize,
-        f: impl FnOnce(&StageInfo, &[u8], &mut ExpertFetch<'_>) -> Result<R>,
+        f: impl FnOnce(&StageInfo, &[u8], &[String], &mut ExpertFetch<'_>) -> Result<R>,
     ) -> Result<R> {
         let container = self.container.clone();
         let stage = &container.layers[i];
         if let Some(Resident::Ready(b)) = &self.resident_layers[i] {
-            return f(stage, b.bytes(), &mut whole_layer(b.bytes()));
+            let inter = &self.interleaved[i];
+            return f(stage, b.bytes(), inter, &mut whole_layer(b.bytes()));
         }
         let bytes = self.next_unit(UnitKind::Layer(i))?;
         let out = if self.selective[i] {
@@ -576,9 +614,9 @@ impl Streamer {
                     .iter()
                     .try_for_each(|&e| cache.with(backend, stats, stage, i, e, g))
             };
-            f(stage, bytes.bytes(), &mut fetch)
+            f(stage, bytes.bytes(), &[], &mut fetch)
         } else {
-            f(stage, bytes.bytes(), &mut whole_layer(bytes.bytes()))
+            f(stage, bytes.bytes(), &[], &mut whole_layer(bytes.bytes()))
         };
         self.release(bytes);
         out
@@ -593,15 +631,19 @@ impl Streamer {
         let (stage, name) = container.head_weight_stage();
         for k in 0..self.head_chunks.len() {
             let c = self.head_chunks[k];
-            let mut view = |bytes: &[u8]| -> Result<()> {
+            let mut view = |bytes: &[u8], layout: Layout| -> Result<()> {
                 let rows = stage.weight_rows(&bytes[c.view_skip..], name, c.r0, c.r1)?;
-                f(c.r0, rows)
+                f(c.r0, Weight { layout, ..rows })
             };
             if let Some(b) = &self.resident_head {
-                view(b.bytes())?;
+                let layout = match self.head_interleaved {
+                    true => Layout::Interleaved8,
+                    false => Layout::Rows,
+                };
+                view(b.bytes(), layout)?;
             } else {
                 let bytes = self.next_unit(UnitKind::Head(k))?;
-                let out = view(bytes.bytes());
+                let out = view(bytes.bytes(), Layout::Rows);
                 self.release(bytes);
                 out?;
             }
@@ -639,7 +681,20 @@ impl Streamer {
                         .as_ref()
                         .map(|b| b.bytes())
                         .unwrap_or(&[]);
-                    let from = self.head_chunks.first().map_or(0, |h| h.view_skip) + start;
+                    let skip = self.head_chunks.first().map_or(0, |h| h.view_skip);
+                    let from = skip + start;
+                    if self.head_interleaved {
+                        // Rows of the weight as laid out for the kernels.
+                        let (stage, name) = c.head_weight_stage();
+                        let w = stage.weight_rows(&b[skip..], name, 0, vocab as usize)?;
+                        let w = Weight {
+                            layout: Layout::Interleaved8,
+                            ..w
+                        };
+                        return kernels::stored_row(&w, id as usize).ok_or_else(|| {
+                            RunnerError::Invalid(format!("token id {id}: no such head row"))
+                        });
+                    }
                     return b
                         .get(from..from.saturating_add(row_bytes))
                         .map(<[u8]>::to_vec)
@@ -684,6 +739,34 @@ impl Streamer {
             })
             .collect()
     }
+}
+
+/// Interleaves, in place, the tensors of a resident layer (`buf`, the bytes
+/// the model is handed) that the dense layer multiplies by, where the
+/// kernels take them so ([`kernels::interleave`]); returns their names.
+fn interleave_layer(stage: &StageInfo, buf: &mut AlignedBuf) -> Result<Vec<String>> {
+    use strata_format::names::{ATTN_K, ATTN_O, ATTN_Q, ATTN_V, MLP_DOWN, MLP_GATE, MLP_UP};
+    let isa = Isa::selected();
+    let len = buf.as_slice().len();
+    let bytes = &mut buf.as_mut_full()[..len];
+    let mut done = Vec::new();
+    for name in [ATTN_Q, ATTN_K, ATTN_V, ATTN_O, MLP_GATE, MLP_UP, MLP_DOWN] {
+        if stage.view_entry(name).is_err() {
+            continue;
+        }
+        let shape: Weight<'static> = Weight {
+            bytes: &[],
+            ..stage.weight(bytes, 0, name)?
+        };
+        let e = stage.view_entry(name)?;
+        // `weight` found the tensor's bytes at this range.
+        let at = e.offset as usize;
+        let range = at..at + e.length as usize;
+        if kernels::interleave(isa, &shape, &mut bytes[range]) == Layout::Interleaved8 {
+            done.push(name.to_string());
+        }
+    }
+    Ok(done)
 }
 
 /// Expert bytes from a layer held whole in memory.

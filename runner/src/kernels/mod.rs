@@ -46,6 +46,7 @@ use strata_format::{CodecError, DType};
 
 use crate::container::Weight;
 pub use dispatch::{ActQuant, Isa, ACTS_ENV, ISA_ENV};
+pub use ggml::Layout;
 use quant_act::{quantize, Order};
 
 /// Up to this many activation rows, [`linear_t`] beats decoding `W` to f32
@@ -91,6 +92,78 @@ pub fn fuses_any_rows(isa: Isa, w: &Weight<'_>) -> bool {
         && !matches!(isa, Isa::Scalar)
         && ggml::integer_kernels(isa)
         && ggml::Own::of(w.dtype, w.block, w.cols).is_some()
+}
+
+/// Whether [`interleave`] would lay out a weight of `w`'s encoding and
+/// shape for the kernels of the `isa` path (as [`ActQuant::selected`]
+/// says): `nf4` or `int8` in blocks of 64 through the int8 kernels on
+/// x86-64, at least 8 rows, as stored (`w.bytes` is not looked at).
+pub fn interleavable(isa: Isa, w: &Weight<'_>) -> bool {
+    matches!(isa, Isa::Avx2 | Isa::Avx512)
+        && isa.is_available()
+        && w.layout == Layout::Rows
+        && w.block == 64
+        && w.rows >= 8
+        && ActQuant::selected() == ActQuant::Int8
+        && ggml::Own::of(w.dtype, w.block, w.cols).is_some()
+}
+
+/// Lays out, in place, the stored bytes `bytes` of a weight of `w`'s
+/// encoding and shape (`w.bytes` is not looked at: it may be empty) for the
+/// int8 kernels, where [`interleavable`]: each whole group of 8 rows is
+/// interleaved so that the kernels read 8 rows' weights as they multiply
+/// them (llama.cpp repacks its weights for its CPU kernels alike), the rows
+/// after as stored. Returns the layout the bytes then have:
+/// [`Layout::Interleaved8`], or [`Layout::Rows`] (bytes untouched) when the
+/// weight is not interleavable, `bytes` is not its length or a block scale is
+/// invalid (left for the kernels to report with the block named).
+pub fn interleave(isa: Isa, w: &Weight<'_>, bytes: &mut [u8]) -> Layout {
+    let len = w
+        .rows
+        .checked_mul(row_bytes(w.dtype, w.cols, w.block.max(1)));
+    if !interleavable(isa, w) || len != Some(bytes.len()) {
+        return Layout::Rows;
+    }
+    let bb = row_bytes(w.dtype, w.block, w.block);
+    if bytes
+        .chunks_exact(bb)
+        .any(|blk| scale_is_bad(scale_bits(blk)))
+    {
+        return Layout::Rows;
+    }
+    ggml::interleave(bytes, row_bytes(w.dtype, w.cols, w.block), bb);
+    Layout::Interleaved8
+}
+
+/// The rows of `w` as stored: its bytes when they are, else a copy with the
+/// interleaving ([`interleave`]) undone.
+pub fn stored_rows<'a>(w: &Weight<'a>) -> std::borrow::Cow<'a, [u8]> {
+    match w.layout {
+        Layout::Rows => std::borrow::Cow::Borrowed(w.bytes),
+        Layout::Interleaved8 => {
+            let mut b = w.bytes.to_vec();
+            let rb = row_bytes(w.dtype, w.cols, w.block.max(1));
+            let bb = row_bytes(w.dtype, w.block, w.block.max(1));
+            if rb > 0 && bb > 0 && b.len().is_multiple_of(rb) && rb.is_multiple_of(bb) {
+                ggml::deinterleave(&mut b, rb, bb);
+            }
+            std::borrow::Cow::Owned(b)
+        }
+    }
+}
+
+/// Row `r` of `w` as stored (a copy), whatever its layout; `None` when `w`
+/// has no row `r` in its bytes.
+pub fn stored_row(w: &Weight<'_>, r: usize) -> Option<Vec<u8>> {
+    let rb = row_bytes(w.dtype, w.cols, w.block.max(1));
+    let full = w.rows / 8 * 8;
+    if w.layout == Layout::Rows || r >= full {
+        return w.bytes.get(r * rb..(r + 1) * rb).map(<[u8]>::to_vec);
+    }
+    let g = w.bytes.get(r / 8 * 8 * rb..(r / 8 + 1) * 8 * rb)?;
+    let mut rows = g.to_vec();
+    ggml::deinterleave(&mut rows, rb, row_bytes(w.dtype, w.block, w.block));
+    Some(rows[r % 8 * rb..(r % 8 + 1) * rb].to_vec())
 }
 
 /// [`linear_t`] with the activations of `nf4` and `int8` weights quantized
@@ -141,6 +214,16 @@ pub fn linear_t_with(
     let isa = if isa.is_available() { isa } else { Isa::Scalar };
     let own = ggml::Own::of(w.dtype, w.block, cols)
         .filter(|_| aq == ActQuant::Int8 && ggml::integer_kernels(isa));
+    if w.layout == Layout::Interleaved8 && (own.is_none() || w.block != 64) {
+        // Only the int8 kernels read interleaved rows.
+        let rows = stored_rows(w);
+        let stored = Weight {
+            bytes: &rows,
+            layout: Layout::Rows,
+            ..*w
+        };
+        return linear_t_with(isa, aq, &stored, x, n, out);
+    }
     let acts = match (w.dtype, ggml, own) {
         (_, _, Some(k)) => Acts::Own(k, ggml::quantize(x, n, cols, ggml::OWN_ACT_BLOCK)),
         (DType::Nf4, _, _) => Acts::Int16(quantize(x, n, cols, w.block, Order::Nf4)),
@@ -153,7 +236,7 @@ pub fn linear_t_with(
     };
     let task = |wb: &[u8], o: &mut [f32]| -> bool {
         match (w.dtype, &acts) {
-            (_, Acts::Own(k, a)) => ggml::own_rows(isa, *k, w.block, wb, rb, a, n, o),
+            (_, Acts::Own(k, a)) => ggml::own_rows(isa, *k, w.block, w.layout, wb, rb, a, n, o),
             (DType::Nf4, Acts::Int16(a)) => nf4::rows(isa, wb, rb, a, n, o),
             (_, Acts::Int16(a)) => int8::rows(isa, wb, rb, a, n, o),
             (_, Acts::Int8(t, a)) => {
@@ -186,7 +269,7 @@ pub fn linear_t_with(
     if bad {
         // Name the offending block exactly as the reference decoder does.
         let mut scratch = vec![0f32; cols];
-        for row in w.bytes.chunks_exact(rb) {
+        for row in stored_rows(w).chunks_exact(rb) {
             decode_row(w.dtype, row, w.block, &mut scratch)?;
         }
     }

@@ -48,6 +48,7 @@ pub(super) fn weight<'a>(
         cols,
         block,
         bytes,
+        layout: Layout::Rows,
     }
 }
 
@@ -475,6 +476,71 @@ fn several_rows_equal_one_row_products_bit_for_bit() {
     });
 }
 
+/// Weights interleaved in groups of 8 rows ([`interleave`], done to resident
+/// weights) give the outputs of the rows as stored, bit for bit, on every
+/// path and activation quantization and for any number of activation rows
+/// (whole groups, rows after the last group, a split into parallel tasks);
+/// [`stored_rows`] undoes the interleaving; a weight with an invalid block
+/// scale is left as stored (for the kernels to name the block).
+#[test]
+fn interleaved_rows_equal_stored_rows_bit_for_bit() {
+    each_act_quant(|_| {
+        let mut rng = StdRng::seed_from_u64(12);
+        for (rows, cols) in [(8, 64), (21, 320), (300, 256), (64, 1024)] {
+            let wv = values(&mut rng, rows * cols, Data::Normal);
+            for dtype in [DType::Int8, DType::Nf4] {
+                let bytes = encode(dtype, &wv, rows, cols, 64);
+                let w = weight(dtype, rows, cols, 64, &bytes);
+                let mut inter = bytes.clone();
+                let rb = row_bytes(dtype, cols, 64);
+                ggml::interleave(&mut inter, rb, row_bytes(dtype, 64, 64));
+                assert_ne!(inter, bytes, "{dtype} {rows}×{cols}");
+                let wi = Weight {
+                    bytes: &inter,
+                    layout: Layout::Interleaved8,
+                    ..w
+                };
+                assert_eq!(&*stored_rows(&wi), &bytes[..], "{dtype} {rows}×{cols}");
+                for isa in Isa::available() {
+                    for n in [1, 2, 3, 4, 5, 9, 17, MAX_FUSED_ROWS] {
+                        let x = values(&mut rng, n * cols, Data::HeavyTailed);
+                        let want = run(isa, &w, &x, n);
+                        let got = run(isa, &wi, &x, n);
+                        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                            assert_eq!(
+                                a.to_bits(),
+                                b.to_bits(),
+                                "{dtype} {rows}×{cols} {isa:?} n{n} output {i}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    });
+    // An invalid scale: not interleaved, the bytes untouched.
+    let (rows, cols) = (16, 128);
+    let wv = values(&mut StdRng::seed_from_u64(13), rows * cols, Data::Normal);
+    for isa in Isa::available() {
+        let mut bytes = encode(DType::Nf4, &wv, rows, cols, 64);
+        let rb = row_bytes(DType::Nf4, cols, 64);
+        bytes[3 * rb + 34..3 * rb + 36].copy_from_slice(&0x7e00u16.to_le_bytes());
+        let before = bytes.clone();
+        let w = weight(DType::Nf4, rows, cols, 64, &before);
+        assert_eq!(interleave(isa, &w, &mut bytes), Layout::Rows, "{isa:?}");
+        assert_eq!(bytes, before, "{isa:?}");
+        // A valid one is interleaved where the path has the int8 kernels.
+        let good = encode(DType::Nf4, &wv, rows, cols, 64);
+        let mut inter = good.clone();
+        let w = weight(DType::Nf4, rows, cols, 64, &good);
+        let laid = interleave(isa, &w, &mut inter);
+        let kernels =
+            matches!(isa, Isa::Avx2 | Isa::Avx512) && ActQuant::selected() == ActQuant::Int8;
+        assert_eq!(laid == Layout::Interleaved8, kernels, "{isa:?}");
+        assert_eq!(inter != good, kernels, "{isa:?}");
+    }
+}
+
 /// Times one 1536×8960 `nf4` and `int8` (block 64) matrix × 1 to × 128
 /// activation rows with int8 and with int16 activations ([`ActQuant`]), on
 /// `STRATA_BENCH_THREADS` threads (default 1), "hot" (the same matrix again
@@ -529,23 +595,52 @@ fn own_speed() {
                 encode(dtype, &wv, rows, cols, block)
             })
             .collect();
+        let rb = row_bytes(dtype, cols, block);
+        // In huge pages where the runner has them (its resident weights).
+        let huge = |b: &[u8]| {
+            let mut buf = crate::io::AlignedBuf::new(b.len()).expect("allocates");
+            buf.as_mut_full()[..b.len()].copy_from_slice(b);
+            buf.set_len(b.len());
+            buf
+        };
+        let inter: Vec<_> = all
+            .iter()
+            .map(|b| {
+                let mut b = b.clone();
+                ggml::interleave(&mut b, rb, row_bytes(dtype, block, block));
+                huge(&b)
+            })
+            .collect();
+        let all: Vec<_> = all.iter().map(|b| huge(b)).collect();
         for &n in &ns {
             let x = values(&mut rng, n * cols, Data::Normal);
             let mut out = vec![0f32; rows * n];
             for (what, k) in [("hot", 1), ("streamed", copies)] {
-                let mut ms = [0f64; 2];
-                for (i, aq) in [ActQuant::Int8, ActQuant::Int16].into_iter().enumerate() {
+                let mut ms = [0f64; 3];
+                let runs = [
+                    (ActQuant::Int8, Layout::Rows),
+                    (ActQuant::Int8, Layout::Interleaved8),
+                    (ActQuant::Int16, Layout::Rows),
+                ];
+                for (i, (aq, layout)) in runs.into_iter().enumerate() {
+                    let bytes = match layout {
+                        Layout::Rows => &all[..],
+                        Layout::Interleaved8 => &inter[..],
+                    };
                     ms[i] = 1e3
                         * time(k, &mut |c| {
-                            let w = weight(dtype, rows, cols, block, &all[c]);
+                            let w = Weight {
+                                layout,
+                                ..weight(dtype, rows, cols, block, bytes[c].as_slice())
+                            };
                             pool.install(|| {
                                 linear_t_with(isa, aq, &w, &x, n, &mut out).expect("runs")
                             })
                         });
                 }
                 eprintln!(
-                    "{dtype} n={n} {what:>8}: int8 acts {:6.3} ms | int16 acts {:6.3} ms",
-                    ms[0], ms[1]
+                    "{dtype} n={n} {what:>8}: int8 acts {:6.3} ms | interleaved {:6.3} ms | int16 acts {:6.3} ms",
+                    ms[0], ms[1], ms[2]
                 );
             }
         }

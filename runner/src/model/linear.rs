@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::container::Weight;
 use crate::error::{Result, RunnerError};
-use crate::kernels::{self, Isa};
+use crate::kernels::{self, Isa, Layout};
 
 /// Largest decoded chunk, in f32 elements (16 MiB).
 const CHUNK_ELEMS: usize = 4 << 20;
@@ -54,12 +54,14 @@ pub fn linear_into(
     let xt = Tensor::from_slice(x, (n, cols), &Device::Cpu)?;
     let chunk_rows = (CHUNK_ELEMS / cols.max(1)).clamp(1, w.rows.max(1));
     let rb = w.row_bytes();
+    // Decoded row by row: as stored.
+    let stored = kernels::stored_rows(w);
     let mut scratch = vec![0f32; chunk_rows * cols];
     let mut r0 = 0;
     while r0 < w.rows {
         let m = chunk_rows.min(w.rows - r0);
         let dec = &mut scratch[..m * cols];
-        let src = &w.bytes[r0 * rb..(r0 + m) * rb];
+        let src = &stored[r0 * rb..(r0 + m) * rb];
         dec.par_chunks_mut(cols)
             .zip(src.par_chunks(rb))
             .try_for_each(|(d, s)| strata_format::codec::decode_row(w.dtype, s, w.block, d))
@@ -112,7 +114,11 @@ fn fused_into(
         let mut y = vec![0f32; w.rows * n];
         return kernels::linear_t(isa, w, x, n, &mut y).map_err(err);
     }
-    let chunk_rows = (CHUNK_ELEMS / n).clamp(1, w.rows.max(1));
+    let mut chunk_rows = (CHUNK_ELEMS / n).clamp(1, w.rows.max(1));
+    if w.layout == Layout::Interleaved8 {
+        // Whole groups of interleaved rows.
+        chunk_rows = chunk_rows.next_multiple_of(8);
+    }
     let mut y = vec![0f32; chunk_rows.min(w.rows) * n];
     let mut r0 = 0;
     while r0 < w.rows {
@@ -228,6 +234,7 @@ mod tests {
                     cols,
                     block: block.unwrap_or(1) as usize,
                     bytes: &bytes,
+                    layout: Layout::Rows,
                 };
                 let (stride, col0) = (rows + 9, 5);
                 let mut y = vec![f32::NAN; n * stride];
@@ -275,6 +282,7 @@ mod tests {
                 cols,
                 block: block.unwrap_or(1) as usize,
                 bytes: &bytes,
+                layout: Layout::Rows,
             };
             let all = linear_groups(&x, &groups, &w, ("f", "t")).unwrap();
             let mut row = 0;
@@ -301,6 +309,7 @@ mod tests {
             cols: 4,
             block: 1,
             bytes: &bytes,
+            layout: Layout::Rows,
         };
         let mut y = vec![0f32; 3];
         let e = linear_into(&[1.0; 4], 1, &w, &mut y, 2, 2, ("f", "t")).unwrap_err();

@@ -15,13 +15,22 @@ use strata_format::layout;
 use strata_format::manifest::Architecture;
 use strata_format::names::*;
 
-use crate::container::{Container, StageInfo};
+use crate::container::{Container, StageInfo, Weight};
 use crate::error::{Result, RunnerError};
+use crate::kernels::Layout;
 use crate::stream::{ExpertFetch, Streamer};
 use attention::{attend, AttnShape, KvCache};
 use linear::{linear_groups, linear_into};
 use moe::{moe_block, LayerSource};
 use ops::*;
+
+/// A layer's bytes as the streamer hands them.
+struct LayerBytes<'a> {
+    stage: &'a StageInfo,
+    bytes: &'a [u8],
+    /// Its tensors laid out for the kernels ([`Layout::Interleaved8`]).
+    interleaved: &'a [String],
+}
 
 /// Which positions' logits a forward pass returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,8 +330,13 @@ impl Model {
             x.iter_mut().for_each(|v| *v *= m as f32);
         }
         for l in 0..c.layers.len() {
-            s.with_layer(l, |stage, bytes, fetch| {
-                self.layer(l, stage, bytes, fetch, &mut x, &spans)
+            s.with_layer(l, |stage, bytes, inter, fetch| {
+                let src = LayerBytes {
+                    stage,
+                    bytes,
+                    interleaved: inter,
+                };
+                self.layer(l, src, fetch, &mut x, &spans)
             })?;
         }
         // The rows whose logits are wanted, and how many belong to each entry.
@@ -368,12 +382,16 @@ impl Model {
     fn layer(
         &mut self,
         l: usize,
-        stage: &StageInfo,
-        bytes: &[u8],
+        src: LayerBytes<'_>,
         fetch: &mut ExpertFetch<'_>,
         x: &mut [f32],
         spans: &[Span],
     ) -> Result<()> {
+        let LayerBytes {
+            stage,
+            bytes,
+            interleaved,
+        } = src;
         let a = &self.arch;
         let n = x.len() / a.hidden_size as usize;
         let hidden = a.hidden_size as usize;
@@ -381,7 +399,16 @@ impl Model {
         let (heads, kv_heads) = (a.num_attention_heads as usize, a.num_kv_heads as usize);
         let eps = a.norm_eps as f32;
         let file = stage.name.as_str();
-        let w = |name: &str| stage.weight(bytes, 0, name);
+        let w = |name: &str| -> Result<Weight<'_>> {
+            let w = stage.weight(bytes, 0, name)?;
+            Ok(match interleaved.iter().any(|n| n == name) {
+                true => Weight {
+                    layout: Layout::Interleaved8,
+                    ..w
+                },
+                false => w,
+            })
+        };
         let vecf = |name: &str| w(name)?.to_f32(file, name);
         // Each sequence's rows go the way they would alone (see `linear_groups`),
         // so a sequence's output does not depend on what it is batched with.

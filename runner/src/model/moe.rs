@@ -196,6 +196,7 @@ pub fn moe_block(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Layout;
     use strata_format::{codec, DType};
 
     #[test]
@@ -209,6 +210,7 @@ mod tests {
             cols: 2,
             block: 1,
             bytes: &bytes,
+            layout: Layout::Rows,
         };
         let mut m = Moe {
             num_experts: 3,

@@ -35,9 +35,10 @@ mod x86;
 use strata_format::codec::ggml::GgmlType;
 
 pub(crate) use acts::{quantize, Q8Acts};
+pub use own::Layout;
 #[cfg(test)]
 pub(crate) use own::NF4_I8;
-pub(crate) use own::{Own, ACT_BLOCK as OWN_ACT_BLOCK};
+pub(crate) use own::{deinterleave, interleave, Own, ACT_BLOCK as OWN_ACT_BLOCK};
 
 use super::Isa;
 
@@ -83,15 +84,17 @@ pub(crate) fn rows(
 }
 
 /// Computes `out[r * n + t]` for the rows of `w` (`rb` bytes of strata's
-/// `kind` blocks of `block` each) and the `n` rows of `acts` (quantized in
-/// blocks of [`OWN_ACT_BLOCK`]) with the vocabulary of `isa` (the scalar
-/// reference for an ISA without one); returns whether a block scale was
-/// invalid. The caller has checked every length.
-#[allow(clippy::too_many_arguments)] // `rows`'s, with the block size
+/// `kind` blocks of `block` each, laid out as `layout` says) and the `n`
+/// rows of `acts` (quantized in blocks of [`OWN_ACT_BLOCK`]) with the
+/// vocabulary of `isa` (the scalar reference for an ISA without one);
+/// returns whether a block scale was invalid. The caller has checked every
+/// length, and that interleaved rows have blocks of 64.
+#[allow(clippy::too_many_arguments)] // `rows`'s, with the block size and layout
 pub(crate) fn own_rows(
     isa: Isa,
     kind: Own,
     block: usize,
+    layout: Layout,
     w: &[u8],
     rb: usize,
     acts: &Q8Acts,
@@ -104,19 +107,29 @@ pub(crate) fn own_rows(
             if let Some(v) = x86::Avx512::new() {
                 // SAFETY: `v` exists only on a CPU with the function's target
                 // features (AVX-512 F/BW/VL/VNNI, AVX2, FMA, F16C).
-                return unsafe { x86::own_rows_avx512(v, kind, block, w, rb, acts, n, out) };
+                return unsafe {
+                    x86::own_rows_avx512(v, kind, block, layout, w, rb, acts, n, out)
+                };
             }
         }
         Isa::Avx2 => {
             if let Some(v) = x86::Avx2::new() {
                 // SAFETY: `v` exists only on a CPU with AVX2, FMA and F16C.
-                return unsafe { x86::own_rows_avx2(v, kind, block, w, rb, acts, n, out) };
+                return unsafe { x86::own_rows_avx2(v, kind, block, layout, w, rb, acts, n, out) };
             }
         }
         _ => {}
     }
     let _ = isa;
-    own::rows_scalar(kind, block, w, rb, acts, n, out)
+    match layout {
+        Layout::Rows => own::rows_scalar(kind, block, w, rb, acts, n, out),
+        Layout::Interleaved8 => {
+            // The reference reads rows as stored.
+            let mut rows = w.to_vec();
+            deinterleave(&mut rows, rb, own::block_bytes(kind, block));
+            own::rows_scalar(kind, block, &rows, rb, acts, n, out)
+        }
+    }
 }
 
 /// An f16 value given by its bits, as f32 (exact): normal numbers and zero

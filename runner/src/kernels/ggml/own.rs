@@ -79,15 +79,17 @@ impl Own {
 }
 
 /// Computes `out[r * n + t]` for the rows of `w` (`rb` bytes of `kind`
-/// blocks of `block` each) and the `n` rows of `acts` (blocks of
-/// [`ACT_BLOCK`]) with the vocabulary `v`; returns whether a block scale was
-/// invalid. The caller has checked every length.
+/// blocks of `block` each, laid out as `layout` says) and the `n` rows of
+/// `acts` (blocks of [`ACT_BLOCK`]) with the vocabulary `v`; returns whether
+/// a block scale was invalid. The caller has checked every length (and that
+/// interleaved rows have blocks of 64).
 #[allow(clippy::too_many_arguments)] // `super::rows`'s, with the block size
 #[inline(always)]
 pub(super) fn rows<V: Simd>(
     v: V,
     kind: Own,
     block: usize,
+    layout: Layout,
     w: &[u8],
     rb: usize,
     acts: &Q8Acts,
@@ -95,8 +97,61 @@ pub(super) fn rows<V: Simd>(
     out: &mut [f32],
 ) -> bool {
     match kind {
-        Own::Nf4 => tiles::<V, Nf4, 34>(v, block, w, rb, acts, n, out),
-        Own::Int8 => tiles::<V, Int8, 66>(v, block, w, rb, acts, n, out),
+        Own::Nf4 => tiles::<V, Nf4, 34>(v, block, layout, w, rb, acts, n, out),
+        Own::Int8 => tiles::<V, Int8, 66>(v, block, layout, w, rb, acts, n, out),
+    }
+}
+
+/// How a weight's rows lie in its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One row after another, as stored (SPEC.md §4).
+    Rows,
+    /// Each whole group of 8 rows of blocks of 64 interleaved ([`interleave`]),
+    /// the rows after the last whole group as stored.
+    Interleaved8,
+}
+
+/// Rearranges, in place, each whole group of 8 rows of `w` (`rb` bytes each,
+/// blocks of `bb` bytes: an f16 scale and `bb − 2` bytes of weights, `bb − 2`
+/// a multiple of 4) so that [`rows8`] reads them as it uses them: block `k`
+/// of the group becomes 16 bytes of the 8 rows' scales (row `r` at `2r`),
+/// then for each 4 bytes `d` of the weights, those 4 bytes of the 8 rows
+/// (row `r` at `16 + 32d + 4r`) — what [`Unpack::unpack8`] makes of the
+/// stored rows with a transpose each time. The group keeps its `8 · rb`
+/// bytes; rows after the last whole group are left as they are.
+pub(crate) fn interleave(w: &mut [u8], rb: usize, bb: usize) {
+    let mut tmp = vec![0u8; 8 * rb];
+    for g in w.chunks_exact_mut(8 * rb) {
+        tmp.copy_from_slice(g);
+        for (k, dst) in g.chunks_exact_mut(8 * bb).enumerate() {
+            for r in 0..8 {
+                let src = &tmp[r * rb + k * bb..r * rb + (k + 1) * bb];
+                dst[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
+                for (d, four) in src[2..].chunks_exact(4).enumerate() {
+                    let at = 16 + 32 * d + 4 * r;
+                    dst[at..at + 4].copy_from_slice(four);
+                }
+            }
+        }
+    }
+}
+
+/// Undoes [`interleave`] in place.
+pub(crate) fn deinterleave(w: &mut [u8], rb: usize, bb: usize) {
+    let mut tmp = vec![0u8; 8 * rb];
+    for g in w.chunks_exact_mut(8 * rb) {
+        tmp.copy_from_slice(g);
+        for (k, src) in tmp.chunks_exact(8 * bb).enumerate() {
+            for r in 0..8 {
+                let dst = &mut g[r * rb + k * bb..r * rb + (k + 1) * bb];
+                dst[..2].copy_from_slice(&src[2 * r..2 * r + 2]);
+                for (d, four) in dst[2..].chunks_exact_mut(4).enumerate() {
+                    let at = 16 + 32 * d + 4 * r;
+                    four.copy_from_slice(&src[at..at + 4]);
+                }
+            }
+        }
     }
 }
 
@@ -105,9 +160,11 @@ pub(super) fn rows<V: Simd>(
 /// activation rows (a weight block is unpacked once per tile; more rows per
 /// tile left the 8-block sums no registers).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // `rows`'s
 fn tiles<V: Simd, K: Unpack, const BB: usize>(
     v: V,
     block: usize,
+    layout: Layout,
     w: &[u8],
     rb: usize,
     acts: &Q8Acts,
@@ -117,13 +174,17 @@ fn tiles<V: Simd, K: Unpack, const BB: usize>(
     debug_assert_eq!(K::block_bytes(64), BB);
     let mut bad = false;
     let (mut w, mut out) = (w, out);
-    if block == 64 && n >= rows8_min_n(V::WIDE_U8) {
+    if layout == Layout::Interleaved8 || (block == 64 && n >= rows8_min_n(V::WIDE_U8)) {
         // Groups of 8 weight rows against every activation row; the rows
         // left over (fewer than 8) below.
         let full = w.len() / rb / 8 * 8;
         let (w8, wr) = w.split_at(full * rb);
         let (o8, or) = out.split_at_mut(full * n);
-        bad |= rows8::<V, K, BB>(v, w8, rb, acts, n, o8);
+        bad |= match (layout, n) {
+            (Layout::Rows, _) => rows8::<V, K, BB, false>(v, w8, rb, acts, n, o8),
+            (Layout::Interleaved8, 1) => lanes8_one::<V, K, BB>(v, w8, rb, acts, o8),
+            (Layout::Interleaved8, _) => rows8::<V, K, BB, true>(v, w8, rb, acts, n, o8),
+        };
         (w, out) = (wr, or);
     }
     // Weight rows in chunks that stay in the L2 cache while every tile of
@@ -170,6 +231,9 @@ trait Unpack {
     /// of half `h` holds, in lane `r`, weights `32h + 4j .. 32h + 4j + 4`
     /// of row `r`, as [`Unpack::unpack`] gives them.
     fn unpack8<V: Simd>(v: V, c: Self::Ctx<V>, blks: [&[u8]; 8]) -> [[V::B; 8]; 2];
+    /// [`Unpack::unpack8`] from a block of 8 rows as [`interleave`] lays it
+    /// out (`lanes`: its bytes after the 16 bytes of scales).
+    fn lanes8<V: Simd>(v: V, c: Self::Ctx<V>, lanes: &[u8]) -> [[V::B; 8]; 2];
     /// The weights of 4 consecutive blocks of 64 (`blks[p]`) in the lanes
     /// [`Grouped`] gives the activations: vector `2q + s` holds, in lane
     /// `4h + p`, weights `32s + 4(4h + q) .. + 4` of block `p`, as
@@ -196,9 +260,10 @@ const fn rows8_min_n(wide_u8: bool) -> usize {
 /// block is unpacked once for every activation row, and the 8 rows' sums
 /// come out of the dot products side by side, with no horizontal sums.
 /// Each activation row's 8 sums of an activation block are scaled by the 8
-/// weight scales at once. Returns whether a block scale was invalid.
+/// weight scales at once. With `LANES`, the rows were laid out so already
+/// ([`interleave`]). Returns whether a block scale was invalid.
 #[inline(always)]
-fn rows8<V: Simd, K: Unpack, const BB: usize>(
+fn rows8<V: Simd, K: Unpack, const BB: usize, const LANES: bool>(
     v: V,
     w: &[u8],
     rb: usize,
@@ -238,15 +303,21 @@ fn rows8<V: Simd, K: Unpack, const BB: usize>(
                     v.fetch(s);
                 }
             }
-            let mut blks: [&[u8]; 8] = [&[]; 8];
-            let mut bits = [0u16; 8];
-            for r in 0..8 {
-                blks[r] = &g[r * rb + k * BB..r * rb + (k + 1) * BB];
-                bits[r] = scale_bits(blks[r]);
-            }
-            let (dw, bad8) = v.f16x8(bits);
+            let (dw, bad8, ws) = if LANES {
+                let gk = &g[k * 8 * BB..(k + 1) * 8 * BB];
+                let (dw, bad8) = v.f16x8_at(first16(gk));
+                (dw, bad8, K::lanes8(v, ctx, &gk[16..]))
+            } else {
+                let mut blks: [&[u8]; 8] = [&[]; 8];
+                let mut bits = [0u16; 8];
+                for r in 0..8 {
+                    blks[r] = &g[r * rb + k * BB..r * rb + (k + 1) * BB];
+                    bits[r] = scale_bits(blks[r]);
+                }
+                let (dw, bad8) = v.f16x8(bits);
+                (dw, bad8, K::unpack8(v, ctx, blks))
+            };
             bad |= bad8;
-            let ws = K::unpack8(v, ctx, blks);
             let rows = acts.qs.chunks_exact(cols).zip(acts.d.chunks_exact(nab));
             for ((qr, dr), (sr, a8)) in
                 rows.zip(start.chunks_exact(nab).zip(acc.chunks_exact_mut(8)))
@@ -281,6 +352,84 @@ fn rows8<V: Simd, K: Unpack, const BB: usize>(
     bad
 }
 
+/// [`rows8`] on interleaved rows ([`interleave`]) for one activation row
+/// (decode): the 8 accumulations of each weight row's lane stay in
+/// registers (4 weight blocks, 8 activation blocks, at a time), and the 8
+/// outputs of a group are combined and stored as one vector. The same
+/// operations in the same order as [`rows8`], so the same bits.
+#[inline(always)]
+fn lanes8_one<V: Simd, K: Unpack, const BB: usize>(
+    v: V,
+    w: &[u8],
+    rb: usize,
+    acts: &Q8Acts,
+    out: &mut [f32],
+) -> bool {
+    let ctx = K::ctx(v, V::WIDE_U8);
+    let x = acts.row(0);
+    let mut bad = false;
+    for (g, o) in w.chunks_exact(8 * rb).zip(out.chunks_exact_mut(8)) {
+        let mut c = [v.fzero(); 8];
+        let quads = g.chunks_exact(4 * 8 * BB);
+        let rest = quads.remainder();
+        let nq = g.len() / (4 * 8 * BB);
+        for (k4, quad) in quads.enumerate() {
+            let [c0, c1, c2, c3, c4, c5, c6, c7] = &mut c;
+            let gk = |kk: usize| &quad[kk * 8 * BB..(kk + 1) * 8 * BB];
+            bad |= lanes8_block::<V, K, BB>(v, ctx, &x, gk(0), 4 * k4, [c0, c1]);
+            bad |= lanes8_block::<V, K, BB>(v, ctx, &x, gk(1), 4 * k4 + 1, [c2, c3]);
+            bad |= lanes8_block::<V, K, BB>(v, ctx, &x, gk(2), 4 * k4 + 2, [c4, c5]);
+            bad |= lanes8_block::<V, K, BB>(v, ctx, &x, gk(3), 4 * k4 + 3, [c6, c7]);
+        }
+        for (kk, gk) in rest.chunks_exact(8 * BB).enumerate() {
+            let (lo, hi) = c.split_at_mut(2 * kk + 1);
+            let c = [&mut lo[2 * kk], &mut hi[0]];
+            bad |= lanes8_block::<V, K, BB>(v, ctx, &x, gk, 4 * nq + kk, c);
+        }
+        // `combine`, lane by lane.
+        let s = v.fadd(
+            v.fadd(v.fadd(c[0], c[4]), v.fadd(c[2], c[6])),
+            v.fadd(v.fadd(c[1], c[5]), v.fadd(c[3], c[7])),
+        );
+        o.copy_from_slice(&v.store_f32x8(v.fscale(s, K::SCALE)));
+    }
+    bad
+}
+
+/// One weight block of 8 interleaved rows (`gk`, block `k`) of
+/// [`lanes8_one`] into the accumulations `c[0]` (activation block `2k`) and
+/// `c[1]` (`2k + 1`); returns whether a scale was invalid (a function, not a
+/// closure, so that it is compiled with the caller's target features).
+#[inline(always)]
+fn lanes8_block<V: Simd, K: Unpack, const BB: usize>(
+    v: V,
+    ctx: K::Ctx<V>,
+    x: &Q8Row<'_>,
+    gk: &[u8],
+    k: usize,
+    c: [&mut V::F; 2],
+) -> bool {
+    for at in (0..8 * BB).step_by(64) {
+        v.prefetch(&gk[at..]);
+    }
+    let (dw, bad) = v.f16x8_at(first16(gk));
+    let ws = K::lanes8(v, ctx, &gk[16..]);
+    let q = pairs(&x.qs[64 * k..]);
+    for (h, c) in c.into_iter().enumerate() {
+        let b = 2 * k + h;
+        // As `rows8`'s `start` (|Σ q| ≤ 32 · 127).
+        let start = if V::WIDE_U8 { -128 * x.totals[b] } else { 0 };
+        let (mut i0, mut i1) = (v.isplat(start), v.izero());
+        for j in (0..8).step_by(2) {
+            i0 = dot4(v, i0, ws[h][j], &q[8 * h + j]);
+            i1 = dot4(v, i1, ws[h][j + 1], &q[8 * h + j + 1]);
+        }
+        let i = v.iadd(i0, i1);
+        *c = v.fmadd_v(*c, i, v.fscale(dw, x.d[b]));
+    }
+    bad
+}
+
 /// `acc` plus, in each lane, the dot product of its 4 weights (as
 /// [`dot`] takes them) with the 4 activations `q`.
 #[inline(always)]
@@ -299,6 +448,15 @@ fn pairs(q: &[i8]) -> &[[i8; 4]; 16] {
     match q.as_chunks::<4>().0.first_chunk() {
         Some(c) => c,
         None => panic!("fewer than 64 activations"),
+    }
+}
+
+/// The first 16 bytes of `s`.
+#[inline(always)]
+fn first16(s: &[u8]) -> &[u8; 16] {
+    match s.first_chunk() {
+        Some(c) => c,
+        None => panic!("fewer than 16 bytes"),
     }
 }
 
@@ -354,13 +512,15 @@ impl Unpack for Nf4 {
         for r in 0..8 {
             raw[r] = v.load(bytes32(blks[r], 2));
         }
-        let raw = v.transpose8(raw);
-        let mut out = [[v.splat(0); 8]; 2];
-        for j in 0..8 {
-            out[0][j] = v.lookup(tab, v.and(raw[j], m4));
-            out[1][j] = v.lookup(tab, v.and(v.srl::<4>(raw[j]), m4));
+        nf4_lanes(v, tab, m4, v.transpose8(raw))
+    }
+    #[inline(always)]
+    fn lanes8<V: Simd>(v: V, (tab, m4): (V::B, V::B), lanes: &[u8]) -> [[V::B; 8]; 2] {
+        let mut raw = [v.splat(0); 8];
+        for (j, r) in raw.iter_mut().enumerate() {
+            *r = v.load(bytes32(lanes, 32 * j));
         }
-        out
+        nf4_lanes(v, tab, m4, raw)
     }
     #[inline(always)]
     fn unpack4<V: Simd>(v: V, (tab, m4): (V::B, V::B), blks: [&[u8]; 4]) -> [V::B; 8] {
@@ -378,6 +538,18 @@ impl Unpack for Nf4 {
         }
         out
     }
+}
+
+/// The weights of [`Unpack::unpack8`] from the code bytes of 8 rows with
+/// the rows as four-byte lanes (vector `j`: bytes `4j .. 4j + 4`).
+#[inline(always)]
+fn nf4_lanes<V: Simd>(v: V, tab: V::B, m4: V::B, raw: [V::B; 8]) -> [[V::B; 8]; 2] {
+    let mut out = [[v.splat(0); 8]; 2];
+    for j in 0..8 {
+        out[0][j] = v.lookup(tab, v.and(raw[j], m4));
+        out[1][j] = v.lookup(tab, v.and(v.srl::<4>(raw[j]), m4));
+    }
+    out
 }
 
 /// Weights `e .. e + 32` (`e` a multiple of 32) of the `nf4` block `blk`
@@ -435,6 +607,20 @@ impl Unpack for Int8 {
                 for w in o.iter_mut() {
                     *w = v.xor(*w, b);
                 }
+            }
+        }
+        out
+    }
+    #[inline(always)]
+    fn lanes8<V: Simd>(v: V, bias: Option<V::B>, lanes: &[u8]) -> [[V::B; 8]; 2] {
+        let mut out = [[v.splat(0); 8]; 2];
+        for (h, o) in out.iter_mut().enumerate() {
+            for (j, w) in o.iter_mut().enumerate() {
+                let raw = v.load(bytes32(lanes, 256 * h + 32 * j));
+                *w = match bias {
+                    Some(b) => v.xor(raw, b),
+                    None => raw,
+                };
             }
         }
         out
@@ -738,6 +924,14 @@ fn unbias<V: Simd>(v: V, i: V::I, total: i32) -> i32 {
     }
 }
 
+/// Bytes of one `kind` block of `block` elements.
+pub(super) fn block_bytes(kind: Own, block: usize) -> usize {
+    match kind {
+        Own::Nf4 => Nf4::block_bytes(block),
+        Own::Int8 => Int8::block_bytes(block),
+    }
+}
+
 /// Portable reference: the same integer sums element by element, scaled and
 /// added in the same order per activation row.
 pub(super) fn rows_scalar(
@@ -750,10 +944,7 @@ pub(super) fn rows_scalar(
     out: &mut [f32],
 ) -> bool {
     let mut bad = false;
-    let bb = match kind {
-        Own::Nf4 => 2 + block / 2,
-        Own::Int8 => 2 + block,
-    };
+    let bb = block_bytes(kind, block);
     let mut vals = vec![0i32; block];
     for (row, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
         let mut acc = vec![0f32; n];

@@ -133,6 +133,8 @@ pub(super) trait Simd: Copy {
     /// Eight f16 values given by their bits, as f32, and whether any of
     /// them is NaN, infinite or negative (−0 allowed).
     fn f16x8(self, bits: [u16; 8]) -> (Self::F, bool);
+    /// [`Simd::f16x8`] of the 8 little-endian f16 values in `a`.
+    fn f16x8_at(self, a: &[u8; 16]) -> (Self::F, bool);
     /// `acc + f32(i) · s`, value by value.
     fn fmadd_v(self, acc: Self::F, i: Self::I, s: Self::F) -> Self::F;
     /// Sum of the partial sums.

@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 use strata_format::codec::ggml::GgmlType;
 
 use super::acts::Q8Acts;
-use super::own::{self, Own};
+use super::own::{self, Layout, Own};
 use super::simd::{self, Simd};
 use crate::kernels::x86::{hsum256, prefetch};
 use crate::kernels::Isa;
@@ -28,6 +28,27 @@ impl<const VNNI: bool> X86<VNNI> {
         let isa = if VNNI { Isa::Avx512 } else { Isa::Avx2 };
         isa.is_available().then_some(X86(()))
     }
+}
+
+/// The 8 f16 values of `h` as f32, and whether any of them is NaN,
+/// infinite or negative (−0 allowed).
+///
+/// # Safety
+/// The CPU must have F16C (and SSE2).
+#[inline]
+#[target_feature(enable = "f16c")]
+unsafe fn f16x8_checked(h: __m128i) -> (__m256, bool) {
+    let exp = _mm_set1_epi16(0x7c00);
+    // All exponent bits set: infinite or NaN.
+    let inf_nan = _mm_cmpeq_epi16(_mm_and_si128(h, exp), exp);
+    // Above 0x8000 unsigned: negative and not −0 (`h ^ 0x8000` is then
+    // 1 ..= 0x7fff, positive as a signed word).
+    let neg = _mm_cmpgt_epi16(
+        _mm_xor_si128(h, _mm_set1_epi16(i16::MIN)),
+        _mm_setzero_si128(),
+    );
+    let bad = _mm_movemask_epi8(_mm_or_si128(inf_nan, neg)) != 0;
+    (_mm256_cvtph_ps(h), bad)
 }
 
 /// Runs the kernels with AVX2.
@@ -65,13 +86,14 @@ pub(super) fn own_rows_avx2(
     v: Avx2,
     kind: Own,
     block: usize,
+    layout: Layout,
     w: &[u8],
     rb: usize,
     acts: &Q8Acts,
     n: usize,
     out: &mut [f32],
 ) -> bool {
-    own::rows(v, kind, block, w, rb, acts, n, out)
+    own::rows(v, kind, block, layout, w, rb, acts, n, out)
 }
 
 /// Runs strata's own encodings' kernels ([`own`]) with AVX-512 VNNI.
@@ -81,13 +103,14 @@ pub(super) fn own_rows_avx512(
     v: Avx512,
     kind: Own,
     block: usize,
+    layout: Layout,
     w: &[u8],
     rb: usize,
     acts: &Q8Acts,
     n: usize,
     out: &mut [f32],
 ) -> bool {
-    own::rows(v, kind, block, w, rb, acts, n, out)
+    own::rows(v, kind, block, layout, w, rb, acts, n, out)
 }
 
 // Every method below is one unsafe block for the same reason: the
@@ -386,9 +409,9 @@ impl<const VNNI: bool> Simd for X86<VNNI> {
 
     #[inline(always)]
     fn f16x8(self, b: [u16; 8]) -> (__m256, bool) {
-        // SAFETY: see above (F16C).
-        unsafe {
-            let h = _mm_set_epi16(
+        // SAFETY: see above (SSE2).
+        let h = unsafe {
+            _mm_set_epi16(
                 b[7] as i16,
                 b[6] as i16,
                 b[5] as i16,
@@ -397,19 +420,16 @@ impl<const VNNI: bool> Simd for X86<VNNI> {
                 b[2] as i16,
                 b[1] as i16,
                 b[0] as i16,
-            );
-            let exp = _mm_set1_epi16(0x7c00);
-            // All exponent bits set: infinite or NaN.
-            let inf_nan = _mm_cmpeq_epi16(_mm_and_si128(h, exp), exp);
-            // Above 0x8000 unsigned: negative and not −0 (`h ^ 0x8000` is
-            // then 1 ..= 0x7fff, positive as a signed word).
-            let neg = _mm_cmpgt_epi16(
-                _mm_xor_si128(h, _mm_set1_epi16(i16::MIN)),
-                _mm_setzero_si128(),
-            );
-            let bad = _mm_movemask_epi8(_mm_or_si128(inf_nan, neg)) != 0;
-            (_mm256_cvtph_ps(h), bad)
-        }
+            )
+        };
+        // SAFETY: see above (F16C).
+        unsafe { f16x8_checked(h) }
+    }
+
+    #[inline(always)]
+    fn f16x8_at(self, a: &[u8; 16]) -> (__m256, bool) {
+        // SAFETY: see above (F16C); `a` is 16 readable bytes, read unaligned.
+        unsafe { f16x8_checked(_mm_loadu_si128(a.as_ptr().cast())) }
     }
 
     #[inline(always)]
