@@ -409,14 +409,20 @@ impl Streamer {
         // Resident weights laid out once for the kernels (decoding reads them
         // once a token); MoE layers keep the stored layout (their experts are
         // sliced by the MoE code).
-        let mut interleaved = vec![Vec::new(); container.layers.len()];
-        if container.manifest.architecture.moe.is_none() {
-            for (i, l) in container.layers.iter().enumerate() {
-                if let Some(Resident::Ready(UnitBytes::Owned(buf))) = &mut resident_layers[i] {
-                    interleaved[i] = interleave_layer(l, buf)?;
-                }
+        let interleaved = match container.manifest.architecture.moe {
+            None => {
+                use rayon::prelude::*;
+                resident_layers
+                    .par_iter_mut()
+                    .zip(&container.layers)
+                    .map(|(r, l)| match r {
+                        Some(Resident::Ready(UnitBytes::Owned(buf))) => interleave_layer(l, buf),
+                        _ => Ok(Vec::new()),
+                    })
+                    .collect::<Result<Vec<_>>>()?
             }
-        }
+            Some(_) => vec![Vec::new(); container.layers.len()],
+        };
         let resident_head = if plan.head_resident {
             let c = head_chunks[0];
             let started = Instant::now();
@@ -759,10 +765,15 @@ fn interleave_layer(stage: &StageInfo, buf: &mut AlignedBuf) -> Result<Vec<Strin
             ..stage.weight(bytes, 0, name)?
         };
         let e = stage.view_entry(name)?;
-        // `weight` found the tensor's bytes at this range.
-        let at = e.offset as usize;
-        let range = at..at + e.length as usize;
-        if kernels::interleave(isa, &shape, &mut bytes[range]) == Layout::Interleaved8 {
+        // Where `weight` found the tensor's bytes.
+        let range = usize::try_from(e.offset)
+            .ok()
+            .and_then(|at| Some(at..at.checked_add(usize::try_from(e.length).ok()?)?))
+            .and_then(|r| bytes.get_mut(r));
+        let Some(range) = range else {
+            continue;
+        };
+        if kernels::interleave(isa, &shape, range) == Layout::Interleaved8 {
             done.push(name.to_string());
         }
     }
