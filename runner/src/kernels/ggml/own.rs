@@ -121,36 +121,39 @@ pub enum Layout {
 /// stored rows with a transpose each time. The group keeps its `8 · rb`
 /// bytes; rows after the last whole group are left as they are.
 pub(crate) fn interleave(w: &mut [u8], rb: usize, bb: usize) {
-    let mut tmp = vec![0u8; 8 * rb];
-    for g in w.chunks_exact_mut(8 * rb) {
-        tmp.copy_from_slice(g);
-        for (k, dst) in g.chunks_exact_mut(8 * bb).enumerate() {
-            for r in 0..8 {
-                let src = &tmp[r * rb + k * bb..r * rb + (k + 1) * bb];
-                dst[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
-                for (d, four) in src[2..].chunks_exact(4).enumerate() {
-                    let at = 16 + 32 * d + 4 * r;
-                    dst[at..at + 4].copy_from_slice(four);
-                }
-            }
-        }
-    }
+    regroup(w, rb, bb, true);
 }
 
 /// Undoes [`interleave`] in place.
 pub(crate) fn deinterleave(w: &mut [u8], rb: usize, bb: usize) {
+    regroup(w, rb, bb, false);
+}
+
+/// Moves the bytes of each whole group of 8 rows of `w` from where they are
+/// stored to where [`interleave`] puts them (`forward`), or back.
+fn regroup(w: &mut [u8], rb: usize, bb: usize, forward: bool) {
+    // (stored at, interleaved at, bytes) of every piece of a group.
+    let mut moves = Vec::new();
+    for k in 0..rb / bb {
+        for r in 0..8 {
+            let stored = r * rb + k * bb;
+            let laid = 8 * k * bb;
+            moves.push((stored, laid + 2 * r, 2));
+            for d in 0..bb.saturating_sub(2) / 4 {
+                moves.push((stored + 2 + 4 * d, laid + 16 + 32 * d + 4 * r, 4));
+            }
+        }
+    }
     let mut tmp = vec![0u8; 8 * rb];
     for g in w.chunks_exact_mut(8 * rb) {
         tmp.copy_from_slice(g);
-        for (k, src) in tmp.chunks_exact(8 * bb).enumerate() {
-            for r in 0..8 {
-                let dst = &mut g[r * rb + k * bb..r * rb + (k + 1) * bb];
-                dst[..2].copy_from_slice(&src[2 * r..2 * r + 2]);
-                for (d, four) in dst[2..].chunks_exact_mut(4).enumerate() {
-                    let at = 16 + 32 * d + 4 * r;
-                    four.copy_from_slice(&src[at..at + 4]);
-                }
-            }
+        for &(stored, laid, len) in &moves {
+            let (from, to) = if forward {
+                (stored, laid)
+            } else {
+                (laid, stored)
+            };
+            g[to..to + len].copy_from_slice(&tmp[from..from + len]);
         }
     }
 }
