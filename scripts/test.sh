@@ -2,12 +2,14 @@
 # scripts/test.sh -- the whole test suite: format, lints, every test (unit, property,
 # end-to-end on the real SmolLM2-135M-Instruct and on tiny transformers fixtures, `runner serve`
 # through the openai client and headless Chromium: scripts/test-serve.sh; containers on S3
-# and HTTP servers: scripts/test-remote.sh).
+# and HTTP servers: scripts/test-remote.sh; the aarch64 build, linted and its unit tests run under
+# qemu-user: scripts/test-aarch64.sh).
 # Installs what it needs by itself: the test models are built by scripts/fetch-smollm2.sh and
 # scripts/fetch-model.sh gemma3-270m and 0.5b (a private Python venv under the model cache; needs
 # python3 >= 3.11 and PyPI access).
 # Env: STRATA_MODELS (model cache dir, default ~/.cache/strata-models); STRATA_FUZZ=0 skips
-# the bounded fuzz run, STRATA_FUZZ_SECS sets its seconds per target (default 20).
+# the bounded fuzz run, STRATA_FUZZ_SECS sets its seconds per target (default 20);
+# STRATA_AARCH64=0 skips the aarch64 tier.
 # Tests that cannot check what they are for here (no permission to mount a tmpfs, no
 # AVX2) append a `SKIP: <test>: <reason>` line to $STRATA_SKIP_LOG; the run ends with
 # `skipped: N` and those lines, passed or failed.
@@ -46,6 +48,9 @@ cargo build --workspace --bins --locked
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "aarch64: clippy, and the runner's unit tests under qemu-user (NEON kernels with and without sdot)"
+scripts/test-aarch64.sh
 
 step "runner serve: OpenAI client, Ollama API, chat page in headless Chromium"
 scripts/test-serve.sh

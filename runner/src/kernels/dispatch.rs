@@ -94,8 +94,8 @@ pub enum ActQuant {
     Int8,
     /// int16 per weight block, dotted with int16 weights (NF4 codes × 1024)
     /// in 16-bit instructions: half the throughput, closer to the exact
-    /// product of the decoded weights. Always used on NEON, and for blocks
-    /// the int8 kernels do not take (an `nf4` block size that is not a
+    /// product of the decoded weights. Also used for blocks the int8
+    /// kernels do not take (an `nf4` block size that is not a
     /// multiple of 64, rows ending in a partial block).
     Int16,
 }

@@ -4,10 +4,10 @@
 //! * `nf4` and `int8` weights, by default ([`ActQuant::Int8`]): as the GGML
 //!   types below, with activations in int8 blocks of 32, NF4 codes looked up
 //!   as signed bytes (code × 127) by a byte shuffle, dotted in integers
-//!   (`vpmaddubsw` / `vpdpbusd`) and scaled by `weight scale × activation
-//!   scale` in f32 (`ggml::own`).
-//! * `nf4` and `int8` weights with [`ActQuant::Int16`] (`STRATA_ACTS=int16`;
-//!   always on NEON, and for blocks the int8 kernels do not take): the
+//!   (`vpmaddubsw` / `vpdpbusd`; `sdot` on NEON) and scaled by `weight
+//!   scale × activation scale` in f32 (`ggml::own`).
+//! * `nf4` and `int8` weights with [`ActQuant::Int16`] (`STRATA_ACTS=int16`,
+//!   and for blocks the int8 kernels do not take): the
 //!   activation rows are quantized to int16 per weight block (`quant_act`),
 //!   NF4 codes become int16 through a 16-entry table (`vpermw`, or byte
 //!   shuffles), int8 weights are widened, and blocks are dotted in integers
@@ -16,8 +16,7 @@
 //!   llama.cpp's ggml-cpu computes them: activations quantized once per call
 //!   to int8 blocks (Q8_0 / Q8_K style), weight blocks unpacked to small
 //!   integers and dotted in integers (`vpmaddubsw` / `vpdpbusd`), the block
-//!   scales and minimums applied in f32 ([`ggml`]; on NEON, for now, each
-//!   weight row decoded to f32 and the f32 path below).
+//!   scales and minimums applied in f32 ([`ggml`]; `sdot` on NEON).
 //! * `f32`, `f16` and `bf16` weights: converted to f32 in registers and
 //!   multiplied with f32 FMA (no activation quantization).
 //!
@@ -90,16 +89,15 @@ pub fn fuses_any_rows(isa: Isa, w: &Weight<'_>) -> bool {
     let isa = if isa.is_available() { isa } else { Isa::Scalar };
     ActQuant::selected() == ActQuant::Int8
         && !matches!(isa, Isa::Scalar)
-        && ggml::integer_kernels(isa)
         && ggml::Own::of(w.dtype, w.block, w.cols).is_some()
 }
 
 /// Whether [`interleave`] would lay out a weight of `w`'s encoding and
 /// shape for the kernels of the `isa` path (as [`ActQuant::selected`]
-/// says): `nf4` or `int8` in blocks of 64 through the int8 kernels on
-/// x86-64, at least 8 rows, as stored (`w.bytes` is not looked at).
+/// says): `nf4` or `int8` in blocks of 64 through the int8 kernels of a
+/// SIMD path, at least 8 rows, as stored (`w.bytes` is not looked at).
 pub fn interleavable(isa: Isa, w: &Weight<'_>) -> bool {
-    matches!(isa, Isa::Avx2 | Isa::Avx512)
+    matches!(isa, Isa::Avx2 | Isa::Avx512 | Isa::Neon)
         && isa.is_available()
         && w.layout == Layout::Rows
         && w.block == 64
@@ -212,8 +210,7 @@ pub fn linear_t_with(
         return Ok(());
     }
     let isa = if isa.is_available() { isa } else { Isa::Scalar };
-    let own = ggml::Own::of(w.dtype, w.block, cols)
-        .filter(|_| aq == ActQuant::Int8 && ggml::integer_kernels(isa));
+    let own = ggml::Own::of(w.dtype, w.block, cols).filter(|_| aq == ActQuant::Int8);
     if w.layout == Layout::Interleaved8 && (own.is_none() || w.block != 64) {
         // Only the int8 kernels read interleaved rows.
         let rows = stored_rows(w);
@@ -228,10 +225,7 @@ pub fn linear_t_with(
         (_, _, Some(k)) => Acts::Own(k, ggml::quantize(x, n, cols, ggml::OWN_ACT_BLOCK)),
         (DType::Nf4, _, _) => Acts::Int16(quantize(x, n, cols, w.block, Order::Nf4)),
         (DType::Int8, _, _) => Acts::Int16(quantize(x, n, cols, w.block, Order::Natural)),
-        (_, Some(t), _) if ggml::integer_kernels(isa) => {
-            Acts::Int8(t, ggml::quantize(x, n, cols, t.block_elems()))
-        }
-        (_, Some(t), _) => Acts::Decoded(t),
+        (_, Some(t), _) => Acts::Int8(t, ggml::quantize(x, n, cols, t.block_elems())),
         (_, None, _) => Acts::Float,
     };
     let task = |wb: &[u8], o: &mut [f32]| -> bool {
@@ -241,10 +235,6 @@ pub fn linear_t_with(
             (_, Acts::Int16(a)) => int8::rows(isa, wb, rb, a, n, o),
             (_, Acts::Int8(t, a)) => {
                 ggml::rows(isa, *t, wb, rb, a, n, o);
-                false
-            }
-            (_, Acts::Decoded(t)) => {
-                ggml::decoded_rows(isa, *t, wb, rb, x, cols, n, o);
                 false
             }
             (dtype, Acts::Float) => {
@@ -284,8 +274,6 @@ enum Acts {
     Own(ggml::Own, ggml::Q8Acts),
     /// Quantized to int8 blocks for a GGML block type.
     Int8(GgmlType, ggml::Q8Acts),
-    /// As they are, for a GGML block type decoded row by row (NEON).
-    Decoded(GgmlType),
     /// As they are (`f32`, `f16`, `bf16` weights).
     Float,
 }

@@ -8,12 +8,9 @@
 //! * [`scalar`]: the portable reference (integers straight from the spec).
 //! * [`simd`]: the kernels written once against a per-ISA vocabulary, with
 //!   the x86-64 vocabulary in `x86` (AVX2 `vpmaddubsw`/`vpmaddwd`; AVX-512
-//!   VNNI `vpdpbusd` for the unscaled dot products).
-//! * NEON has no vocabulary yet: there, [`decoded_rows`] decodes each weight
-//!   row to f32 and runs the NEON f32 kernel (the path every ISA took
-//!   before). The scalar reference is no fallback for it: measured on
-//!   x86-64, one thread, it takes 0.3–1.3× that path's time with one
-//!   activation row but 1.1–4.4× with eight, depending on the type.
+//!   VNNI `vpdpbusd` for the unscaled dot products) and the aarch64 one in
+//!   `neon` (`sdot` where the CPU has the dot product extension, else
+//!   `smull`/`sadalp`).
 //!
 //! Up to four activation rows are computed together, so that a weight block
 //! is unpacked once per four tokens; each row's result does not depend on
@@ -24,6 +21,8 @@
 //! 127` of its block) and f32 rounding.
 
 mod acts;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod own;
 mod scalar;
 mod simd;
@@ -41,12 +40,6 @@ pub(crate) use own::NF4_I8;
 pub(crate) use own::{deinterleave, interleave, Own, ACT_BLOCK as OWN_ACT_BLOCK};
 
 use super::Isa;
-
-/// Whether `isa` computes the GGML encodings with the integer kernels here
-/// ([`rows`]) rather than by decoding the weights ([`decoded_rows`]).
-pub(crate) fn integer_kernels(isa: Isa) -> bool {
-    !matches!(isa, Isa::Neon)
-}
 
 /// Computes `out[r * n + t] = Σ_c W[r, c] · x[t, c]` for the rows of `w`
 /// (`rb` bytes of type-`t` blocks each) and the `n` rows of `acts` (quantized
@@ -78,6 +71,18 @@ pub(crate) fn rows(
             }
         }
         _ => {}
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon {
+        if let Some(v) = neon::NeonDot::new() {
+            // SAFETY: `v` exists only on a CPU with NEON and the dot product
+            // extension.
+            return unsafe { neon::rows_dot(v, t, w, rb, acts, n, out) };
+        }
+        if let Some(v) = neon::NeonPlain::new() {
+            // SAFETY: `v` exists only on a CPU with NEON.
+            return unsafe { neon::rows_plain(v, t, w, rb, acts, n, out) };
+        }
     }
     let _ = isa;
     scalar::rows(t, w, rb, acts, n, out)
@@ -120,6 +125,18 @@ pub(crate) fn own_rows(
         }
         _ => {}
     }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon {
+        if let Some(v) = neon::NeonDot::new() {
+            // SAFETY: `v` exists only on a CPU with NEON and the dot product
+            // extension.
+            return unsafe { neon::own_rows_dot(v, kind, block, layout, w, rb, acts, n, out) };
+        }
+        if let Some(v) = neon::NeonPlain::new() {
+            // SAFETY: `v` exists only on a CPU with NEON.
+            return unsafe { neon::own_rows_plain(v, kind, block, layout, w, rb, acts, n, out) };
+        }
+    }
     let _ = isa;
     match layout {
         Layout::Rows => own::rows_scalar(kind, block, w, rb, acts, n, out),
@@ -151,9 +168,10 @@ fn f16_to_f32(bits: u16) -> f32 {
 /// Computes `out[r * n + t]` like [`rows`] from the f32 activations `x` (`n`
 /// rows of `cols`): each weight row decoded to f32 by the format's reference
 /// decoder, then multiplied with the f32 kernels of [`super::float`] (the
-/// product of the decoded weights up to f32 rounding). The path for ISAs
-/// without integer kernels, and the benchmarks' baseline. The caller has
-/// checked every length (a row that failed to decode would give NaN).
+/// product of the decoded weights up to f32 rounding): the benchmarks'
+/// baseline. The caller has checked every length (a row that failed to
+/// decode would give NaN).
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)] // `float::rows`'s, with the block type
 pub(crate) fn decoded_rows(
     isa: Isa,

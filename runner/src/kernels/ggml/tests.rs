@@ -85,14 +85,13 @@ fn bounds(t: GgmlType, wd: &[f32], x: &[f32], rows: usize, cols: usize, n: usize
 
 /// Checks every path (through `linear_t`) on `w` and `x`: the scalar
 /// reference against the exact product of the decoded weights (within the
-/// activations' rounding), the integer kernels against the reference and a
-/// path that decodes the weights (NEON) against the exact product (both up
+/// activations' rounding), the integer kernels against the reference (up
 /// to f32 rounding).
 fn check(what: &str, t: GgmlType, bytes: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) {
     let w = ggml_weight(t, rows, cols, bytes);
     let wd = decode(t, bytes, rows, cols);
     let b = bounds(t, &wd, x, rows, cols, n);
-    check_paths(what, &w, &wd, x, n, &b, |isa| !integer_kernels(isa));
+    check_paths(what, &w, &wd, x, n, &b);
 }
 
 #[test]
@@ -155,7 +154,7 @@ fn every_simd_vocabulary_equals_the_scalar_reference() {
     let mut rng = StdRng::seed_from_u64(23);
     let mut ran = vec![];
     for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
-        if !isa.is_available() || !integer_kernels(isa) {
+        if !isa.is_available() {
             continue;
         }
         ran.push(isa);
@@ -183,6 +182,11 @@ fn every_simd_vocabulary_equals_the_scalar_reference() {
         }
     }
     eprintln!("GGML kernel paths tested on this machine: scalar, {ran:?}");
+    #[cfg(target_arch = "aarch64")]
+    eprintln!(
+        "NEON with the dot product extension (sdot): {}",
+        std::arch::is_aarch64_feature_detected!("dotprod")
+    );
 }
 
 #[test]
