@@ -281,7 +281,7 @@ impl StageInfo {
 }
 
 /// The `usize` range of `len` bytes at `offset`, when it is addressable.
-fn slice_range(offset: u64, len: u64) -> Option<std::ops::Range<usize>> {
+pub(crate) fn slice_range(offset: u64, len: u64) -> Option<std::ops::Range<usize>> {
     let start = usize::try_from(offset).ok()?;
     let end = start.checked_add(usize::try_from(len).ok()?)?;
     Some(start..end)

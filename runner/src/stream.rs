@@ -13,7 +13,7 @@ use std::time::Instant;
 use strata_format::compress::{Decoder, Frames};
 use strata_format::layout;
 
-use crate::container::{Container, StageInfo, Weight};
+use crate::container::{slice_range, Container, StageInfo, Weight};
 use crate::error::{Result, RunnerError};
 use crate::io::{AlignedBuf, Backend, Span, UnitBytes, IO_ALIGN};
 use crate::kernels::{self, Isa, Layout};
@@ -766,10 +766,7 @@ fn interleave_layer(stage: &StageInfo, buf: &mut AlignedBuf) -> Result<Vec<Strin
         };
         let e = stage.view_entry(name)?;
         // Where `weight` found the tensor's bytes.
-        let range = usize::try_from(e.offset)
-            .ok()
-            .and_then(|at| Some(at..at.checked_add(usize::try_from(e.length).ok()?)?))
-            .and_then(|r| bytes.get_mut(r));
+        let range = slice_range(e.offset, e.length).and_then(|r| bytes.get_mut(r));
         let Some(range) = range else {
             continue;
         };

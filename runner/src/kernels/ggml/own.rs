@@ -325,20 +325,12 @@ fn rows8<V: Simd, K: Unpack, const BB: usize, const LANES: bool>(
             for ((qr, dr), (sr, a8)) in
                 rows.zip(start.chunks_exact(nab).zip(acc.chunks_exact_mut(8)))
             {
-                let q = pairs(&qr[64 * k..]);
+                let q = pairs(&qr[64 * k..]).as_chunks::<8>().0;
                 for h in 0..2 {
-                    // Two chains of dot products (half as long), added up
-                    // exactly in integers.
-                    let (mut i0, mut i1) = (v.isplat(sr[2 * k + h]), v.izero());
-                    for j in (0..8).step_by(2) {
-                        i0 = dot4(v, i0, ws[h][j], &q[8 * h + j]);
-                        i1 = dot4(v, i1, ws[h][j + 1], &q[8 * h + j + 1]);
-                    }
-                    let i = v.iadd(i0, i1);
-                    // As `tile64`: `d_w · d_x` rounded, then fused.
-                    let a = &mut a8[(2 * k + h) % 8];
-                    let sc = v.fscale(dw, dr[2 * k + h]);
-                    *a = v.store_f32x8(v.fmadd_v(v.load_f32x8(a), i, sc));
+                    let b = 2 * k + h;
+                    let a = &mut a8[b % 8];
+                    let c = lanes8_half(v, &ws[h], &q[h], sr[b], dw, dr[b], v.load_f32x8(a));
+                    *a = v.store_f32x8(c);
                 }
             }
         }
@@ -417,20 +409,42 @@ fn lanes8_block<V: Simd, K: Unpack, const BB: usize>(
     }
     let (dw, bad) = v.f16x8_at(first16(gk));
     let ws = K::lanes8(v, ctx, &gk[16..]);
-    let q = pairs(&x.qs[64 * k..]);
+    let q = pairs(&x.qs[64 * k..]).as_chunks::<8>().0;
     for (h, c) in c.into_iter().enumerate() {
         let b = 2 * k + h;
         // As `rows8`'s `start` (|Σ q| ≤ 32 · 127).
         let start = if V::WIDE_U8 { -128 * x.totals[b] } else { 0 };
-        let (mut i0, mut i1) = (v.isplat(start), v.izero());
-        for j in (0..8).step_by(2) {
-            i0 = dot4(v, i0, ws[h][j], &q[8 * h + j]);
-            i1 = dot4(v, i1, ws[h][j + 1], &q[8 * h + j + 1]);
-        }
-        let i = v.iadd(i0, i1);
-        *c = v.fmadd_v(*c, i, v.fscale(dw, x.d[b]));
+        *c = lanes8_half(v, &ws[h], &q[h], start, dw, x.d[b], *c);
     }
     bad
+}
+
+/// `acc` plus one half of a weight block of 8 rows (`ws`, as
+/// [`Unpack::unpack8`] gives it) times its activation block (`q`, 8 groups
+/// of 4, scale `dx`; the integer sums start at `start`), lane by lane: the
+/// body [`rows8`] and [`lanes8_block`] share, so that both do the same
+/// operations in the same order (a function, not a closure, so that it is
+/// compiled with the caller's target features).
+#[inline(always)]
+fn lanes8_half<V: Simd>(
+    v: V,
+    ws: &[V::B; 8],
+    q: &[[i8; 4]; 8],
+    start: i32,
+    dw: V::F,
+    dx: f32,
+    acc: V::F,
+) -> V::F {
+    // Two chains of dot products (half as long), added up exactly in
+    // integers.
+    let (mut i0, mut i1) = (v.isplat(start), v.izero());
+    for j in (0..8).step_by(2) {
+        i0 = dot4(v, i0, ws[j], &q[j]);
+        i1 = dot4(v, i1, ws[j + 1], &q[j + 1]);
+    }
+    let i = v.iadd(i0, i1);
+    // As `tile64`: `d_w · d_x` rounded, then fused.
+    v.fmadd_v(acc, i, v.fscale(dw, dx))
 }
 
 /// `acc` plus, in each lane, the dot product of its 4 weights (as
