@@ -24,7 +24,9 @@
 # --verify-pass K, median of its 3 passes) for each K on the gguf and nf4 containers, 2 threads.
 # Prints every run's tokens/s, the medians, and on the last lines the ratios strata / llama.cpp of
 # the medians (decode, then prefill), per pair and thread count.
-# Env: STRATA_KERNELS picks the runner's kernel path (scalar, avx2, avx512), default the best one.
+# Env: STRATA_KERNELS picks the runner's kernel path (scalar, avx2, avx512), default the best one;
+# with STRATA_KERNELS=avx2, llama.cpp is the AVX2-only build too (LLAMA_CPP_ISA=avx2 of
+# scripts/llama-cpp.sh), unless LLAMA_CPP_ISA says otherwise.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -59,6 +61,7 @@ log() { echo "bench-resident.sh: $*" >&2; }
 log "building prep and runner (release)"
 cargo build --release --locked -p strata-prep --bin prep -p strata-runner --bin runner >&2
 
+if [ "${STRATA_KERNELS:-}" = avx2 ]; then export LLAMA_CPP_ISA="${LLAMA_CPP_ISA:-avx2}"; fi
 PY="$(scripts/llama-cpp.sh python)"
 declare -A GGUF=([nf4]="$(scripts/llama-cpp.sh gguf "$OWN" "$MODEL")" [int8]="$(scripts/llama-cpp.sh gguf Q8_0 "$MODEL")")
 GGUF[gguf]="${GGUF[nf4]}"
@@ -140,7 +143,7 @@ for k in "${!RES[@]}"; do
 done
 declare -A LABEL=([s-nf4]="strata nf4 b64" [l-nf4]="llama.cpp $OWN" [s-int8]="strata int8 b64"
   [l-int8]="llama.cpp Q8_0" [s-gguf]="strata $OWN GGUF kept" [l-gguf]="llama.cpp $OWN (same file)")
-echo "median tokens/s ($NAME, $PROMPT prompt + $NEW new tokens, $RUNS runs; kernels: ${STRATA_KERNELS:-best}):"
+echo "median tokens/s ($NAME, $PROMPT prompt + $NEW new tokens, $RUNS runs; kernels: ${STRATA_KERNELS:-best}; llama.cpp build: ${LLAMA_CPP_ISA:-native}):"
 for q in nf4 int8 gguf; do
   for who in s l; do
     printf '  %-28s decode 1 thread %s, 2 threads %s; prefill 1 thread %s, 2 threads %s\n' \

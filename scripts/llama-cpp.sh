@@ -10,12 +10,24 @@
 #               llama.cpp's quantizer, whose requantization dequantizes to f32 first, so these start
 #               from exactly the weights that the safetensors checkpoint (and so every strata
 #               container) holds
-# Env: PYTHON (default python3) to create the venv.
+# Env: PYTHON (default python3) to create the venv; LLAMA_CPP_ISA=avx2 builds and uses a second
+# venv, venv-llama-avx2, whose llama.cpp is compiled for AVX2/FMA/F16C only (GGML_NATIVE=OFF, no
+# AVX-512), what a laptop without AVX-512 runs: the peer for strata's STRATA_KERNELS=avx2 path.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BENCH_DIR="${STRATA_BENCH_DIR:-$HOME/.cache/strata-bench}"
 VENV="$BENCH_DIR/venv-llama"
 PACKAGE="llama-cpp-python==0.3.36"
+BUILD_ARGS=""
+case "${LLAMA_CPP_ISA:-native}" in
+  native) ;;
+  avx2)
+    VENV="$BENCH_DIR/venv-llama-avx2"
+    BUILD_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+    BUILD_ARGS+=" -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF"
+    BUILD_ARGS+=" -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" ;;
+  *) echo "llama-cpp.sh: LLAMA_CPP_ISA is native or avx2" >&2; exit 2 ;;
+esac
 log() { echo "llama-cpp.sh: $*" >&2; }
 
 venv_python() {
@@ -24,7 +36,8 @@ venv_python() {
     mkdir -p "$BENCH_DIR"
     rm -rf "$VENV"
     "${PYTHON:-python3}" -m venv "$VENV"
-    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/pip" install --quiet "$PACKAGE" >&2
+    CMAKE_ARGS="$BUILD_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+      "$VENV/bin/pip" install --quiet --no-cache-dir "$PACKAGE" >&2
   fi
   echo "$VENV/bin/python"
 }
