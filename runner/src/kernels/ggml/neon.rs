@@ -9,10 +9,6 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use strata_format::codec::ggml::GgmlType;
-
-use super::acts::Q8Acts;
-use super::own::{self, Layout, Own};
 use super::simd::{self, Simd};
 use crate::kernels::Isa;
 
@@ -39,67 +35,8 @@ impl<const DOT: bool> Neon<DOT> {
     }
 }
 
-/// Runs the GGML kernels with NEON alone.
-#[target_feature(enable = "neon")]
-pub(super) fn rows_plain(
-    v: NeonPlain,
-    t: GgmlType,
-    w: &[u8],
-    rb: usize,
-    acts: &Q8Acts,
-    n: usize,
-    out: &mut [f32],
-) {
-    simd::rows(v, t, w, rb, acts, n, out)
-}
-
-/// Runs the GGML kernels with `sdot`.
-#[target_feature(enable = "neon,dotprod")]
-pub(super) fn rows_dot(
-    v: NeonDot,
-    t: GgmlType,
-    w: &[u8],
-    rb: usize,
-    acts: &Q8Acts,
-    n: usize,
-    out: &mut [f32],
-) {
-    simd::rows(v, t, w, rb, acts, n, out)
-}
-
-/// Runs strata's own encodings' kernels ([`own`]) with NEON alone.
-#[allow(clippy::too_many_arguments)] // `own::rows`'s
-#[target_feature(enable = "neon")]
-pub(super) fn own_rows_plain(
-    v: NeonPlain,
-    kind: Own,
-    block: usize,
-    layout: Layout,
-    w: &[u8],
-    rb: usize,
-    acts: &Q8Acts,
-    n: usize,
-    out: &mut [f32],
-) -> bool {
-    own::rows(v, kind, block, layout, w, rb, acts, n, out)
-}
-
-/// Runs strata's own encodings' kernels ([`own`]) with `sdot`.
-#[allow(clippy::too_many_arguments)] // `own::rows`'s
-#[target_feature(enable = "neon,dotprod")]
-pub(super) fn own_rows_dot(
-    v: NeonDot,
-    kind: Own,
-    block: usize,
-    layout: Layout,
-    w: &[u8],
-    rb: usize,
-    acts: &Q8Acts,
-    n: usize,
-    out: &mut [f32],
-) -> bool {
-    own::rows(v, kind, block, layout, w, rb, acts, n, out)
-}
+simd::entry_points!(NeonPlain, "neon", rows_plain, own_rows_plain);
+simd::entry_points!(NeonDot, "neon,dotprod", rows_dot, own_rows_dot);
 
 /// `acc` plus, in lane `j`, the products of the signed bytes `4j .. 4j + 4`
 /// of `a` and `b`, with `sdot` (no pair of products may reach ±2¹⁵).
@@ -225,6 +162,15 @@ fn scale_pairs(h: uint8x16_t, a: [usize; 8], b: [usize; 8]) -> [(int32x4_t, int3
     }
 }
 
+/// `$f` on each half of the pairs `$a` and `$b`: `($f($a.0, $b.0),
+/// $f($a.1, $b.1))`.
+macro_rules! halves {
+    ($f:ident($a:expr, $b:expr)) => {{
+        let (a, b) = ($a, $b);
+        ($f(a.0, b.0), $f(a.1, b.1))
+    }};
+}
+
 // Every method below is one unsafe block for the same reason: the
 // intrinsics need NEON, part of the aarch64 target (which a value of `Neon`
 // proves this CPU runs); the loads and stores touch exactly the array given
@@ -316,34 +262,32 @@ impl<const DOT: bool> Simd for Neon<DOT> {
     #[inline(always)]
     fn and(self, a: Self::B, b: Self::B) -> Self::B {
         // SAFETY: see above.
-        unsafe { (vandq_u8(a.0, b.0), vandq_u8(a.1, b.1)) }
+        unsafe { halves!(vandq_u8(a, b)) }
     }
 
     #[inline(always)]
     fn xor(self, a: Self::B, b: Self::B) -> Self::B {
         // SAFETY: see above.
-        unsafe { (veorq_u8(a.0, b.0), veorq_u8(a.1, b.1)) }
+        unsafe { halves!(veorq_u8(a, b)) }
     }
 
     #[inline(always)]
     fn or(self, a: Self::B, b: Self::B) -> Self::B {
         // SAFETY: see above.
-        unsafe { (vorrq_u8(a.0, b.0), vorrq_u8(a.1, b.1)) }
+        unsafe { halves!(vorrq_u8(a, b)) }
     }
 
     #[inline(always)]
     fn andnot(self, a: Self::B, b: Self::B) -> Self::B {
         // SAFETY: see above.
-        unsafe {
-            // `bic b, a` is `b & !a`.
-            (vbicq_u8(b.0, a.0), vbicq_u8(b.1, a.1))
-        }
+        // `bic b, a` is `b & !a`.
+        unsafe { halves!(vbicq_u8(b, a)) }
     }
 
     #[inline(always)]
     fn sub8(self, a: Self::B, b: Self::B) -> Self::B {
         // SAFETY: see above.
-        unsafe { (vsubq_u8(a.0, b.0), vsubq_u8(a.1, b.1)) }
+        unsafe { halves!(vsubq_u8(a, b)) }
     }
 
     #[inline(always)]
@@ -499,7 +443,7 @@ impl<const DOT: bool> Simd for Neon<DOT> {
     #[inline(always)]
     fn fadd(self, a: Self::F, b: Self::F) -> Self::F {
         // SAFETY: see above.
-        unsafe { (vaddq_f32(a.0, b.0), vaddq_f32(a.1, b.1)) }
+        unsafe { halves!(vaddq_f32(a, b)) }
     }
 
     #[inline(always)]
@@ -666,19 +610,19 @@ impl<const DOT: bool> Simd for Neon<DOT> {
     #[inline(always)]
     fn isub(self, a: Self::I, b: Self::I) -> Self::I {
         // SAFETY: see above.
-        unsafe { (vsubq_s32(a.0, b.0), vsubq_s32(a.1, b.1)) }
+        unsafe { halves!(vsubq_s32(a, b)) }
     }
 
     #[inline(always)]
     fn iadd(self, a: Self::I, b: Self::I) -> Self::I {
         // SAFETY: see above.
-        unsafe { (vaddq_s32(a.0, b.0), vaddq_s32(a.1, b.1)) }
+        unsafe { halves!(vaddq_s32(a, b)) }
     }
 
     #[inline(always)]
     fn fmul(self, a: Self::F, b: Self::F) -> Self::F {
         // SAFETY: see above.
-        unsafe { (vmulq_f32(a.0, b.0), vmulq_f32(a.1, b.1)) }
+        unsafe { halves!(vmulq_f32(a, b)) }
     }
 
     #[inline(always)]

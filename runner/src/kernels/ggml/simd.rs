@@ -210,6 +210,50 @@ fn u32_at<const A: usize, const N: usize>(b: &[u8; N]) -> u32 {
     u32::from_le_bytes(*at::<A, 4, N>(b))
 }
 
+/// Defines a vocabulary's entry points, compiled with its target features
+/// (`$features`), so that the kernels inlined into them are too: `$rows`
+/// runs the GGML kernels ([`rows`]) and `$own` strata's own encodings'
+/// (`own::rows`) with the vocabulary `$v`. Calling them is unsafe where
+/// the caller lacks the features: a value of `$v` must prove the CPU has
+/// them.
+macro_rules! entry_points {
+    ($v:ty, $features:literal, $rows:ident, $own:ident) => {
+        #[doc = concat!("Runs the GGML kernels with `", stringify!($v), "` (", $features, ").")]
+        #[target_feature(enable = $features)]
+        pub(super) fn $rows(
+            v: $v,
+            t: strata_format::codec::ggml::GgmlType,
+            w: &[u8],
+            rb: usize,
+            acts: &super::acts::Q8Acts,
+            n: usize,
+            out: &mut [f32],
+        ) {
+            super::simd::rows(v, t, w, rb, acts, n, out)
+        }
+
+        #[doc = concat!(
+            "Runs strata's own encodings' kernels with `", stringify!($v), "` (", $features, ")."
+        )]
+        #[allow(clippy::too_many_arguments)] // `own::rows`'s
+        #[target_feature(enable = $features)]
+        pub(super) fn $own(
+            v: $v,
+            kind: super::own::Own,
+            block: usize,
+            layout: super::own::Layout,
+            w: &[u8],
+            rb: usize,
+            acts: &super::acts::Q8Acts,
+            n: usize,
+            out: &mut [f32],
+        ) -> bool {
+            super::own::rows(v, kind, block, layout, w, rb, acts, n, out)
+        }
+    };
+}
+pub(super) use entry_points;
+
 /// A kernel: the outputs of one weight row for `T` activation rows.
 trait Kernel {
     /// Sets `o[t0 .. t0 + T]` for the weight row `row` and activations `x`.

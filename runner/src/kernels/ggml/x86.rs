@@ -4,10 +4,6 @@
 
 use std::arch::x86_64::*;
 
-use strata_format::codec::ggml::GgmlType;
-
-use super::acts::Q8Acts;
-use super::own::{self, Layout, Own};
 use super::simd::{self, Simd};
 use crate::kernels::x86::{hsum256, prefetch};
 use crate::kernels::Isa;
@@ -51,67 +47,13 @@ unsafe fn f16x8_checked(h: __m128i) -> (__m256, bool) {
     (_mm256_cvtph_ps(h), bad)
 }
 
-/// Runs the kernels with AVX2.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn rows_avx2(
-    v: Avx2,
-    t: GgmlType,
-    w: &[u8],
-    rb: usize,
-    acts: &Q8Acts,
-    n: usize,
-    out: &mut [f32],
-) {
-    simd::rows(v, t, w, rb, acts, n, out)
-}
-
-/// Runs the kernels with AVX-512 VNNI.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) fn rows_avx512(
-    v: Avx512,
-    t: GgmlType,
-    w: &[u8],
-    rb: usize,
-    acts: &Q8Acts,
-    n: usize,
-    out: &mut [f32],
-) {
-    simd::rows(v, t, w, rb, acts, n, out)
-}
-
-/// Runs strata's own encodings' kernels ([`own`]) with AVX2.
-#[allow(clippy::too_many_arguments)] // `own::rows`'s
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn own_rows_avx2(
-    v: Avx2,
-    kind: Own,
-    block: usize,
-    layout: Layout,
-    w: &[u8],
-    rb: usize,
-    acts: &Q8Acts,
-    n: usize,
-    out: &mut [f32],
-) -> bool {
-    own::rows(v, kind, block, layout, w, rb, acts, n, out)
-}
-
-/// Runs strata's own encodings' kernels ([`own`]) with AVX-512 VNNI.
-#[allow(clippy::too_many_arguments)] // `own::rows`'s
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) fn own_rows_avx512(
-    v: Avx512,
-    kind: Own,
-    block: usize,
-    layout: Layout,
-    w: &[u8],
-    rb: usize,
-    acts: &Q8Acts,
-    n: usize,
-    out: &mut [f32],
-) -> bool {
-    own::rows(v, kind, block, layout, w, rb, acts, n, out)
-}
+simd::entry_points!(Avx2, "avx2,fma,f16c", rows_avx2, own_rows_avx2);
+simd::entry_points!(
+    Avx512,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    rows_avx512,
+    own_rows_avx512
+);
 
 // Every method below is one unsafe block for the same reason: the
 // intrinsics need AVX2 (and with VNNI, AVX-512 VL/VNNI), which a value of
