@@ -204,7 +204,7 @@ fn scalar_is_available_and_the_selected_path_too() {
 
 /// [`quantization_bounds`] for the int8 kernels (`ggml::own`): activations
 /// rounded by at most `d_x / 2` (blocks of [`ggml::OWN_ACT_BLOCK`]) and NF4
-/// code values by at most `scale_w × 0.5 / 127`.
+/// code values by at most `scale_w × 0.5 / 64`.
 fn int8_bounds(w: &Weight<'_>, wd: &[f32], x: &[f32], n: usize) -> Vec<f64> {
     let (dtype, bytes, rows, cols, block) = (w.dtype, w.bytes, w.rows, w.cols, w.block);
     let ab = ggml::OWN_ACT_BLOCK;
@@ -222,7 +222,7 @@ fn int8_bounds(w: &Weight<'_>, wd: &[f32], x: &[f32], n: usize) -> Vec<f64> {
                 let dw = f64::from(half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32());
                 e += f64::from(wd[r * cols + c]).abs() * dx / 2.0;
                 if dtype == DType::Nf4 {
-                    e += f64::from(q.qs[c]).abs() * dx * dw * 0.5 / 127.0;
+                    e += f64::from(q.qs[c]).abs() * dx * dw * 0.5 / f64::from(ggml::NF4_ONE);
                 }
             }
             bound[r * n + t] = e;
@@ -232,11 +232,11 @@ fn int8_bounds(w: &Weight<'_>, wd: &[f32], x: &[f32], n: usize) -> Vec<f64> {
 }
 
 #[test]
-fn the_int8_nf4_table_is_the_codes_times_127_rounded() {
+fn the_int8_nf4_table_is_the_codes_times_64_rounded() {
     for (i, &c) in CODES.iter().enumerate() {
         assert_eq!(
             i32::from(ggml::NF4_I8[i]),
-            (c * 127.0).round() as i32,
+            (c * ggml::NF4_ONE as f32).round() as i32,
             "code {i}"
         );
     }

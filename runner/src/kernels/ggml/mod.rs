@@ -35,9 +35,9 @@ use strata_format::codec::ggml::GgmlType;
 
 pub(crate) use acts::{quantize, Q8Acts};
 pub use own::Layout;
-#[cfg(test)]
-pub(crate) use own::NF4_I8;
 pub(crate) use own::{deinterleave, interleave, Own, ACT_BLOCK as OWN_ACT_BLOCK};
+#[cfg(test)]
+pub(crate) use own::{NF4_I8, NF4_ONE};
 
 use super::Isa;
 

@@ -3,8 +3,9 @@
 //! extension, `DOT`) or, on cores without it (Cortex-A53/A72: Raspberry Pi
 //! 3 and 4), widening multiplies and pairwise adds (`smull`, `addp`,
 //! `sadalp`), which leave the same exact sums in the same lanes. Both take
-//! signed bytes, so weights are never biased here ([`Simd::WIDE_U8`] is
-//! false, and the unsigned weights the kernels pass are at most 63).
+//! signed bytes, so weights are never biased here ([`Simd::WIDE_U8`] and
+//! [`Simd::DOT_U8`] are false, and the unsigned weights the kernels pass
+//! are at most 63).
 
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -185,6 +186,7 @@ impl<const DOT: bool> Simd for Neon<DOT> {
     type S = (int32x4_t, int32x4_t);
     type M = (int16x8_t, int16x8_t);
     const WIDE_U8: bool = false;
+    const DOT_U8: bool = false;
 
     #[inline(always)]
     fn load(self, a: &[u8; 32]) -> Self::B {

@@ -5,15 +5,20 @@
 //! whole blocks ([`Own::of`]); other products keep the int16 kernels.
 //!
 //! * `nf4`: the 16 code values become signed bytes through [`NF4_I8`] (code
-//!   × 127, rounded; one byte shuffle, as llama.cpp's IQ4_NL does with its
-//!   table); `1/127` is applied with the block scales. Byte `j` of a block of
-//!   `B` holds element `j` (low nibble) and `j + B/2` (high nibble), so 32
-//!   elements from a multiple of 32 are one nibble of 32 consecutive bytes.
+//!   × 64, rounded; one byte shuffle, as llama.cpp's IQ4_NL does with its
+//!   table); `1/64` is applied with the block scales (exactly). At × 64,
+//!   `w + 64` is an unsigned byte of at most 128, which x86-64's
+//!   `vpmaddubsw` multiplies with signed activations without a pair of
+//!   products leaving int16: AVX2 needs no sign tricks for `nf4`. Byte `j`
+//!   of a block of `B` holds element `j` (low nibble) and `j + B/2` (high
+//!   nibble), so 32 elements from a multiple of 32 are one nibble of 32
+//!   consecutive bytes.
 //! * `int8`: the weights are signed bytes already.
 //!
 //! Each activation block's 32 weights are dotted with it in one exact
-//! integer sum (with VNNI, weights as `w + 128` in `vpdpbusd` and `128 · Σ q`
-//! taken off in integers; with AVX2, `vpmaddubsw` with sign tricks), then
+//! integer sum (on x86-64 unsigned weights `w + bias` against signed
+//! activations, `bias · Σ q` taken off in integers: [`Unpack::bias`];
+//! AVX2's `int8` with sign tricks instead; NEON's `sdot` signed bytes), then
 //! scaled in f32. One activation row ([`tile64`]; two with AVX2): 4 weight
 //! blocks at a time are transposed to meet activations laid out to match
 //! ([`Grouped`]), so that their 8 sums come out in the lanes of two vectors
@@ -26,7 +31,7 @@
 //! output must be plain decoding's). Against the exact product of the
 //! decoded weights, an
 //! output differs by the activations' rounding (`d_x / 2` per element), for
-//! `nf4` by the table's rounding (at most `d_w · 0.5 / 127` per element), and
+//! `nf4` by the table's rounding (at most `d_w · 0.5 / 64` per element), and
 //! by f32 rounding.
 
 use strata_format::DType;
@@ -35,14 +40,21 @@ use super::acts::{Q8Acts, Q8Row};
 use super::simd::Simd;
 use crate::kernels::{scale_bits, scale_is_bad};
 
-/// NF4 code values (`strata_format::codec::nf4::CODES`) × 127, rounded to
-/// nearest: the signed-byte weights the `nf4` kernel multiplies.
+/// NF4 code values (`strata_format::codec::nf4::CODES`) × [`NF4_ONE`],
+/// rounded to nearest: the signed-byte weights the `nf4` kernel multiplies.
+/// (× 127 measured no better: passage perplexity SmolLM2-135M 14.11 against
+/// 13.81 at × 64, Qwen2.5-Coder-1.5B 7.800 against 7.780.)
 pub(crate) const NF4_I8: [i8; 16] = [
-    -127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127,
+    -64, -45, -34, -25, -18, -12, -6, 0, 5, 10, 16, 22, 28, 36, 46, 64,
 ];
 
-/// `1/127` folded into each `nf4` block scale.
-const INV_NF4: f32 = 1.0 / 127.0;
+/// The table value of the code 1.0, and the bias that makes the table's
+/// values unsigned bytes of at most 128 (`w + 64`), what [`Simd::dot_u8`]
+/// takes on every vocabulary.
+pub(crate) const NF4_ONE: i32 = 64;
+
+/// `1/64` folded into each `nf4` block scale (a power of two: exact).
+const INV_NF4: f32 = 1.0 / NF4_ONE as f32;
 
 /// Activation elements per block (one f32 scale each).
 pub(crate) const ACT_BLOCK: usize = 32;
@@ -194,9 +206,10 @@ fn tiles<V: Simd, K: Unpack, const BB: usize>(
     // activation rows passes over them (so that many activation rows, as in
     // a prefill, are read once per chunk rather than once per weight row).
     let chunk = (ROWS_CACHED_BYTES / rb.max(1)).max(1);
+    let bias = K::bias::<V>();
     let xg = match (block, w.is_empty()) {
-        (64, false) => Grouped::new(acts, n),
-        _ => Grouped::new(acts, 0),
+        (64, false) => Grouped::new(acts, n, bias),
+        _ => Grouped::new(acts, 0, bias),
     };
     for (wc, oc) in w.chunks(chunk * rb).zip(out.chunks_mut(chunk * n)) {
         let mut t0 = 0;
@@ -222,21 +235,28 @@ trait Unpack {
     fn block_bytes(block: usize) -> usize;
     /// Factor folded into each block's scale.
     const SCALE: f32;
+    /// What the weights are unpacked with for `V`: 0 (signed bytes, for
+    /// [`Simd::dot_i8`]), or the bias `b` that makes every weight an
+    /// unsigned byte `w + b` for [`Simd::dot_u8`] (at most 128 unless
+    /// [`Simd::WIDE_U8`]); the kernels take `b · Σ q` off each block's
+    /// integer sum. Known when compiled.
+    fn bias<V: Simd>() -> i32;
     /// What [`Unpack::unpack`] needs, made once per row.
     type Ctx<V: Simd>: Copy;
-    /// The context; `biased`: weights are wanted as unsigned `w + 128`.
-    fn ctx<V: Simd>(v: V, biased: bool) -> Self::Ctx<V>;
+    /// The context for weights biased by `bias` ([`Unpack::bias`]).
+    fn ctx<V: Simd>(v: V, bias: i32) -> Self::Ctx<V>;
     /// Weights `64a .. 64a + 64` of the weight block `blk` (`block`
-    /// elements), as signed bytes, or as `w + 128` when the context says so.
+    /// elements), as signed bytes, or biased as the context says.
     fn unpack<V: Simd>(v: V, c: Self::Ctx<V>, blk: &[u8], block: usize, a: usize) -> [V::B; 2];
     /// The weights of 8 blocks of 64 (one per weight row, `blks[r]`) with
     /// the rows as the four-byte lanes ([`Simd::transpose8`]): vector `j`
     /// of half `h` holds, in lane `r`, weights `32h + 4j .. 32h + 4j + 4`
     /// of row `r`, as [`Unpack::unpack`] gives them.
     fn unpack8<V: Simd>(v: V, c: Self::Ctx<V>, blks: [&[u8]; 8]) -> [[V::B; 8]; 2];
-    /// [`Unpack::unpack8`] from a block of 8 rows as [`interleave`] lays it
-    /// out (`lanes`: its bytes after the 16 bytes of scales).
-    fn lanes8<V: Simd>(v: V, c: Self::Ctx<V>, lanes: &[u8]) -> [[V::B; 8]; 2];
+    /// Half `h` of [`Unpack::unpack8`] from a block of 8 rows as
+    /// [`interleave`] lays it out (`lanes`: its bytes after the 16 bytes of
+    /// scales); a half at a time (8 vectors: AVX2 has 16 registers).
+    fn lanes8<V: Simd>(v: V, c: Self::Ctx<V>, lanes: &[u8], h: usize) -> [V::B; 8];
     /// The weights of 4 consecutive blocks of 64 (`blks[p]`) in the lanes
     /// [`Grouped`] gives the activations: vector `2q + s` holds, in lane
     /// `4h + p`, weights `32s + 4(4h + q) .. + 4` of block `p`, as
@@ -246,8 +266,9 @@ trait Unpack {
 
 /// Activation rows from which [`tiles`] takes weight rows 8 at a time
 /// ([`rows8`]) for blocks of 64: 2 where [`Simd::WIDE_U8`] (one `vpdpbusd`
-/// per 32 products), else 3 (with AVX2's sign tricks, `nf4` against 2 rows
-/// was faster in [`tile64`]; `own_speed` in kernels/tests.rs).
+/// per 32 products), else 3 (on AVX2, `nf4` against 2 rows was faster in
+/// [`tile64`] when it still took sign tricks; `own_speed` in
+/// kernels/tests.rs). Weights interleaved at load take [`rows8`] anyway.
 const fn rows8_min_n(wide_u8: bool) -> usize {
     if wide_u8 {
         2
@@ -274,18 +295,15 @@ fn rows8<V: Simd, K: Unpack, const BB: usize, const LANES: bool>(
     n: usize,
     out: &mut [f32],
 ) -> bool {
-    let ctx = K::ctx(v, V::WIDE_U8);
+    let bias = K::bias::<V>();
+    let ctx = K::ctx(v, bias);
     let nb = rb / BB;
     let cols = 64 * nb;
     // Activation blocks per row.
     let nab = cols / ACT_BLOCK;
-    // Where an activation block's sums start: `−128 · Σ q` where the weights
-    // come as `w + 128` (|Σ q| ≤ 32 · 127), else 0.
-    let start: Vec<i32> = if V::WIDE_U8 {
-        acts.totals[..n * nab].iter().map(|&t| -128 * t).collect()
-    } else {
-        vec![0; n * nab]
-    };
+    // Where an activation block's sums start: `−bias · Σ q` (|Σ q| ≤ 32 ·
+    // 127, bias ≤ 128).
+    let start: Vec<i32> = acts.totals[..n * nab].iter().map(|&t| -bias * t).collect();
     // `acc[8t + c]`: activation row `t`'s accumulations of the activation
     // blocks `b % 8 = c`, one lane per weight row (as [`tile64`]'s).
     let mut acc = vec![[0f32; 8]; 8 * n];
@@ -309,7 +327,8 @@ fn rows8<V: Simd, K: Unpack, const BB: usize, const LANES: bool>(
             let (dw, bad8, ws) = if LANES {
                 let gk = &g[k * 8 * BB..(k + 1) * 8 * BB];
                 let (dw, bad8) = v.f16x8_at(first16(gk));
-                (dw, bad8, K::lanes8(v, ctx, &gk[16..]))
+                let l = &gk[16..];
+                (dw, bad8, [K::lanes8(v, ctx, l, 0), K::lanes8(v, ctx, l, 1)])
             } else {
                 let mut blks: [&[u8]; 8] = [&[]; 8];
                 let mut bits = [0u16; 8];
@@ -329,7 +348,8 @@ fn rows8<V: Simd, K: Unpack, const BB: usize, const LANES: bool>(
                 for h in 0..2 {
                     let b = 2 * k + h;
                     let a = &mut a8[b % 8];
-                    let c = lanes8_half(v, &ws[h], &q[h], sr[b], dw, dr[b], v.load_f32x8(a));
+                    let acc = v.load_f32x8(a);
+                    let c = lanes8_half(v, bias != 0, &ws[h], &q[h], sr[b], dw, dr[b], acc);
                     *a = v.store_f32x8(c);
                 }
             }
@@ -360,7 +380,7 @@ fn lanes8_one<V: Simd, K: Unpack, const BB: usize>(
     acts: &Q8Acts,
     out: &mut [f32],
 ) -> bool {
-    let ctx = K::ctx(v, V::WIDE_U8);
+    let ctx = K::ctx(v, K::bias::<V>());
     let x = acts.row(0);
     let mut bad = false;
     for (g, o) in w.chunks_exact(8 * rb).zip(out.chunks_exact_mut(8)) {
@@ -408,26 +428,38 @@ fn lanes8_block<V: Simd, K: Unpack, const BB: usize>(
         v.prefetch(&gk[at..]);
     }
     let (dw, bad) = v.f16x8_at(first16(gk));
-    let ws = K::lanes8(v, ctx, &gk[16..]);
     let q = pairs(&x.qs[64 * k..]).as_chunks::<8>().0;
     for (h, c) in c.into_iter().enumerate() {
+        let ws = K::lanes8(v, ctx, &gk[16..], h);
         let b = 2 * k + h;
-        // As `rows8`'s `start` (|Σ q| ≤ 32 · 127).
-        let start = if V::WIDE_U8 { -128 * x.totals[b] } else { 0 };
-        *c = lanes8_half(v, &ws[h], &q[h], start, dw, x.d[b], *c);
+        // As `rows8`'s `start`.
+        let bias = K::bias::<V>();
+        *c = lanes8_half(
+            v,
+            bias != 0,
+            &ws,
+            &q[h],
+            -bias * x.totals[b],
+            dw,
+            x.d[b],
+            *c,
+        );
     }
     bad
 }
 
 /// `acc` plus one half of a weight block of 8 rows (`ws`, as
-/// [`Unpack::unpack8`] gives it) times its activation block (`q`, 8 groups
-/// of 4, scale `dx`; the integer sums start at `start`), lane by lane: the
+/// [`Unpack::unpack8`] gives it, `biased` or not) times its activation
+/// block (`q`, 8 groups of 4, scale `dx`; the integer sums start at
+/// `start`), lane by lane: the
 /// body [`rows8`] and [`lanes8_block`] share, so that both do the same
 /// operations in the same order (a function, not a closure, so that it is
 /// compiled with the caller's target features).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // one half block's every input
 fn lanes8_half<V: Simd>(
     v: V,
+    biased: bool,
     ws: &[V::B; 8],
     q: &[[i8; 4]; 8],
     start: i32,
@@ -439,8 +471,8 @@ fn lanes8_half<V: Simd>(
     // integers.
     let (mut i0, mut i1) = (v.isplat(start), v.izero());
     for j in (0..8).step_by(2) {
-        i0 = dot4(v, i0, ws[j], &q[j]);
-        i1 = dot4(v, i1, ws[j + 1], &q[j + 1]);
+        i0 = dot4(v, biased, i0, ws[j], &q[j]);
+        i1 = dot4(v, biased, i1, ws[j + 1], &q[j + 1]);
     }
     let i = v.iadd(i0, i1);
     // As `tile64`: `d_w · d_x` rounded, then fused.
@@ -450,9 +482,9 @@ fn lanes8_half<V: Simd>(
 /// `acc` plus, in each lane, the dot product of its 4 weights (as
 /// [`dot`] takes them) with the 4 activations `q`.
 #[inline(always)]
-fn dot4<V: Simd>(v: V, acc: V::I, w: V::B, q: &[i8; 4]) -> V::I {
+fn dot4<V: Simd>(v: V, biased: bool, acc: V::I, w: V::B, q: &[i8; 4]) -> V::I {
     let q = v.bcast4(q);
-    if V::WIDE_U8 {
+    if biased {
         v.dot_u8(acc, w, q)
     } else {
         v.dot_i8(acc, w, q)
@@ -494,16 +526,23 @@ impl Unpack for Nf4 {
         2 + block / 2
     }
     const SCALE: f32 = INV_NF4;
+    #[inline(always)]
+    fn bias<V: Simd>() -> i32 {
+        // `w + 64` is at most 128.
+        if V::DOT_U8 {
+            NF4_ONE
+        } else {
+            0
+        }
+    }
     /// The code table and the nibble mask.
     type Ctx<V: Simd> = (V::B, V::B);
     #[inline(always)]
-    fn ctx<V: Simd>(v: V, biased: bool) -> (V::B, V::B) {
+    fn ctx<V: Simd>(v: V, bias: i32) -> (V::B, V::B) {
         let mut t = NF4_I8;
-        if biased {
-            for c in &mut t {
-                // The byte `c + 128` (`c ≥ −127`) as unsigned.
-                *c ^= i8::MIN;
-            }
+        for c in &mut t {
+            // The byte `c + bias` (in 0..=128) as the bits of an i8.
+            *c = (i32::from(*c) + bias) as u8 as i8;
         }
         (v.table(&t), v.splat(15))
     }
@@ -532,12 +571,16 @@ impl Unpack for Nf4 {
         nf4_lanes(v, tab, m4, v.transpose8(raw))
     }
     #[inline(always)]
-    fn lanes8<V: Simd>(v: V, (tab, m4): (V::B, V::B), lanes: &[u8]) -> [[V::B; 8]; 2] {
-        let mut raw = [v.splat(0); 8];
-        for (j, r) in raw.iter_mut().enumerate() {
-            *r = v.load(bytes32(lanes, 32 * j));
+    fn lanes8<V: Simd>(v: V, (tab, m4): (V::B, V::B), lanes: &[u8], h: usize) -> [V::B; 8] {
+        // The low nibbles are the first half's weights, the high ones the
+        // second's.
+        let mut out = [v.splat(0); 8];
+        for (j, o) in out.iter_mut().enumerate() {
+            let raw = v.load(bytes32(lanes, 32 * j));
+            let raw = if h == 0 { raw } else { v.srl::<4>(raw) };
+            *o = v.lookup(tab, v.and(raw, m4));
         }
-        nf4_lanes(v, tab, m4, raw)
+        out
     }
     #[inline(always)]
     fn unpack4<V: Simd>(v: V, (tab, m4): (V::B, V::B), blks: [&[u8]; 4]) -> [V::B; 8] {
@@ -593,11 +636,21 @@ impl Unpack for Int8 {
         2 + block
     }
     const SCALE: f32 = 1.0;
+    #[inline(always)]
+    fn bias<V: Simd>() -> i32 {
+        // `w + 128` takes every unsigned byte; without `WIDE_U8`, the sign
+        // tricks of `dot_i8` instead.
+        if V::WIDE_U8 {
+            128
+        } else {
+            0
+        }
+    }
     /// The bias (`0x80` in every byte) when wanted.
     type Ctx<V: Simd> = Option<V::B>;
     #[inline(always)]
-    fn ctx<V: Simd>(v: V, biased: bool) -> Option<V::B> {
-        biased.then(|| v.splat(0x80))
+    fn ctx<V: Simd>(v: V, bias: i32) -> Option<V::B> {
+        (bias != 0).then(|| v.splat(0x80))
     }
     #[inline(always)]
     fn unpack<V: Simd>(v: V, bias: Option<V::B>, blk: &[u8], _: usize, a: usize) -> [V::B; 2] {
@@ -629,16 +682,14 @@ impl Unpack for Int8 {
         out
     }
     #[inline(always)]
-    fn lanes8<V: Simd>(v: V, bias: Option<V::B>, lanes: &[u8]) -> [[V::B; 8]; 2] {
-        let mut out = [[v.splat(0); 8]; 2];
-        for (h, o) in out.iter_mut().enumerate() {
-            for (j, w) in o.iter_mut().enumerate() {
-                let raw = v.load(bytes32(lanes, 256 * h + 32 * j));
-                *w = match bias {
-                    Some(b) => v.xor(raw, b),
-                    None => raw,
-                };
-            }
+    fn lanes8<V: Simd>(v: V, bias: Option<V::B>, lanes: &[u8], h: usize) -> [V::B; 8] {
+        let mut out = [v.splat(0); 8];
+        for (j, w) in out.iter_mut().enumerate() {
+            let raw = v.load(bytes32(lanes, 256 * h + 32 * j));
+            *w = match bias {
+                Some(b) => v.xor(raw, b),
+                None => raw,
+            };
         }
         out
     }
@@ -677,7 +728,8 @@ fn tile<V: Simd, K: Unpack, const T: usize>(
     for t in 0..T {
         xq[t] = x[t].qs.as_chunks::<32>().0;
     }
-    let ctx = K::ctx(v, V::WIDE_U8);
+    let bias = K::bias::<V>();
+    let ctx = K::ctx(v, bias);
     let per = block / 64;
     let mut acc = [v.fzero(); T];
     let mut bad = false;
@@ -691,7 +743,7 @@ fn tile<V: Simd, K: Unpack, const T: usize>(
             for (h, w) in ws.into_iter().enumerate() {
                 let b = 2 * (k * per + a) + h;
                 for t in 0..T {
-                    let i = unbias_v(v, dot(v, w, &xq[t][b]), x[t].totals[b]);
+                    let i = unbias_v(v, bias, dot(v, bias != 0, w, &xq[t][b]), x[t].totals[b]);
                     acc[t] = v.fmadd(acc[t], i, d * x[t].d[b]);
                 }
             }
@@ -724,7 +776,8 @@ fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
     t0: usize,
     o: &mut [f32],
 ) -> bool {
-    let ctx = K::ctx(v, V::WIDE_U8);
+    let bias = K::bias::<V>();
+    let ctx = K::ctx(v, bias);
     let (groups, rest) = row.as_chunks::<BB>().0.as_chunks::<4>();
     // Lane l accumulates the activation blocks b with b % 8 = LANE_BLOCK[l].
     let mut acc = [v.fzero(); T];
@@ -748,13 +801,13 @@ fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
             let q = &xg[t].qs[g];
             let (mut lo, mut hi) = (v.izero(), v.izero());
             for j in 0..4 {
-                lo = dot_acc(v, lo, ws[2 * j], &q[2 * j]);
-                hi = dot_acc(v, hi, ws[2 * j + 1], &q[2 * j + 1]);
+                lo = dot_acc(v, bias != 0, lo, ws[2 * j], &q[2 * j]);
+                hi = dot_acc(v, bias != 0, hi, ws[2 * j + 1], &q[2 * j + 1]);
             }
             let mut i = v.fold2(lo, hi);
-            if V::WIDE_U8 {
-                // The weights came as `w + 128`.
-                i = v.isub(i, v.load_i32x8(&xg[t].t128[g]));
+            if bias != 0 {
+                // The weights came as `w + bias`.
+                i = v.isub(i, v.load_i32x8(&xg[t].tb[g]));
             }
             let sc = v.fmul(dw, v.load_f32x8(&xg[t].d[g]));
             acc[t] = v.fmadd_v(acc[t], i, sc);
@@ -776,7 +829,7 @@ fn tile64<V: Simd, K: Unpack, const BB: usize, const T: usize>(
             let b = 8 * groups.len() + 2 * j + h;
             for t in 0..T {
                 let q = x[t].qs[32 * b..32 * b + 32].as_chunks::<32>().0;
-                let i = unbias(v, dot(v, w, &q[0]), x[t].totals[b]);
+                let i = unbias(v, bias, dot(v, bias != 0, w, &q[0]), x[t].totals[b]);
                 let c = &mut chains[t][b % 8];
                 *c = (i as f32).mul_add(dw * x[t].d[b], *c);
             }
@@ -812,7 +865,7 @@ const LANE_BLOCK: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 
 /// Activation rows laid out for [`tile64`], per group of 8 blocks of
 /// [`ACT_BLOCK`] (a weight group of 4 blocks of 64): the values as
-/// [`Unpack::unpack4`] lays out the weights, and the scales and `128 · Σ q`
+/// [`Unpack::unpack4`] lays out the weights, and the scales and `bias · Σ q`
 /// in the order of [`LANE_BLOCK`].
 struct Grouped {
     /// Groups per row.
@@ -822,8 +875,8 @@ struct Grouped {
     qs: Vec<[[i8; 32]; 8]>,
     /// Lane `l`: the scale of the group's block `LANE_BLOCK[l]`.
     d: Vec<[f32; 8]>,
-    /// Lane `l`: `128 · Σ q` of the group's block `LANE_BLOCK[l]`.
-    t128: Vec<[i32; 8]>,
+    /// Lane `l`: `bias · Σ q` of the group's block `LANE_BLOCK[l]`.
+    tb: Vec<[i32; 8]>,
 }
 
 /// One row of a [`Grouped`].
@@ -831,20 +884,20 @@ struct Grouped {
 struct GroupedRow<'a> {
     qs: &'a [[[i8; 32]; 8]],
     d: &'a [[f32; 8]],
-    t128: &'a [[i32; 8]],
+    tb: &'a [[i32; 8]],
 }
 
 impl Grouped {
     /// The first `n` rows of `acts` (blocks of [`ACT_BLOCK`]), whole groups
     /// of 8 blocks (the blocks after the last are left to [`tile64`]'s
-    /// one-at-a-time path).
-    fn new(acts: &Q8Acts, n: usize) -> Grouped {
+    /// one-at-a-time path), for weights biased by `bias` ([`Unpack::bias`]).
+    fn new(acts: &Q8Acts, n: usize, bias: i32) -> Grouped {
         let groups = acts.blocks / 8;
         let mut g = Grouped {
             groups,
             qs: vec![[[0; 32]; 8]; n * groups],
             d: vec![[0.0; 8]; n * groups],
-            t128: vec![[0; 8]; n * groups],
+            tb: vec![[0; 8]; n * groups],
         };
         for t in 0..n {
             let r = acts.row(t);
@@ -853,8 +906,8 @@ impl Grouped {
                 for (l, &b) in LANE_BLOCK.iter().enumerate() {
                     let b = 8 * k + b;
                     g.d[at][l] = r.d[b];
-                    // |Σ q| ≤ 32 · 127.
-                    g.t128[at][l] = 128 * r.totals[b];
+                    // |Σ q| ≤ 32 · 127, bias ≤ 128.
+                    g.tb[at][l] = bias * r.totals[b];
                 }
                 for q in 0..4 {
                     for s in 0..2 {
@@ -879,7 +932,7 @@ impl Grouped {
             GroupedRow {
                 qs: &self.qs[r.clone()],
                 d: &self.d[r.clone()],
-                t128: &self.t128[r],
+                tb: &self.tb[r],
             }
         })
     }
@@ -892,53 +945,49 @@ fn combine(c: [f32; 8]) -> f32 {
     ((c[0] + c[4]) + (c[2] + c[6])) + ((c[1] + c[5]) + (c[3] + c[7]))
 }
 
-/// `Σ w·q` of 32 weights (signed bytes, or `w + 128` where
-/// [`Simd::WIDE_U8`]) and an activation block (a function, not a closure, so
-/// that it is compiled with the caller's target features).
+/// `Σ w·q` of 32 weights (signed bytes, or unsigned ones where `biased`)
+/// and an activation block (a function, not a closure, so that it is
+/// compiled with the caller's target features).
 #[inline(always)]
-fn dot<V: Simd>(v: V, w: V::B, q: &[i8; 32]) -> V::I {
-    dot_acc(v, v.izero(), w, q)
+fn dot<V: Simd>(v: V, biased: bool, w: V::B, q: &[i8; 32]) -> V::I {
+    dot_acc(v, biased, v.izero(), w, q)
 }
 
 /// `acc` plus the dot products of `w` and the 32 activations `q`, four-byte
 /// lane by lane (weights as [`dot`] takes them).
 #[inline(always)]
-fn dot_acc<V: Simd>(v: V, acc: V::I, w: V::B, q: &[i8; 32]) -> V::I {
+fn dot_acc<V: Simd>(v: V, biased: bool, acc: V::I, w: V::B, q: &[i8; 32]) -> V::I {
     let q = v.load_i8(q);
-    if V::WIDE_U8 {
+    if biased {
         v.dot_u8(acc, w, q)
     } else {
         v.dot_i8(acc, w, q)
     }
 }
 
-/// A block's integer sum `i` less `128 · total` where [`Simd::WIDE_U8`]
-/// (the weights came as `w + 128`), else `i`.
+/// A block's integer sum `i` less `bias · total` (the weights came as
+/// `w + bias`; nothing to take off when `bias` is 0).
 #[inline(always)]
-fn unbias_v<V: Simd>(v: V, i: V::I, total: i32) -> V::I {
-    if V::WIDE_U8 {
-        // Added up in integers first: the values of `i` are large (`w + 128`),
+fn unbias_v<V: Simd>(v: V, bias: i32, i: V::I, total: i32) -> V::I {
+    if bias != 0 {
+        // Added up in integers first: the values of `i` are large (`w + bias`),
         // and converting them one by one to f32 would lose what remains.
         let z = v.izero();
         let mut c = [0; 8];
         c[0] = total;
-        v.imsub(v.totals8([i, z, z, z, z, z, z, z]), v.load_i32x8(&c), 128)
+        v.imsub(v.totals8([i, z, z, z, z, z, z, z]), v.load_i32x8(&c), bias)
     } else {
         i
     }
 }
 
-/// The integer sum of a block's partial sums `i`, less `128 · total` where
-/// [`Simd::WIDE_U8`] (the weights came as `w + 128`).
+/// The integer sum of a block's partial sums `i`, less `bias · total` (the
+/// weights came as `w + bias`).
 #[inline(always)]
-fn unbias<V: Simd>(v: V, i: V::I, total: i32) -> i32 {
+fn unbias<V: Simd>(v: V, bias: i32, i: V::I, total: i32) -> i32 {
     let z = v.izero();
     let s = v.store_i32x8(v.totals8([i, z, z, z, z, z, z, z]))[0];
-    if V::WIDE_U8 {
-        s - 128 * total
-    } else {
-        s
-    }
+    s - bias * total
 }
 
 /// Bytes of one `kind` block of `block` elements.

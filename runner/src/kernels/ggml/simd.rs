@@ -44,6 +44,11 @@ pub(super) trait Simd: Copy {
     /// Whether [`Simd::dot_u8`] takes any unsigned byte `w` (its products
     /// summed in 32 bits, as `vpdpbusd` does), not only `w ≤ 128`.
     const WIDE_U8: bool;
+    /// Whether [`Simd::dot_u8`] is the cheaper product (x86-64: one
+    /// `vpmaddubsw` or `vpdpbusd`, where [`Simd::dot_i8`] adds sign tricks),
+    /// so that weights that fit are best biased into unsigned bytes; where
+    /// false, `dot_u8` need only be right for `w ≤ 127`.
+    const DOT_U8: bool;
 
     /// 32 bytes.
     fn load(self, a: &[u8; 32]) -> Self::B;

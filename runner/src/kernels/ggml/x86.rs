@@ -67,6 +67,7 @@ impl<const VNNI: bool> Simd for X86<VNNI> {
     type S = __m256i;
     type M = __m256i;
     const WIDE_U8: bool = VNNI;
+    const DOT_U8: bool = true;
 
     #[inline(always)]
     fn load(self, a: &[u8; 32]) -> __m256i {
