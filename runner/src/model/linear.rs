@@ -18,6 +18,9 @@ use crate::kernels::{self, Isa, Layout};
 /// Largest decoded chunk, in f32 elements (16 MiB).
 const CHUNK_ELEMS: usize = 4 << 20;
 
+/// Rows of W whose outputs [`fused_into`] moves into place together.
+const TRANSPOSE_ROWS: usize = 16;
+
 /// Computes `x[n, cols] · W[rows, cols]ᵀ` into `out`, writing row `t` of the
 /// result at `out[t * out_stride + col0 ..][.. w.rows]`.
 pub fn linear_into(
@@ -130,10 +133,16 @@ fn fused_into(
         };
         let y = &mut y[..m * n];
         kernels::linear_t(isa, &part, x, n, y).map_err(err)?;
-        for t in 0..n {
-            let dst = &mut out[t * out_stride + col0 + r0..][..m];
-            for (r, d) in dst.iter_mut().enumerate() {
-                *d = y[r * n + t];
+        // A few of W's rows at a time, so that the rows of `y` being read
+        // stay in the L1 cache across `t` (row by row, every read was
+        // another cache line: 7% of a 512-token prefill, on one thread).
+        for rt in (0..m).step_by(TRANSPOSE_ROWS) {
+            let k = TRANSPOSE_ROWS.min(m - rt);
+            for t in 0..n {
+                let dst = &mut out[t * out_stride + col0 + r0 + rt..][..k];
+                for (r, d) in dst.iter_mut().enumerate() {
+                    *d = y[(rt + r) * n + t];
+                }
             }
         }
         r0 += m;

@@ -11,6 +11,8 @@
 //! minimums and offsets) and `d · Σ q` of the whole block (Q8_1's `s`, for
 //! Q4_1 / Q5_1's minimum).
 
+use rayon::prelude::*;
+
 use crate::kernels::quant_act::round_even;
 
 /// `n` activation rows quantized in blocks of [`Q8Acts::block`].
@@ -82,6 +84,65 @@ impl Q8Acts {
 /// Largest quantized magnitude.
 const Q_MAX: f32 = 127.0;
 
+/// Activation rows from which [`quantize`] splits the rows among threads
+/// (a prompt's rows; a decode step's one row stays on its thread).
+const PARALLEL_ROWS: usize = 8;
+
+/// One activation row's share of every array of a [`Q8Acts`], with its index.
+type RowOut<'a> = (
+    usize,
+    (
+        (
+            ((&'a mut [i8], &'a mut [f32]), &'a mut [i16]),
+            &'a mut [f32],
+        ),
+        &'a mut [i32],
+    ),
+);
+
+/// Quantizes one row `xrow` into its blocks' `qs`, `d`, `sums`, `sx` and
+/// `totals` (as [`quantize`] describes them).
+fn quantize_row(
+    xrow: &[f32],
+    block: usize,
+    qs_row: &mut [i8],
+    d_row: &mut [f32],
+    sums_row: &mut [i16],
+    sx_row: &mut [f32],
+    totals_row: &mut [i32],
+) {
+    for (b, xb) in xrow.chunks_exact(block).enumerate() {
+        // NaN propagates into the scale (and so into the outputs).
+        let amax = xb.iter().fold(0f32, |m, v| {
+            let a = v.abs();
+            if a > m || a.is_nan() {
+                a
+            } else {
+                m
+            }
+        });
+        let d = amax / Q_MAX;
+        let id = if amax > 0.0 { Q_MAX / amax } else { 0.0 };
+        let qs = &mut qs_row[b * block..(b + 1) * block];
+        for (q, &v) in qs.iter_mut().zip(xb) {
+            // |v × id| ≤ 127 up to rounding; the clamp keeps q in ±127
+            // (and a NaN becomes 0).
+            *q = round_even(v * id).clamp(-Q_MAX, Q_MAX) as i8;
+        }
+        let mut total = 0i32;
+        let sums = &mut sums_row[b * block / 16..(b + 1) * block / 16];
+        for (s, q16) in sums.iter_mut().zip(qs.chunks_exact(16)) {
+            let v: i32 = q16.iter().map(|&q| i32::from(q)).sum();
+            // |v| ≤ 16 × 127.
+            *s = v as i16;
+            total += v;
+        }
+        d_row[b] = d;
+        sx_row[b] = d * total as f32;
+        totals_row[b] = total;
+    }
+}
+
 /// Quantizes `x` (`n` rows of `cols`) in blocks of `block` (a multiple of
 /// 16; `cols` is a multiple of `block` — trailing elements of a partial block
 /// would be left out).
@@ -97,39 +158,40 @@ pub(crate) fn quantize(x: &[f32], n: usize, cols: usize, block: usize) -> Q8Acts
         sx: vec![0.0; n * blocks],
         totals: vec![0; n * blocks],
     };
-    for t in 0..n {
-        let xrow = &x[t * cols..t * cols + blocks * block];
-        for (b, xb) in xrow.chunks_exact(block).enumerate() {
-            let i = t * blocks + b;
-            // NaN propagates into the scale (and so into the outputs).
-            let amax = xb.iter().fold(0f32, |m, v| {
-                let a = v.abs();
-                if a > m || a.is_nan() {
-                    a
-                } else {
-                    m
-                }
-            });
-            let d = amax / Q_MAX;
-            let id = if amax > 0.0 { Q_MAX / amax } else { 0.0 };
-            let qs = &mut qa.qs[i * block..(i + 1) * block];
-            for (q, &v) in qs.iter_mut().zip(xb) {
-                // |v × id| ≤ 127 up to rounding; the clamp keeps q in ±127
-                // (and a NaN becomes 0).
-                *q = round_even(v * id).clamp(-Q_MAX, Q_MAX) as i8;
-            }
-            let mut total = 0i32;
-            let sums = &mut qa.sums[i * block / 16..(i + 1) * block / 16];
-            for (s, q16) in sums.iter_mut().zip(qs.chunks_exact(16)) {
-                let v: i32 = q16.iter().map(|&q| i32::from(q)).sum();
-                // |v| ≤ 16 × 127.
-                *s = v as i16;
-                total += v;
-            }
-            qa.d[i] = d;
-            qa.sx[i] = d * total as f32;
-            qa.totals[i] = total;
-        }
+    let row = |(t, ((((qs, d), sums), sx), totals)): RowOut<'_>| {
+        quantize_row(
+            &x[t * cols..t * cols + blocks * block],
+            block,
+            qs,
+            d,
+            sums,
+            sx,
+            totals,
+        );
+    };
+    if blocks == 0 {
+        return qa;
+    }
+    let (qb, sb) = (blocks * block, blocks * block / 16);
+    if n >= PARALLEL_ROWS {
+        qa.qs
+            .par_chunks_mut(qb)
+            .zip(qa.d.par_chunks_mut(blocks))
+            .zip(qa.sums.par_chunks_mut(sb))
+            .zip(qa.sx.par_chunks_mut(blocks))
+            .zip(qa.totals.par_chunks_mut(blocks))
+            .enumerate()
+            .for_each(row);
+    } else {
+        // A decode step's one row: not worth waking the pool.
+        qa.qs
+            .chunks_mut(qb)
+            .zip(qa.d.chunks_mut(blocks))
+            .zip(qa.sums.chunks_mut(sb))
+            .zip(qa.sx.chunks_mut(blocks))
+            .zip(qa.totals.chunks_mut(blocks))
+            .enumerate()
+            .for_each(row);
     }
     qa
 }
